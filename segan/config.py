@@ -1,0 +1,209 @@
+"""Settings for a segan run, as dataclasses that round-trip through YAML.
+
+One `Config` holds everything needed to rebuild a run: the data layout and mask encoding, the
+generator and discriminator, the losses and the optimisation. `train` writes it to
+`RUN/config.yaml`; `predict` reads it back, so a run folder is self-describing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how to read it.
+
+    Attributes:
+        root: dataset folder. With `train/` and `validation/` (or `val/`) sub-folders each holding
+            `images/` + `masks/`, those splits are used; with plain `images/` + `masks/`, a seeded
+            `val_fraction` of the pairs is held back for validation.
+        train_split: name of the training split folder.
+        val_split: name of the validation split folder; `None` tries `validation` then `val`.
+        val_fraction: fraction held back when the dataset has no validation split.
+        classes: class names, background first. Two names mean a binary task (one output channel).
+        ignore_index: mask value left out of the loss and the scores.
+        in_channels: 1 (greyscale) or 3 (RGB); images are converted on reading.
+        size: training side length in pixels.
+        resize: "resize" scales every image to `size` x `size`; "crop" takes random `size` crops
+            for training and validates at full resolution (padded to the network stride).
+        augment: albumentations preset: none, light, medium or heavy.
+        rotations: whether 90-degree rotations and vertical flips keep the labels valid (true for
+            microscopy and endoscopy, false for road scenes). Augmentation and TTA honour it.
+        mean, std: input normalisation applied after scaling pixels to [0, 1].
+        num_workers: DataLoader worker processes.
+    """
+
+    root: str = ""
+    train_split: str = "train"
+    val_split: str | None = None
+    val_fraction: float = 0.2
+    classes: list[str] = field(default_factory=lambda: ["background", "foreground"])
+    ignore_index: int = 255
+    in_channels: int = 3
+    size: int = 256
+    resize: str = "resize"
+    augment: str = "light"
+    rotations: bool = True
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    num_workers: int = 2
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def binary(self) -> bool:
+        return self.num_classes == 2
+
+
+@dataclass
+class GeneratorConfig:
+    """The segmentation network: any segmentation-models-pytorch architecture and encoder.
+
+    Attributes:
+        arch: smp architecture name (unet, unetplusplus, fpn, deeplabv3plus, ...).
+        encoder_name: smp encoder name (resnet18, resnet34, efficientnet-b0, tu-..., ...).
+        encoder_depth: number of encoder stages (3-5).
+        encoder_weights: None (random init, offline), "imagenet" (downloaded by smp/timm), or a
+            path to a local encoder state dict.
+    """
+
+    arch: str = "unet"
+    encoder_name: str = "resnet18"
+    encoder_depth: int = 5
+    encoder_weights: str | None = None
+
+
+@dataclass
+class DiscriminatorConfig:
+    """The conditional PatchGAN that judges (image, mask) pairs.
+
+    Attributes:
+        base_channels: channels of the first layer; doubled per layer up to 8x. 16, not pix2pix's
+            64: at 192 px a 64-channel D costs more than the whole U-Net step, a 16-channel one
+            about a tenth of it, with the same 70 px receptive field.
+        n_layers: stride-2 layers; 3 gives the 70x70 receptive field of pix2pix.
+        spectral_norm: wrap every convolution in spectral normalisation.
+        input_guard: stops the discriminator telling truth from prediction by value alone
+            (one-hot truth is exactly 0/1, predictions are soft): "none", "smooth" (label
+            smoothing of the truth by `guard_strength`), or "noise" (Gaussian instance noise of
+            std `guard_strength` on both the real and the fake mask).
+        guard_strength: amount of smoothing or noise.
+    """
+
+    base_channels: int = 16
+    n_layers: int = 3
+    spectral_norm: bool = True
+    input_guard: str = "smooth"
+    guard_strength: float = 0.1
+
+
+@dataclass
+class LossConfig:
+    """Generator loss = segmentation (Dice + BCE, or Dice + CE) + adv_weight x adversarial.
+
+    Attributes:
+        dice_weight, ce_weight: weights of the two segmentation terms.
+        adv_mode: vanilla, lsgan or hinge.
+        adv_weight: weight of the adversarial term; 0 trains a plain supervised segmenter.
+        adv_warmup_epochs: supervised-only epochs before the adversarial term starts.
+    """
+
+    dice_weight: float = 1.0
+    ce_weight: float = 1.0
+    adv_mode: str = "vanilla"
+    adv_weight: float = 0.01
+    adv_warmup_epochs: int = 2
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and the Lightning trainer.
+
+    Attributes:
+        epochs: training epochs.
+        batch_size: images per step (per device).
+        lr: generator learning rate (Adam).
+        d_lr: discriminator learning rate (Adam).
+        weight_decay: generator weight decay.
+        seed: seeds Python, NumPy, torch and the data split.
+        accelerator: auto, cpu, gpu, ...
+        devices: number of devices, or "auto"; more than one runs DDP.
+        precision: Lightning precision string (32-true, 16-mixed, bf16-mixed).
+        out: run folder.
+    """
+
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 1e-3
+    d_lr: float = 2e-4
+    weight_decay: float = 0.0
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: Any = 1
+    precision: str = "32-true"
+    out: str = "weights/run"
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "Config":
+        return merge(cls(), values)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Config":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of sections (data, generator, ...)")
+        try:
+            return cls.from_dict(values)
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"{path}: {error}") from None
+
+
+def merge(config: Config, values: Mapping[str, Any]) -> Config:
+    """Returns a copy of `config` with `values` ({section: {key: value}}) applied on top.
+
+    Unknown sections or keys raise KeyError naming them, so a typo in a YAML file is caught.
+    """
+    sections = {}
+    for section in dataclasses.fields(config):
+        current = getattr(config, section.name)
+        updates = dict(values.get(section.name) or {})
+        known = {f.name for f in dataclasses.fields(current)}
+        unknown = set(updates) - known
+        if unknown:
+            raise KeyError(f"unknown setting(s) {sorted(unknown)} in section '{section.name}'; "
+                           f"known: {sorted(known)}")
+        sections[section.name] = dataclasses.replace(current, **updates)
+    unknown_sections = set(values) - set(sections)
+    if unknown_sections:
+        raise KeyError(f"unknown config section(s) {sorted(unknown_sections)}; "
+                       f"known: {sorted(sections)}")
+    return Config(**sections)

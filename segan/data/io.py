@@ -1,0 +1,92 @@
+"""Reading images and masks from disk into NumPy arrays.
+
+Images come back as uint8 HxWxC with the channel count the model expects; masks as uint8 HxW
+class indices. Every failure raises `ImageReadError` naming the file, so callers can report and
+skip one bad file instead of dying inside OpenCV.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".webp")
+
+
+class ImageReadError(ValueError):
+    """A file that could not be decoded as an image."""
+
+
+def _decode(path: Path, flags: int) -> np.ndarray:
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as error:
+        raise ImageReadError(f"{path}: cannot read file ({error.strerror})") from None
+    if data.size == 0:
+        raise ImageReadError(f"{path}: empty file")
+    array = cv2.imdecode(data, flags)
+    if array is None and path.suffix.lower() == ".gif":
+        # OpenCV builds without GIF support; one frame through VideoCapture still decodes it.
+        capture = cv2.VideoCapture(str(path))
+        ok, frame = capture.read()
+        capture.release()
+        array = frame if ok else None
+    if array is None:
+        raise ImageReadError(f"{path}: not a readable image (corrupt, truncated or unsupported format)")
+    return array
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        return (array >> 8).astype(np.uint8)
+    array = array.astype(np.float32)
+    low, high = float(array.min()), float(array.max())
+    scale = 255.0 / (high - low) if high > low else 0.0
+    return ((array - low) * scale).astype(np.uint8)
+
+
+def read_image(path: str | Path, in_channels: int = 3) -> np.ndarray:
+    """Reads an image as uint8 HxWxC RGB (C=3) or greyscale (C=1).
+
+    16-bit images keep their top 8 bits; alpha is dropped.
+    """
+    path = Path(path)
+    array = _to_uint8(_decode(path, cv2.IMREAD_UNCHANGED))
+    if array.ndim == 2:
+        array = array[:, :, None]
+    channels = array.shape[2]
+    if in_channels == 1:
+        if channels >= 3:
+            array = cv2.cvtColor(array[:, :, :3], cv2.COLOR_BGR2GRAY)[:, :, None]
+        return np.ascontiguousarray(array[:, :, :1])
+    if channels == 1:
+        return np.ascontiguousarray(np.repeat(array, 3, axis=2))
+    return cv2.cvtColor(array[:, :, :3], cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: str | Path, num_classes: int = 2, ignore_index: int = 255) -> np.ndarray:
+    """Reads a mask as uint8 HxW class indices.
+
+    Binary tasks (num_classes == 2) accept 0/1 masks and 0/255 masks; the latter are thresholded
+    at 127, which also removes JPEG noise. Multi-class masks are read as stored class indices.
+    Values that are neither a class nor `ignore_index` raise `ImageReadError`.
+    """
+    path = Path(path)
+    array = _to_uint8(_decode(path, cv2.IMREAD_UNCHANGED))
+    if array.ndim == 3:
+        array = array[:, :, 0] if array.shape[2] in (1, 2) else cv2.cvtColor(array[:, :, :3], cv2.COLOR_BGR2GRAY)
+    if num_classes == 2:
+        if int(array.max(initial=0)) <= 1:
+            return array.astype(np.uint8)
+        mask = (array > 127).astype(np.uint8)
+        return mask
+    bad = (array >= num_classes) & (array != ignore_index)
+    if bad.any():
+        values = np.unique(array[bad])[:10].tolist()
+        raise ImageReadError(f"{path}: mask values {values} are neither a class index (0-{num_classes - 1}) "
+                             f"nor the ignore index {ignore_index}; check the class list")
+    return array.astype(np.uint8)

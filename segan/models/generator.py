@@ -1,0 +1,113 @@
+"""The generator: a segmentation-models-pytorch network that predicts mask logits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+from ..config import GeneratorConfig
+
+ARCHITECTURES = tuple(smp.MODEL_ARCHITECTURES_MAPPING)
+# Architectures whose decoder has one block per encoder stage and needs `decoder_channels` to match.
+_PER_STAGE_DECODERS = {"unet", "unetplusplus", "manet"}
+_DECODER_CHANNELS = (256, 128, 64, 32, 16)
+
+
+def output_channels(num_classes: int) -> int:
+    """Binary tasks predict one logit per pixel; multi-class tasks one per class."""
+    return 1 if num_classes == 2 else num_classes
+
+
+def build_generator(config: GeneratorConfig, in_channels: int, num_classes: int,
+                    load_encoder_weights: bool = True) -> nn.Module:
+    """Builds an smp model from `config` (any registered architecture and encoder).
+
+    The model is always constructed with `encoder_weights=None`, so its hub config never asks
+    for a download again when reloaded; requested weights are loaded afterwards.
+
+    Args:
+        config: architecture, encoder and encoder weights.
+        in_channels: 1 or 3.
+        num_classes: class count including background (2 = binary, one output channel).
+        load_encoder_weights: False skips `config.encoder_weights` (the weights come from a
+            checkpoint anyway, e.g. when resuming or exporting).
+    """
+    if config.arch.lower() not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture '{config.arch}'; choose one of {', '.join(ARCHITECTURES)}")
+    extra = {}
+    if config.arch.lower() in _PER_STAGE_DECODERS:
+        extra["decoder_channels"] = _DECODER_CHANNELS[-config.encoder_depth:]
+    try:
+        model = smp.create_model(config.arch, encoder_name=config.encoder_name, encoder_depth=config.encoder_depth,
+                                 encoder_weights=None, in_channels=in_channels,
+                                 classes=output_channels(num_classes), **extra)
+    except KeyError as error:
+        raise ValueError(f"unknown encoder '{config.encoder_name}' ({error}); see "
+                         "segmentation_models_pytorch.encoders.get_encoder_names()") from None
+    if load_encoder_weights and config.encoder_weights:
+        load_pretrained_encoder(model, config, in_channels)
+    return model
+
+
+def load_pretrained_encoder(model: nn.Module, config: GeneratorConfig, in_channels: int) -> None:
+    """Loads `config.encoder_weights` (a local file, or a name smp downloads) into `model.encoder`."""
+    source = config.encoder_weights
+    if Path(source).is_file():
+        state = _read_state_dict(Path(source))
+    else:
+        try:
+            donor = smp.create_model(config.arch, encoder_name=config.encoder_name,
+                                     encoder_depth=config.encoder_depth, encoder_weights=source,
+                                     in_channels=in_channels, classes=1)
+        except Exception as error:  # network, hub or unknown-weights errors all end here
+            raise RuntimeError(
+                f"could not get '{source}' weights for encoder '{config.encoder_name}': {error}. "
+                "Without internet, train from scratch (encoder_weights: null) or pass a local "
+                "encoder state dict file as --encoder-weights PATH.") from None
+        state = donor.encoder.state_dict()
+    _load_checked(model.encoder, state, source)
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def _load_checked(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        raise ValueError(f"encoder weights {source} do not fit the encoder: {len(missing)} missing "
+                         f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
+                         f"{len(wrong)} of another shape (e.g. {wrong[:3]})")
+    module.load_state_dict(state)
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Sigmoid for one channel (binary), softmax over channels otherwise."""
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+
+def labels(logits: torch.Tensor) -> torch.Tensor:
+    """Class index per pixel (B, H, W): logit > 0 for binary, argmax otherwise."""
+    return (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(dim=1)
+
+
+def one_hot(mask: torch.Tensor, channels: int) -> torch.Tensor:
+    """(B, H, W) class indices to (B, channels, H, W) floats; one channel means the binary mask itself.
+
+    Indices outside the classes (the ignore index) become all-zero vectors.
+    """
+    if channels == 1:
+        return (mask == 1).unsqueeze(1).float()
+    valid = (mask >= 0) & (mask < channels)
+    encoded = nn.functional.one_hot(torch.where(valid, mask, 0), channels).permute(0, 3, 1, 2).float()
+    return encoded * valid.unsqueeze(1)

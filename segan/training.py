@@ -1,0 +1,263 @@
+"""Training: the LightningModule with the generator/discriminator step, and `train(config)`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from . import metrics
+from .config import Config
+from .data import SegmentationDataset, find_splits
+from .losses import AdversarialLoss, SegmentationLoss
+from .models import build_discriminator, build_generator, labels, one_hot, output_channels, probabilities
+from .transforms import build_eval_transform, build_train_transform
+
+log = logging.getLogger(__name__)
+
+INPUT_GUARDS = ("none", "smooth", "noise")
+
+
+class SeganModule(L.LightningModule):
+    """Generator + discriminator trained by alternating steps (manual optimisation).
+
+    Args:
+        config: a `Config` as a plain dict (plain data keeps checkpoints loadable with
+            `weights_only=True`).
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.config = Config.from_dict(config)
+        data, loss = self.config.data, self.config.loss
+        if self.config.discriminator.input_guard not in INPUT_GUARDS:
+            raise ValueError(f"unknown input_guard '{self.config.discriminator.input_guard}'; choose one of {INPUT_GUARDS}")
+        self.automatic_optimization = False
+        self.mask_channels = output_channels(data.num_classes)
+        self.generator = build_generator(self.config.generator, data.in_channels, data.num_classes)
+        self.discriminator = build_discriminator(self.config.discriminator, data.in_channels, self.mask_channels)
+        self.segmentation_loss = SegmentationLoss(data.num_classes, data.ignore_index, loss.dice_weight, loss.ce_weight)
+        self.adversarial_loss = AdversarialLoss(loss.adv_mode)
+        self.val_confusion: torch.Tensor | None = None
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.generator(image)
+
+    @property
+    def adversarial(self) -> bool:
+        return self.config.loss.adv_weight > 0
+
+    def real_mask(self, mask: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """The truth as the discriminator sees it: one-hot, with ignored pixels copied from `fake`
+        (so they carry no signal), softened by the input guard."""
+        real = one_hot(mask, self.mask_channels)
+        ignored = (mask == self.config.data.ignore_index).unsqueeze(1)
+        real = torch.where(ignored, fake.detach(), real)
+        guard = self.config.discriminator
+        if guard.input_guard == "smooth":
+            # Label smoothing: truth no longer sits exactly at 0/1, where a soft prediction never is.
+            uniform = 0.5 if self.mask_channels == 1 else 1.0 / self.mask_channels
+            real = real * (1 - guard.guard_strength) + uniform * guard.guard_strength
+        return real
+
+    def guarded(self, mask: torch.Tensor) -> torch.Tensor:
+        guard = self.config.discriminator
+        if guard.input_guard == "noise":
+            return mask + guard.guard_strength * torch.randn_like(mask)
+        return mask
+
+    def discriminate(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.discriminator(image, self.guarded(mask))
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        opt_g, opt_d = self.optimizers()
+        image, mask = batch["image"], batch["mask"]
+        logits = self.generator(image)
+        fake = probabilities(logits)
+
+        if self.adversarial:
+            # D step: truth is real, the generator's current (detached) prediction is fake.
+            with self.toggled_optimizer(opt_d):
+                real_logits = self.discriminate(image, self.real_mask(mask, fake))
+                fake_logits = self.discriminate(image, fake.detach())
+                d_loss = 0.5 * (self.adversarial_loss(real_logits, True) + self.adversarial_loss(fake_logits, False))
+                opt_d.zero_grad()
+                self.manual_backward(d_loss)
+                opt_d.step()
+            self.log_dict({"train/d_loss": d_loss.detach(),
+                           "train/d_real": torch.sigmoid(real_logits.detach()).mean(),
+                           "train/d_fake": torch.sigmoid(fake_logits.detach()).mean()})
+
+        # G step: segmentation loss, plus fooling D once the supervised warm-up is over.
+        with self.toggled_optimizer(opt_g):
+            seg_loss = self.segmentation_loss(logits, mask)
+            g_loss = seg_loss
+            if self.adversarial and self.current_epoch >= self.config.loss.adv_warmup_epochs:
+                adv_loss = self.adversarial_loss(self.discriminate(image, fake), True, for_discriminator=False)
+                g_loss = seg_loss + self.config.loss.adv_weight * adv_loss
+                self.log("train/adv_loss", adv_loss.detach())
+            opt_g.zero_grad()
+            self.manual_backward(g_loss)
+            opt_g.step()
+        self.log_dict({"train/seg_loss": seg_loss.detach(), "train/g_loss": g_loss.detach()}, prog_bar=True)
+
+    def on_train_epoch_end(self) -> None:
+        for scheduler in self.lr_schedulers():
+            scheduler.step()
+
+    def on_validation_epoch_start(self) -> None:
+        classes = self.config.data.num_classes
+        self.val_confusion = torch.zeros(classes, classes, dtype=torch.long, device=self.device)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self.generator(batch["image"])
+        loss = self.segmentation_loss(logits, batch["mask"])
+        self.log("val/loss", loss, sync_dist=True, batch_size=len(batch["image"]))
+        confusion = metrics.confusion_matrix(labels(logits), batch["mask"], self.config.data.num_classes,
+                                             self.config.data.ignore_index)
+        self.val_confusion += confusion.sum(dim=0)
+
+    def on_validation_epoch_end(self) -> None:
+        confusion = self.trainer.strategy.reduce(self.val_confusion, reduce_op="sum")
+        scores = metrics.summary(confusion.cpu(), self.config.data.binary)
+        # NaN (no foreground anywhere in the split) must not look like a best score.
+        self.log_dict({f"val/{name}": 0.0 if math.isnan(value) else value for name, value in scores.items()},
+                      prog_bar=True)
+
+    def configure_optimizers(self):
+        train = self.config.train
+        opt_g = torch.optim.Adam(self.generator.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        # beta1 = 0.5 as in pix2pix/DCGAN: momentum destabilises the adversarial game.
+        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=train.d_lr, betas=(0.5, 0.999))
+        epochs = max(1, train.epochs)
+        schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs) for opt in (opt_g, opt_d)]
+        return [opt_g, opt_d], schedulers
+
+
+def build_dataloaders(config: Config) -> tuple[DataLoader, DataLoader]:
+    data, train = config.data, config.train
+    splits = find_splits(data.root, data.train_split, data.val_split, data.val_fraction, train.seed)
+    train_set = SegmentationDataset(
+        splits["train"],
+        build_train_transform(data.augment, data.size, data.resize, data.mean, data.std, data.rotations,
+                              data.ignore_index),
+        data.in_channels, data.num_classes, data.ignore_index)
+    val_set = SegmentationDataset(
+        splits["val"], build_eval_transform(data.size, data.resize, data.mean, data.std, data.ignore_index),
+        data.in_channels, data.num_classes, data.ignore_index)
+    loader_args = dict(num_workers=data.num_workers, persistent_workers=data.num_workers > 0)
+    # Crop mode validates whole images, whose sizes may differ: one per batch.
+    val_batch = train.batch_size if data.resize == "resize" else 1
+    drop_last = len(train_set) > train.batch_size
+    return (DataLoader(train_set, batch_size=train.batch_size, shuffle=True, drop_last=drop_last, **loader_args),
+            DataLoader(val_set, batch_size=val_batch, shuffle=False, **loader_args))
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns and writes to `RUN/summary.json`."""
+
+    run_dir: str
+    best_val_iou: float
+    best_val_dice: float
+    best_epoch: int
+    epochs: int
+    steps: int  # training iterations (one G step, and one D step when adversarial, each)
+    wall_time_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _trainer(config: Config, run_dir: Path, checkpoint: ModelCheckpoint) -> L.Trainer:
+    train = config.train
+    strategy: Any = "auto"
+    devices = train.devices
+    if devices not in ("auto", None) and int(devices) > 1:
+        from lightning.pytorch.strategies import DDPStrategy
+        # The D step leaves G's parameters unused and vice versa.
+        strategy = DDPStrategy(find_unused_parameters=True)
+    return L.Trainer(
+        default_root_dir=str(run_dir),
+        max_epochs=train.epochs,
+        accelerator=train.accelerator,
+        devices=devices,
+        strategy=strategy,
+        precision=train.precision,
+        callbacks=[checkpoint],
+        logger=[CSVLogger(str(run_dir), name="", version=""),
+                TensorBoardLogger(str(run_dir), name="tensorboard", version="")],
+        log_every_n_steps=10,
+        deterministic=False,
+        enable_model_summary=False,
+    )
+
+
+def train(config: Config, resume: bool = False) -> TrainResult:
+    """Trains a GAN segmenter and writes the run folder `config.train.out`.
+
+    The run folder holds `config.yaml`, `checkpoints/{best,last}.ckpt` (full training state),
+    `generator/` (the best generator, loadable by `segmentation_models_pytorch.from_pretrained`),
+    `metrics.csv`, TensorBoard logs and `summary.json`.
+
+    Args:
+        config: all settings; `config.data.root` and `config.train.out` must be set.
+        resume: continue from `out/checkpoints/last.ckpt` (epochs, steps, optimiser state).
+    """
+    run_dir = Path(config.train.out)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume and not last.is_file():
+        raise FileNotFoundError(f"cannot resume: {last} does not exist (was the run started with --out {run_dir}?)")
+    if not config.data.root:
+        raise ValueError("no dataset given: set data.root (--data DIR)")
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    train_loader, val_loader = build_dataloaders(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.save(run_dir / "config.yaml")
+
+    module = SeganModule(config.to_dict())
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/iou", mode="max",
+                                 save_last=True, save_top_k=1, enable_version_counter=False)
+    trainer = _trainer(config, run_dir, checkpoint)
+    started = time.perf_counter()
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None, weights_only=True)
+    wall = time.perf_counter() - started
+
+    best_path = Path(checkpoint.best_model_path or last)
+    # Re-score the best checkpoint: its IoU and Dice come from one and the same pass.
+    scores = trainer.validate(module, val_loader, ckpt_path=str(best_path), weights_only=True, verbose=False)[0]
+    best = torch.load(best_path, map_location="cpu", weights_only=True)
+    result = TrainResult(
+        run_dir=str(run_dir),
+        best_val_iou=round(float(scores["val/iou"]), 4),
+        best_val_dice=round(float(scores["val/dice"]), 4),
+        best_epoch=int(best["epoch"]),
+        epochs=trainer.current_epoch,
+        # Lightning counts one step per optimizer.step(); report training iterations.
+        steps=trainer.global_step // (2 if module.adversarial else 1),
+        wall_time_s=round(wall, 1),
+    )
+    if trainer.is_global_zero:
+        export_generator(config, best["state_dict"], run_dir / "generator")
+        (run_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    return result
+
+
+def export_generator(config: Config, state_dict: dict[str, torch.Tensor], out: Path) -> None:
+    """Writes the generator in smp's `save_pretrained` layout (config.json + model.safetensors)."""
+    generator = build_generator(config.generator, config.data.in_channels, config.data.num_classes,
+                                load_encoder_weights=False)
+    prefix = "generator."
+    generator.load_state_dict({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
+    generator.save_pretrained(str(out))

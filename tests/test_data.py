@@ -1,0 +1,142 @@
+import cv2
+import numpy as np
+import pytest
+
+from segan.data import DatasetLayoutError, ImageReadError, SegmentationDataset, find_splits, make_demo_dataset, read_image, read_mask
+from segan.transforms import PRESETS, build_eval_transform, build_train_transform
+
+
+def write(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), array)
+    return path
+
+
+def make_pairs(root, names, split=None):
+    base = root / split if split else root
+    for name in names:
+        write(base / "images" / f"{name}.png", np.full((16, 16, 3), 100, np.uint8))
+        write(base / "masks" / f"{name}.png", np.zeros((16, 16), np.uint8))
+
+
+def test_binary_mask_0_255_and_0_1_decode_alike(tmp_path):
+    truth = np.zeros((8, 8), np.uint8)
+    truth[2:5, 3:7] = 1
+    assert np.array_equal(read_mask(write(tmp_path / "a.png", truth * 255)), truth)
+    assert np.array_equal(read_mask(write(tmp_path / "b.png", truth)), truth)
+
+
+def test_binary_jpeg_mask_noise_is_thresholded(tmp_path):
+    truth = np.zeros((64, 64), np.uint8)
+    truth[10:40, 20:50] = 1
+    path = tmp_path / "m.jpg"
+    cv2.imwrite(str(path), truth * 255, [cv2.IMWRITE_JPEG_QUALITY, 60])
+    raw = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    assert len(np.unique(raw)) > 2, "the JPEG should carry noise for this test to mean anything"
+    assert (read_mask(path) != truth).mean() < 0.01
+
+
+def test_multiclass_mask_rejects_values_outside_classes(tmp_path):
+    mask = np.array([[0, 1], [2, 9]], np.uint8)
+    path = write(tmp_path / "m.png", mask)
+    with pytest.raises(ImageReadError, match=r"m\.png.*\[9\]"):
+        read_mask(path, num_classes=3)
+    ok = np.array([[0, 1], [2, 255]], np.uint8)
+    assert np.array_equal(read_mask(write(tmp_path / "ok.png", ok), num_classes=3), ok)
+
+
+def test_read_image_converts_channels(tmp_path):
+    grey = write(tmp_path / "g.png", np.full((5, 7), 40, np.uint8))
+    rgba = write(tmp_path / "c.png", np.dstack([np.full((5, 7), v, np.uint8) for v in (10, 20, 30, 255)]))
+    sixteen = write(tmp_path / "s.png", np.full((5, 7), 40000, np.uint16))
+    assert read_image(grey, 3).shape == (5, 7, 3)
+    assert read_image(rgba, 3)[0, 0].tolist() == [30, 20, 10]  # BGR on disk, RGB in memory
+    assert read_image(rgba, 1).shape == (5, 7, 1)
+    assert read_image(sixteen, 1)[0, 0, 0] == 40000 >> 8
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n\x00\x00"])
+def test_unreadable_image_names_the_file(tmp_path, content):
+    path = tmp_path / "broken.png"
+    path.write_bytes(content)
+    with pytest.raises(ImageReadError, match="broken.png"):
+        read_image(path)
+
+
+def test_split_layout_with_validation(tmp_path):
+    make_pairs(tmp_path, ["a", "b", "c"], "train")
+    make_pairs(tmp_path, ["d"], "validation")
+    splits = find_splits(tmp_path)
+    assert [p.image.stem for p in splits["train"]] == ["a", "b", "c"]
+    assert [p.image.stem for p in splits["val"]] == ["d"]
+
+
+def test_flat_layout_holds_back_a_seeded_fraction(tmp_path):
+    make_pairs(tmp_path, [f"{i:02d}" for i in range(10)])
+    first = find_splits(tmp_path, val_fraction=0.3, seed=1)
+    again = find_splits(tmp_path, val_fraction=0.3, seed=1)
+    other = find_splits(tmp_path, val_fraction=0.3, seed=2)
+    assert len(first["val"]) == 3 and len(first["train"]) == 7
+    assert first == again
+    assert first["val"] != other["val"]
+    assert not {p.image for p in first["val"]} & {p.image for p in first["train"]}
+
+
+def test_unmatched_files_are_named(tmp_path):
+    make_pairs(tmp_path, ["a", "b"], "train")
+    write(tmp_path / "train" / "images" / "lonely.png", np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(DatasetLayoutError, match="lonely"):
+        find_splits(tmp_path)
+
+
+def test_unknown_layout_and_empty_folder(tmp_path):
+    with pytest.raises(DatasetLayoutError, match="no dataset layout"):
+        find_splits(tmp_path)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(DatasetLayoutError, match="no images"):
+        find_splits(tmp_path)
+
+
+def test_dataset_yields_normalised_tensors_and_checks_sizes(tmp_path):
+    make_pairs(tmp_path, ["a"], "train")
+    write(tmp_path / "train" / "masks" / "a.png", np.zeros((8, 8), np.uint8))  # wrong size
+    make_pairs(tmp_path, ["b"], "train")
+    pairs = find_splits(tmp_path, val_fraction=0.5)  # no validation split beside train: train is divided
+    transform = build_eval_transform(32, "resize", [0.5] * 3, [0.25] * 3)
+    dataset = SegmentationDataset(pairs["train"] + pairs["val"], transform)
+    by_name = {dataset.pairs[i].image.stem: i for i in range(len(dataset))}
+    sample = dataset[by_name["b"]]
+    assert sample["image"].dtype.is_floating_point and sample["image"].shape == (3, 32, 32)
+    assert float(sample["image"].mean()) == pytest.approx((100 / 255 - 0.5) / 0.25, abs=1e-3)
+    with pytest.raises(ValueError, match=r"a\.png.*same size"):
+        dataset[by_name["a"]]
+
+
+def test_demo_dataset_is_deterministic_and_trainable_shape(tmp_path):
+    a = make_demo_dataset(tmp_path / "a", n_train=3, n_val=2, size=32, seed=5)
+    b = make_demo_dataset(tmp_path / "b", n_train=3, n_val=2, size=32, seed=5)
+    files = sorted(p.relative_to(a) for p in a.rglob("*.png"))
+    assert len(files) == 10
+    for rel in files:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes()
+    splits = find_splits(a)
+    transform = build_train_transform("heavy", 32, "resize", [0.5] * 3, [0.25] * 3)
+    sample = SegmentationDataset(splits["train"], transform)[0]
+    assert sample["image"].shape == (3, 32, 32) and sample["mask"].shape == (32, 32)
+    assert set(sample["mask"].unique().tolist()) <= {0, 1}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("resize", ["resize", "crop"])
+def test_presets_keep_image_and_mask_aligned(preset, resize):
+    image = np.zeros((40, 48, 3), np.uint8)
+    image[:, :24] = 255
+    mask = (image[:, :, 0] > 0).astype(np.uint8)
+    transform = build_train_transform(preset, 32, resize, [0.0] * 3, [1.0] * 3)
+    for _ in range(5):
+        out = transform(image=image, mask=mask)
+        bright = out["image"][:, :, 0] > 0.5
+        valid = out["mask"] != 255
+        # the mask follows the image through every geometric op (allow edge interpolation)
+        assert (bright[valid] == (out["mask"][valid] == 1)).mean() > 0.9

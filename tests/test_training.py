@@ -1,0 +1,173 @@
+"""The G/D step, adv_weight 0, resume, export, DDP."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import segmentation_models_pytorch as smp
+import torch
+from segmentation_models_pytorch.losses import DiceLoss
+from torch.utils.data import DataLoader
+
+from segan.training import SeganModule, train
+
+from conftest import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+
+def changed(before: dict, after: dict) -> set[str]:
+    return {name for name in before if not torch.equal(before[name], after[name])}
+
+
+def one_batch(size: int = 64, binary: bool = True) -> dict:
+    torch.manual_seed(1)
+    mask = torch.zeros(4, size, size, dtype=torch.long)
+    mask[:, 16:40, 20:50] = 1
+    return dict(image=torch.randn(4, 3, size, size), mask=mask, name=[str(i) for i in range(4)])
+
+
+def fit_one_step(module: L.LightningModule, batch: dict, callbacks=()) -> None:
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=list(callbacks))
+    trainer.fit(module, DataLoader([batch], batch_size=None))
+
+
+class StepProbe(SeganModule):
+    """Snapshots the parameters between the D step and the G step."""
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self.snapshots = [(params(self.generator), params(self.discriminator))]
+
+    def toggled_optimizer(self, optimizer):
+        if optimizer is self.optimizers()[0]:  # about to take the G step: D's step is done
+            self.snapshots.append((params(self.generator), params(self.discriminator)))
+        return super().toggled_optimizer(optimizer)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.snapshots.append((params(self.generator), params(self.discriminator)))
+
+
+def test_d_step_changes_only_d_and_g_step_only_g(tmp_path, demo_root):
+    config = tiny_config(demo_root, tmp_path, loss={"adv_weight": 0.5, "adv_warmup_epochs": 0})
+    module = StepProbe(config.to_dict())
+    fit_one_step(module, one_batch())
+    (g0, d0), (g1, d1), (g2, d2) = module.snapshots
+    assert changed(g0, g1) == set(), "the D step moved generator parameters"
+    assert changed(d0, d1) == set(d0), "the D step left some discriminator parameters unchanged"
+    assert changed(d1, d2) == set(), "the G step moved discriminator parameters"
+    trained = {name for name, p in module.generator.named_parameters() if p.grad is not None}
+    assert trained and changed(g1, g2) == trained, "the G step did not move exactly the generator's trained parameters"
+
+
+def test_adversarial_term_reaches_generator_after_warmup(tmp_path, demo_root):
+    """Same start, same batch: with the adversarial term the G update differs from without it."""
+    batch = one_batch()
+    updates = []
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        module = SeganModule(tiny_config(demo_root, tmp_path, loss={"adv_weight": weight}).to_dict())
+        fit_one_step(module, batch)
+        updates.append(params(module.generator))
+    assert changed(updates[0], updates[1])
+
+
+def test_adv_weight_zero_is_a_plain_supervised_step(tmp_path, demo_root):
+    config = tiny_config(demo_root, tmp_path, loss={"adv_weight": 0.0})
+    torch.manual_seed(0)
+    module = SeganModule(config.to_dict())
+    plain = copy.deepcopy(module.generator)
+    batch = one_batch()
+    fit_one_step(module, batch)
+
+    # The textbook supervised step, written independently: smp Dice + BCE, Adam.
+    optimizer = torch.optim.Adam(plain.parameters(), lr=config.train.lr)
+    plain.train()
+    logits = plain(batch["image"])
+    target = batch["mask"].float().unsqueeze(1)
+    loss = DiceLoss(mode="binary", from_logits=True)(logits, batch["mask"]) + \
+        torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    for name, expected in plain.named_parameters():
+        torch.testing.assert_close(dict(module.generator.named_parameters())[name], expected, rtol=1e-5, atol=1e-6,
+                                   msg=lambda m: f"{name}: {m}")
+
+
+def test_resume_continues_steps_and_optimizer_state(tmp_path, demo_root):
+    config = tiny_config(demo_root, tmp_path / "run", train={"epochs": 2})
+    first = train(config)
+    assert first.epochs == 2
+    steps_per_epoch = first.steps // 2
+    longer = copy.deepcopy(config)
+    longer.train.epochs = 3
+    resumed = train(longer, resume=True)
+    assert resumed.steps == 3 * steps_per_epoch
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 2 * 3 * steps_per_epoch  # Lightning counts G and D optimizer steps
+    # Adam's step counters only reach 3 epochs' worth if the saved optimiser state was restored.
+    for optimizer_state in last["optimizer_states"]:
+        first_param = optimizer_state["state"][0]
+        assert int(first_param["step"]) == 3 * steps_per_epoch
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path, demo_root):
+    with pytest.raises(FileNotFoundError, match="last.ckpt"):
+        train(tiny_config(demo_root, tmp_path / "nothing"), resume=True)
+
+
+def test_run_folder_and_exported_generator_reload_in_plain_smp(tmp_path, demo_root):
+    run = tmp_path / "run"
+    result = train(tiny_config(demo_root, run))
+    for part in ("config.yaml", "summary.json", "metrics.csv", "checkpoints/last.ckpt", "checkpoints/best.ckpt",
+                 "generator/config.json", "generator/model.safetensors", "tensorboard"):
+        assert (run / part).exists(), part
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_val_iou"] == result.best_val_iou
+    exported = json.loads((run / "generator" / "config.json").read_text())
+    assert exported["encoder_weights"] is None
+
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    module = SeganModule(best["hyper_parameters"]["config"])
+    module.load_state_dict(best["state_dict"])
+    image = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        expected = module.generator.eval()(image)
+    torch.save(image, tmp_path / "input.pt")
+    script = (
+        "import sys, torch, segmentation_models_pytorch as smp\n"
+        f"model = smp.from_pretrained(r'{run / 'generator'}').eval()\n"
+        f"x = torch.load(r'{tmp_path / 'input.pt'}', weights_only=True)\n"
+        "with torch.inference_mode():\n"
+        f"    torch.save(model(x), r'{tmp_path / 'output.pt'}')\n"
+        "assert not any(m == 'segan' or m.startswith('segan.') for m in sys.modules)\n")
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+    torch.testing.assert_close(torch.load(tmp_path / "output.pt", weights_only=True), expected, rtol=0, atol=0)
+
+
+def test_two_process_cpu_ddp_run_completes(tmp_path, demo_root):
+    run = tmp_path / "ddp"
+    command = [sys.executable, "-m", "segan", "train", "--data", str(demo_root), "--out", str(run),
+               "--size", "64", "--epochs", "1", "--batch-size", "2", "--num-workers", "0",
+               "--accelerator", "cpu", "--devices", "2", "--d-channels", "8", "--d-layers", "2",
+               "--warmup-epochs", "0", "--encoder", "resnet18"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    # 12 training images, 2 per device per step, 2 devices: 3 steps per epoch.
+    assert summary["steps"] == 3
+    assert (run / "generator" / "model.safetensors").is_file()
