@@ -127,12 +127,125 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_predict(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict", help="segment files and folders of images with a trained run",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Writes OUTPUT/masks/<input tree>/<stem>.png (binary 0/255, or class indices with a "
+                    "colour palette) and OUTPUT/manifest.csv with one row per input. Unreadable files are "
+                    "reported and skipped; the exit code is 1 if any were.")
+    p.add_argument("--model", required=True, help="run folder written by segan train")
+    p.add_argument("--input", required=True, nargs="+", help="image files, folders (recursive) or globs")
+    p.add_argument("--output", required=True, help="output folder; must not be inside an input folder")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    p.add_argument("--num-workers", type=int, default=2, help="image decoding processes")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--tta", action="store_true",
+                   help="average flips (and 90-degree rotations when the run allows them)")
+    p.add_argument("--tile-size", type=int, default=1024,
+                   help="images trained at native scale (--resize crop) and larger than this are tiled")
+    p.add_argument("--tile-overlap", type=float, default=0.25, help="fraction of a tile shared with its neighbour")
+    p.add_argument("--save-probs", action="store_true", help="also write OUTPUT/probs/<stem>.npy (float16, CxHxW)")
+    p.add_argument("--overlay", action="store_true", help="also write OUTPUT/overlays/<stem>.jpg, the mask over the image")
+    p.add_argument("--skip-existing", action="store_true", help="leave inputs whose mask exists (resume a job)")
+    p.add_argument("--shard", help="K/N: take the K-th of N deterministic parts (K from 0); under torchrun, "
+                                   "RANK/WORLD_SIZE choose it (default: everything)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_predict)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .batch_predict import parse_shard, predict_folder
+    from .inference import Predictor
+    predictor = Predictor.from_pretrained(args.model, device=args.device, tile_size=args.tile_size,
+                                          tile_overlap=args.tile_overlap, tta=args.tta)
+    summary = predict_folder(predictor, args.input, args.output, batch_size=args.batch_size,
+                             num_workers=args.num_workers, save_probs=args.save_probs, overlay=args.overlay,
+                             skip_existing=args.skip_existing, shard=parse_shard(args.shard),
+                             progress=not args.no_progress)
+    print(f"\n{summary.written} written, {summary.skipped_existing} already there, {summary.failed} failed "
+          f"of {summary.inputs} inputs in {summary.seconds:.1f} s ({summary.images_per_s:.1f} images/s)")
+    if summary.ignored_non_images:
+        print(f"{summary.ignored_non_images} files in the input folders are not images and were ignored")
+    for failure in summary.failures[:20]:
+        print(f"  failed: {failure}")
+    if len(summary.failures) > 20:
+        print(f"  ... and {len(summary.failures) - 20} more (see the manifest)")
+    print(f"masks in {Path(args.output) / 'masks'}; manifest {summary.manifest}")
+    print(json.dumps({k: v for k, v in summary.to_dict().items() if k != "failures"}))
+    return 1 if summary.failed else 0
+
+
+def _add_evaluate(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="score a trained run on a split, or predicted masks against ground-truth masks",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Scores the masks in --pred against those in --gt, paired by relative path and file stem "
+                    "(a/b.png pairs with a/b.jpg), prints a table and writes OUT/metrics.json (every figure "
+                    "with its definition; null where undefined) and OUT/per_image.csv (worst images first). "
+                    "Per class: IoU, Dice, precision, recall pooled over all pixels of the split (micro), and "
+                    "IoU, Dice per image then averaged; macro means over classes with and without the "
+                    "background. A class absent from both truth and prediction is undefined, not 0 or 1, and "
+                    "left out of the means. Binary tasks report the foreground class.")
+    p.add_argument("--model", metavar="RUN", help="score a trained run: segment --data's --split with the same code "
+                                                  "as segan predict, then score (instead of --pred/--gt)")
+    p.add_argument("--data", metavar="DIR", help="dataset folder for --model (default: the run's own)")
+    p.add_argument("--split", default="val", help="with --model: val or train as training divided the data, or a "
+                                                  "split folder name such as test")
+    p.add_argument("--tta", action="store_true", help="with --model: test-time augmentation, as in segan predict")
+    p.add_argument("--device", default="auto", help="with --model: auto, cpu, cuda")
+    p.add_argument("--pred", metavar="DIR", help="predicted masks (searched recursively; a segan predict output folder works: "
+                                  "its masks/ are used)")
+    p.add_argument("--gt", metavar="DIR", help="ground-truth masks in the same layout (a dataset split folder with images/ + "
+                                "masks/ works: its masks/ are used)")
+    p.add_argument("--classes", nargs="+", metavar="NAME", default=["background", "foreground"],
+                   help="class names, background first; two = binary (0/1 or 0/255 masks)")
+    p.add_argument("--ignore-index", type=int, default=255,
+                   help="ground-truth value not scored (multi-class masks); -1 = none")
+    p.add_argument("--roi", metavar="DIR", help="optional region-of-interest masks in the same layout; pixels where it is 0 "
+                                 "are not scored")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="score only the ground truth that has a prediction; without it a missing prediction is an error")
+    p.add_argument("--out", metavar="DIR", help="folder for metrics.json and per_image.csv; when not given, "
+                                                "'evaluation' beside the prediction masks folder (PRED/evaluation "
+                                                "for a segan predict output)")
+    p.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_folders, format_table, write_report
+    from .metrics import json_safe
+    if args.model:
+        from .evaluation import evaluate_model
+        if args.pred or args.gt:
+            raise ValueError("give either --model RUN (with --data/--split) or --pred DIR --gt DIR, not both")
+        out = Path(args.out) if args.out else Path(args.model) / "evaluation" / args.split
+        result = evaluate_model(args.model, args.data, args.split, out, tta=args.tta, device=args.device)
+    elif args.pred and args.gt:
+        result = evaluate_folders(args.pred, args.gt, class_names=args.classes,
+                                  ignore_index=None if args.ignore_index < 0 else args.ignore_index,
+                                  roi_dir=args.roi, allow_missing=args.allow_missing)
+        out = Path(args.out) if args.out else result.pred_dir.parent / "evaluation"
+        write_report(result, out)
+    else:
+        raise ValueError("segan evaluate needs --model RUN, or --pred DIR (predicted masks) and --gt DIR "
+                         "(ground-truth masks)")
+    print(format_table(result))
+    print(f"written {out / 'metrics.json'} and {out / 'per_image.csv'}")
+    head = result.report["headline"]
+    print(json.dumps(json_safe({"images": result.report["images"], "scope": head["scope"], "iou": head["iou"],
+                                "dice": head["dice"], "out": str(out)})))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segan", description="GAN-based image segmentation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_train(subparsers)
+    _add_predict(subparsers)
     _add_data(subparsers)
+    _add_evaluate(subparsers)
     return parser
 
 
@@ -140,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     from .data import DatasetLayoutError, ImageReadError
+    # All bad-input errors derive from ValueError/OSError/RuntimeError: a message and exit code 2,
+    # never a stack trace.
     try:
         return args.handler(args)
     except (DatasetLayoutError, ImageReadError, FileNotFoundError, ValueError, KeyError, RuntimeError) as error:

@@ -1,13 +1,19 @@
 """Confusion counts and the scores made from them, defined once for training, evaluation and tests.
 
 Counts are per image and per class over pixels that are not ignored. IoU = TP / (TP + FP + FN),
-Dice = 2 TP / (2 TP + FP + FN). A class absent from both truth and prediction has a zero
-denominator: its score is NaN (undefined) and it is left out of every mean, never counted as 0
-or 1.
+Dice = 2 TP / (2 TP + FP + FN), precision = TP / (TP + FP), recall = TP / (TP + FN). A class absent
+from both truth and prediction has a zero denominator: its score is NaN (undefined) and it is left
+out of every mean, never counted as 0 or 1. (Likewise precision is undefined where a class is never
+predicted, recall where it is absent from the truth.)
+
+`report` turns per-image confusion matrices into the figures `segan evaluate` prints and writes.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
+import numpy as np
 import torch
 
 
@@ -67,3 +73,135 @@ def summary(confusion: torch.Tensor, binary: bool) -> dict[str, float]:
     if binary:
         return {"iou": float(class_iou[1]), "dice": float(class_dice[1])}
     return {"iou": float(class_iou.nanmean()), "dice": float(class_dice.nanmean())}
+
+
+def precision(confusion: torch.Tensor) -> torch.Tensor:
+    tp, fp, _ = counts(confusion)
+    return _ratio(tp, tp + fp)
+
+
+def recall(confusion: torch.Tensor) -> torch.Tensor:
+    tp, _, fn = counts(confusion)
+    return _ratio(tp, tp + fn)
+
+
+SCORES = {"iou": iou, "dice": dice, "precision": precision, "recall": recall}
+
+
+def pooled(confusion: torch.Tensor, classes: Sequence[int] | None = None) -> dict[str, float]:
+    """Scores from TP, FP, FN summed over `classes` (default all) of a (C, C) matrix before the ratio.
+
+    This is scikit-learn's `average="micro"`. Over all classes of a multi-class task precision and
+    recall both equal the pixel accuracy.
+    """
+    tp, fp, fn = counts(confusion)
+    index = torch.as_tensor(list(range(tp.shape[-1])) if classes is None else list(classes), dtype=torch.long)
+    tp, fp, fn = (x[..., index].sum(dim=-1) for x in (tp, fp, fn))
+    return {"iou": float(_ratio(tp, tp + fp + fn)), "dice": float(_ratio(2 * tp, 2 * tp + fp + fn)),
+            "precision": float(_ratio(tp, tp + fp)), "recall": float(_ratio(tp, tp + fn))}
+
+
+DEFINITIONS = {
+    "iou": "TP / (TP + FP + FN) over scored pixels",
+    "dice": "2 TP / (2 TP + FP + FN); equals pixel F1",
+    "precision": "TP / (TP + FP)",
+    "recall": "TP / (TP + FN)",
+    "scored_pixels": "pixels whose ground truth is a class index; the ignore index (and pixels outside the "
+                     "region of interest, when one is given) are not scored",
+    "micro": "per class: TP, FP, FN summed over all images of the split, then the ratio (keys iou, dice, "
+             "precision, recall)",
+    "per_image": "per class: the ratio in each image, then the mean over the images where it is defined "
+                 "(keys iou_per_image, dice_per_image; images_scored says over how many)",
+    "macro_with_background": "mean over all classes, background (class 0) included, of the per-class figures",
+    "macro_without_background": "mean over classes 1.., background (class 0) left out, of the per-class figures",
+    "headline": "binary tasks: the foreground class; multi-class tasks: macro_with_background (the same "
+                "figure training reports as validation IoU / Dice)",
+    "absent_class": "a class absent from both truth and prediction (in an image, or in the whole split) has "
+                    "a zero denominator: its IoU and Dice are undefined (NaN, null in JSON) and it is left out "
+                    "of every mean, never counted as 0 or 1. Likewise precision is undefined where the class "
+                    "is never predicted and recall where it is absent from the truth.",
+}
+
+
+def nanmean(values: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean over the defined (non-NaN) entries; NaN where none is defined, without warnings."""
+    defined = ~values.isnan()
+    total = torch.where(defined, values, torch.zeros_like(values))
+    if dim is None:
+        n = defined.sum()
+        return total.sum() / n if n > 0 else torch.tensor(float("nan"), dtype=values.dtype)
+    n = defined.sum(dim=dim)
+    return torch.where(n > 0, total.sum(dim=dim) / n.clamp(min=1), torch.full_like(n, float("nan"), dtype=values.dtype))
+
+
+def report(confusions: torch.Tensor | np.ndarray, class_names: Sequence[str], binary: bool | None = None) -> dict:
+    """The full figures of a split from its per-image confusion matrices (N, C, C), rows truth.
+
+    Returns a JSON-ready dict (floats are float64 values, NaN where undefined): `per_class`
+    micro and per-image scores, `macro_with_background`, `macro_without_background`, the
+    `headline` (foreground class for binary tasks, `macro_with_background` otherwise),
+    `pixel_accuracy` and the `definitions` of every figure, including the absent-class rule.
+    """
+    confusions = torch.as_tensor(np.asarray(confusions) if isinstance(confusions, np.ndarray) else confusions)
+    if confusions.ndim != 3 or confusions.shape[1] != confusions.shape[2]:
+        raise ValueError(f"confusions must have shape (N, C, C), got {tuple(confusions.shape)}")
+    n_images, n_classes = confusions.shape[0], confusions.shape[1]
+    if n_images == 0:
+        raise ValueError("no images to report on")
+    class_names = list(class_names)
+    if len(class_names) != n_classes:
+        raise ValueError(f"{len(class_names)} class names for {n_classes} classes")
+    binary = n_classes == 2 if binary is None else binary
+    confusions = confusions.long()
+    total = confusions.sum(dim=0)
+
+    micro = {name: fn(total) for name, fn in SCORES.items()}
+    per_image_scores = {name: SCORES[name](confusions) for name in ("iou", "dice")}  # (N, C)
+    per_image = {f"{name}_per_image": nanmean(values, dim=0) for name, values in per_image_scores.items()}
+    images_scored = (~per_image_scores["iou"].isnan()).sum(dim=0)
+    truth_pixels, predicted_pixels = total.sum(dim=1), total.sum(dim=0)
+
+    per_class = {}
+    for c, name in enumerate(class_names):
+        entry = {key: float(values[c]) for key, values in {**micro, **per_image}.items()}
+        entry.update(images_scored=int(images_scored[c]), truth_pixels=int(truth_pixels[c]),
+                     predicted_pixels=int(predicted_pixels[c]))
+        per_class[name] = entry
+
+    def macro(first: int) -> dict:
+        block = {key: float(nanmean(values[first:])) for key, values in {**micro, **per_image}.items()}
+        block["classes_scored"] = int((~micro["iou"][first:].isnan()).sum())
+        return block
+
+    with_background, without_background = macro(0), macro(1)
+    keys = ("iou", "dice", "iou_per_image", "dice_per_image")
+    if binary:
+        headline = {"scope": f"foreground class {class_names[1]!r}", **{k: per_class[class_names[1]][k] for k in keys}}
+    else:
+        headline = {"scope": "macro_with_background", **{k: with_background[k] for k in keys}}
+    scored = int(total.sum())
+    return {
+        "task": "binary" if binary else "multiclass",
+        "classes": class_names,
+        "images": int(n_images),
+        "scored_pixels": scored,
+        "pixel_accuracy": float(total.diagonal().sum()) / scored if scored else float("nan"),
+        "headline": headline,
+        "per_class": per_class,
+        "macro_with_background": with_background,
+        "macro_without_background": without_background,
+        "definitions": dict(DEFINITIONS),
+    }
+
+
+def json_safe(value):
+    """`value` with every NaN or infinite float replaced by None, so JSON gets null (not NaN)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from segan.config import Config, merge
 from segan.data import make_demo_dataset
+from segan.models import build_generator
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -36,3 +38,25 @@ def shared_dataset(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"real dataset {name} not found at {path} (it lives in ../shared/data beside the repo)")
     return path
+
+
+def make_run(folder: Path, classes=("background", "foreground"), in_channels=3, resize="crop", size=64,
+             rotations=True, seed=0) -> Path:
+    """A run folder as `segan train` leaves it, with a seeded untrained generator (no training needed)."""
+    config = merge(Config(), {"data": {"classes": list(classes), "in_channels": in_channels, "resize": resize,
+                                       "size": size, "rotations": rotations,
+                                       "mean": [0.5] * in_channels, "std": [0.25] * in_channels},
+                              "generator": {"encoder_name": "resnet18", "encoder_depth": 3}})
+    torch.manual_seed(seed)
+    generator = build_generator(config.generator, in_channels, len(classes))
+    # Give the BatchNorm layers non-trivial statistics, so outputs vary across the image.
+    generator.train()
+    with torch.no_grad():
+        for _ in range(3):
+            generator(torch.randn(4, in_channels, 64, 64))
+        # An untrained head answers ~0.5 everywhere; a sharper one makes agreement tests meaningful.
+        generator.segmentation_head[0].weight *= 40
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save(folder / "config.yaml")
+    generator.eval().save_pretrained(str(folder / "generator"))
+    return folder

@@ -140,3 +140,16 @@ def test_presets_keep_image_and_mask_aligned(preset, resize):
         valid = out["mask"] != 255
         # the mask follows the image through every geometric op (allow edge interpolation)
         assert (bright[valid] == (out["mask"][valid] == 1)).mean() > 0.9
+
+
+def test_palette_png_masks_read_as_indices(tmp_path):
+    from PIL import Image
+    indices = np.array([[0, 1, 2], [3, 255, 1]], np.uint8)
+    image = Image.fromarray(indices, mode="P")
+    image.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] + [7, 7, 7] * 252)
+    image.save(tmp_path / "voc.png")
+    assert np.array_equal(read_mask(tmp_path / "voc.png", num_classes=4), indices)
+    binary = Image.fromarray(np.array([[0, 1]], np.uint8), mode="P")
+    binary.putpalette([0, 0, 0, 255, 255, 255] + [0, 0, 0] * 254)
+    binary.save(tmp_path / "binary.png")
+    assert read_mask(tmp_path / "binary.png").tolist() == [[0, 1]]

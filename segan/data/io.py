@@ -68,15 +68,30 @@ def read_image(path: str | Path, in_channels: int = 3) -> np.ndarray:
     return cv2.cvtColor(array[:, :, :3], cv2.COLOR_BGR2RGB)
 
 
-def read_mask(path: str | Path, num_classes: int = 2, ignore_index: int = 255) -> np.ndarray:
+def _palette_indices(path: Path) -> np.ndarray | None:
+    """The indices of a palette (mode P) PNG or GIF, which OpenCV would turn into colours; else None."""
+    if path.suffix.lower() not in (".png", ".gif"):
+        return None
+    from PIL import Image
+    try:
+        with Image.open(path) as image:  # reads the header only, unless it is a palette image
+            return np.array(image, dtype=np.uint8) if image.mode == "P" else None
+    except (OSError, SyntaxError, ValueError):
+        return None  # not decodable by PIL: OpenCV reports it
+
+
+def read_mask(path: str | Path, num_classes: int = 2, ignore_index: int | None = 255) -> np.ndarray:
     """Reads a mask as uint8 HxW class indices.
 
     Binary tasks (num_classes == 2) accept 0/1 masks and 0/255 masks; the latter are thresholded
-    at 127, which also removes JPEG noise. Multi-class masks are read as stored class indices.
+    at 127, which also removes JPEG noise. Multi-class masks are read as stored class indices;
+    palette PNGs (as `segan predict` writes them, or Pascal VOC) as their palette indices.
     Values that are neither a class nor `ignore_index` raise `ImageReadError`.
     """
     path = Path(path)
-    array = _to_uint8(_decode(path, cv2.IMREAD_UNCHANGED))
+    array = _palette_indices(path)
+    if array is None:
+        array = _to_uint8(_decode(path, cv2.IMREAD_UNCHANGED))
     if array.ndim == 3:
         array = array[:, :, 0] if array.shape[2] in (1, 2) else cv2.cvtColor(array[:, :, :3], cv2.COLOR_BGR2GRAY)
     if num_classes == 2:
@@ -84,7 +99,9 @@ def read_mask(path: str | Path, num_classes: int = 2, ignore_index: int = 255) -
             return array.astype(np.uint8)
         mask = (array > 127).astype(np.uint8)
         return mask
-    bad = (array >= num_classes) & (array != ignore_index)
+    bad = array >= num_classes
+    if ignore_index is not None:
+        bad &= array != ignore_index
     if bad.any():
         values = np.unique(array[bad])[:10].tolist()
         raise ImageReadError(f"{path}: mask values {values} are neither a class index (0-{num_classes - 1}) "

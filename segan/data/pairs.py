@@ -13,6 +13,8 @@ from pathlib import Path
 from .io import IMAGE_SUFFIXES
 
 VAL_SPLIT_NAMES = ("validation", "val", "valid")
+# (image folder, mask folder) names seen in published datasets, tried in this order.
+FOLDER_NAMES = (("images", "masks"), ("image", "label"), ("images", "labels"), ("image", "mask"))
 
 
 @dataclass(frozen=True)
@@ -50,18 +52,22 @@ def pair_by_stem(image_dir: Path, mask_dir: Path) -> list[Pair]:
 
 
 def _split_dirs(root: Path, split: str) -> tuple[Path, Path] | None:
-    images, masks = root / split / "images", root / split / "masks"
-    return (images, masks) if images.is_dir() and masks.is_dir() else None
+    for image_name, mask_name in FOLDER_NAMES:
+        images, masks = root / split / image_name, root / split / mask_name
+        if images.is_dir() and masks.is_dir():
+            return images, masks
+    return None
 
 
 def find_splits(root: str | Path, train_split: str = "train", val_split: str | None = None,
                 val_fraction: float = 0.2, seed: int = 0) -> dict[str, list[Pair]]:
     """Returns {"train": [...], "val": [...]} for a dataset folder.
 
-    Layouts: `{train_split}/images` + `{train_split}/masks` with a validation split beside it
-    (`val_split`, or the first of validation/val/valid that exists); or `images/` + `masks/`
-    at the root, of which a seeded `val_fraction` is held back for validation. A train split
-    without a validation split beside it is divided the same way.
+    Layouts: `{train_split}/images` + `{train_split}/masks` (or image/label, images/labels,
+    image/mask) with a validation split beside it (`val_split`, or the first of
+    validation/val/valid that exists); or the same folder pairs at the root, of which a seeded
+    `val_fraction` is held back for validation. A train split without a validation split beside
+    it is divided the same way.
     """
     root = Path(root)
     if not root.is_dir():
@@ -77,11 +83,13 @@ def find_splits(root: str | Path, train_split: str = "train", val_split: str | N
         if val_split:
             raise DatasetLayoutError(f"{root / val_split}: no images/ and masks/ folders for the validation split")
         return hold_out(train, val_fraction, seed)
-    if (root / "images").is_dir() and (root / "masks").is_dir():
-        return hold_out(pair_by_stem(root / "images", root / "masks"), val_fraction, seed)
+    flat = _split_dirs(root, ".")
+    if flat is not None:
+        return hold_out(pair_by_stem(*flat), val_fraction, seed)
     raise DatasetLayoutError(
         f"{root}: no dataset layout found. Expected {train_split}/images + {train_split}/masks "
-        "(with validation/images + validation/masks), or images/ + masks/.")
+        "(with validation/images + validation/masks), or images/ + masks/ "
+        f"(also accepted instead of images/masks: {', '.join('/'.join(n) for n in FOLDER_NAMES[1:])}).")
 
 
 def hold_out(pairs: list[Pair], val_fraction: float, seed: int) -> dict[str, list[Pair]]:
@@ -94,3 +102,15 @@ def hold_out(pairs: list[Pair], val_fraction: float, seed: int) -> dict[str, lis
     random.Random(seed).shuffle(order)
     n_val = min(len(order) - 1, max(1, round(len(order) * val_fraction)))
     return {"train": sorted(order[n_val:], key=lambda p: p.image), "val": sorted(order[:n_val], key=lambda p: p.image)}
+
+
+def find_split(root: str | Path, split: str, train_split: str = "train", val_split: str | None = None,
+               val_fraction: float = 0.2, seed: int = 0) -> list[Pair]:
+    """The pairs of one split: "train" or "val" as training divides them (`find_splits`), or any
+    other split folder by name (e.g. "test" holding images/ + masks/)."""
+    if split in ("train", "val"):
+        return find_splits(root, train_split, val_split, val_fraction, seed)[split]
+    folders = _split_dirs(Path(root), split)
+    if folders is None:
+        raise DatasetLayoutError(f"{Path(root) / split}: no images/ + masks/ folders for split '{split}'")
+    return pair_by_stem(*folders)

@@ -1,0 +1,328 @@
+"""Scoring folders of predicted masks against ground-truth masks (`segan evaluate --pred --gt`).
+
+Files pair by their path relative to each folder, without the suffix (`a/b.png` pairs with
+`a/b.jpg`). Every ground-truth mask needs a prediction unless `allow_missing` is set: an
+evaluation that silently drops images would report the wrong figures. Predictions without ground
+truth are listed and left out. The figures and their definitions are `segan.metrics.report`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import metrics
+from .data.io import IMAGE_SUFFIXES, ImageReadError, read_mask
+
+log = logging.getLogger(__name__)
+
+
+class EvaluationError(ValueError):
+    """Folders that cannot be evaluated: nothing pairs, missing predictions, sizes that differ."""
+
+
+@dataclass
+class EvaluationResult:
+    """Per-image confusion matrices of a folder pair and the report made from them."""
+
+    names: list[str]  # relative stems, e.g. "sub/img_001"
+    pred_files: list[Path]
+    gt_files: list[Path]
+    confusions: torch.Tensor  # (N, C, C) int64, rows truth, columns prediction
+    class_names: list[str]
+    ignore_index: int | None
+    report: dict
+    pred_dir: Path
+    gt_dir: Path
+    roi_dir: Path | None = None
+    unmatched_predictions: list[str] = field(default_factory=list)  # predictions without ground truth
+    missing_predictions: list[str] = field(default_factory=list)  # ground truth without prediction (allow_missing)
+
+    @property
+    def binary(self) -> bool:
+        return self.report["task"] == "binary"
+
+    def per_image(self) -> list[dict]:
+        """One row per image, worst headline IoU first (images where it is undefined last).
+
+        `iou` / `dice` are the headline of the image: the foreground class for binary tasks, else
+        the mean over the classes present in the image's truth or prediction.
+        """
+        ious, dices = metrics.iou(self.confusions), metrics.dice(self.confusions)  # (N, C) float64
+        if self.binary:
+            head_iou, head_dice = ious[:, 1], dices[:, 1]
+        else:
+            head_iou, head_dice = metrics.nanmean(ious, dim=1), metrics.nanmean(dices, dim=1)
+        rows = []
+        for i, name in enumerate(self.names):
+            row = {"name": name, "iou": float(head_iou[i]), "dice": float(head_dice[i]),
+                   "scored_pixels": int(self.confusions[i].sum())}
+            for c, cls in enumerate(self.class_names):
+                row[f"iou_{cls}"] = float(ious[i, c])
+            for c, cls in enumerate(self.class_names):
+                row[f"dice_{cls}"] = float(dices[i, c])
+            row.update(prediction=str(self.pred_files[i]), ground_truth=str(self.gt_files[i]))
+            rows.append(row)
+        rows.sort(key=lambda r: (math.isnan(r["iou"]), r["iou"] if not math.isnan(r["iou"]) else 0.0, r["name"]))
+        return rows
+
+    def to_dict(self) -> dict:
+        """What `metrics.json` holds (NaN kept; `write_report` turns it into null)."""
+        return {
+            **self.report,
+            "pred_dir": str(self.pred_dir),
+            "gt_dir": str(self.gt_dir),
+            "roi_dir": str(self.roi_dir) if self.roi_dir else None,
+            "ignore_index": self.ignore_index,
+            "unmatched_predictions": self.unmatched_predictions,
+            "missing_predictions": self.missing_predictions,
+        }
+
+
+def _mask_files(folder: Path) -> dict[str, Path]:
+    """Relative stem -> file, for every image file under `folder` (hidden files and folders skipped)."""
+    files: dict[str, Path] = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        key = rel.with_suffix("").as_posix()
+        if key in files:
+            raise EvaluationError(f"{files[key]} and {path} have the same name apart from the suffix; "
+                                  "keep one mask per image")
+        files[key] = path
+    return files
+
+
+def _resolve(folder: str | Path, what: str) -> Path:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EvaluationError(f"{what} folder not found: {folder}")
+    # The output folder of `segan predict` and a dataset split folder hold their masks in masks/.
+    if (folder / "masks").is_dir() and ((folder / "manifest.csv").is_file() or (folder / "images").is_dir()):
+        return folder / "masks"
+    return folder
+
+
+def _names(keys: Sequence[str], limit: int = 10) -> str:
+    keys = list(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, num_classes: int | None = None,
+                     class_names: Sequence[str] | None = None, ignore_index: int | None = 255,
+                     roi_dir: str | Path | None = None, allow_missing: bool = False,
+                     only: Sequence[str] | None = None) -> EvaluationResult:
+    """Scores the predicted masks in `pred_dir` against the ground truth in `gt_dir`.
+
+    Args:
+        pred_dir: predicted masks (binary 0/1 or 0/255, multi-class class indices), searched
+            recursively; the output folder of `segan predict` (its masks/ inside) works too.
+        gt_dir: ground-truth masks in the same relative layout; a dataset split folder with
+            images/ + masks/ works too.
+        num_classes: class count; default len(class_names), or 2 (binary).
+        class_names: class names, background first; default background/foreground or class_<i>.
+        ignore_index: ground-truth value that is not scored (multi-class masks; binary 0/255
+            masks are thresholded at 127 as in training, so they have no ignore value).
+        roi_dir: optional masks of the same layout; pixels where the ROI is 0 are not scored.
+        allow_missing: score only the ground truth that has a prediction instead of failing.
+        only: score exactly these ground-truth stems (e.g. a held-out split of a folder).
+    """
+    if class_names is not None:
+        class_names = [str(name) for name in class_names]
+        if num_classes is not None and num_classes != len(class_names):
+            raise EvaluationError(f"{len(class_names)} class names given for {num_classes} classes")
+        num_classes = len(class_names)
+    num_classes = 2 if num_classes is None else int(num_classes)
+    if num_classes < 2:
+        raise EvaluationError(f"need at least 2 classes (background first), got {num_classes}")
+    if class_names is None:
+        class_names = ["background", "foreground"] if num_classes == 2 else [f"class_{i}" for i in range(num_classes)]
+    if len(set(class_names)) != len(class_names):
+        raise EvaluationError(f"class names must differ: {class_names}")
+
+    pred_dir, gt_dir = _resolve(pred_dir, "prediction"), _resolve(gt_dir, "ground-truth")
+    preds, truths = _mask_files(pred_dir), _mask_files(gt_dir)
+    if only is not None:
+        absent = sorted(set(only) - set(truths))
+        if absent:
+            raise EvaluationError(f"{gt_dir} has no ground-truth mask for {_names(absent)}")
+        truths = {name: truths[name] for name in only}
+    if not truths:
+        raise EvaluationError(f"{gt_dir}: no ground-truth masks ({', '.join(IMAGE_SUFFIXES)})")
+    if not preds:
+        raise EvaluationError(f"{pred_dir}: no predicted masks ({', '.join(IMAGE_SUFFIXES)})")
+    names = sorted(set(preds) & set(truths))
+    missing = sorted(set(truths) - set(preds))
+    unmatched = sorted(set(preds) - set(truths))
+    if not names:
+        raise EvaluationError(
+            f"no prediction in {pred_dir} pairs with a ground-truth mask in {gt_dir} by relative path and "
+            f"file stem: predictions e.g. {_names(sorted(preds), 3)}; ground truth e.g. {_names(sorted(truths), 3)}")
+    if missing and not allow_missing:
+        raise EvaluationError(
+            f"{len(missing)} of {len(truths)} ground-truth masks in {gt_dir} have no prediction in {pred_dir}: "
+            f"{_names(missing)}. Predict them, or pass --allow-missing to score only the {len(names)} that have one.")
+    if missing:
+        log.warning("%d ground-truth masks have no prediction and are not scored: %s", len(missing), _names(missing))
+    if unmatched:
+        log.warning("%d predictions have no ground truth and are not scored: %s", len(unmatched), _names(unmatched))
+
+    roi_files: dict[str, Path] = {}
+    if roi_dir is not None:
+        roi_dir = Path(roi_dir)
+        if not roi_dir.is_dir():
+            raise EvaluationError(f"region-of-interest folder not found: {roi_dir}")
+        roi_files = _mask_files(roi_dir)
+        without_roi = [name for name in names if name not in roi_files]
+        if without_roi:
+            raise EvaluationError(f"{len(without_roi)} images have no region-of-interest mask in {roi_dir}: "
+                                  f"{_names(without_roi)}")
+
+    confusions = torch.zeros(len(names), num_classes, num_classes, dtype=torch.long)
+    for i, name in enumerate(names):
+        pred_path, gt_path = preds[name], truths[name]
+        truth = read_mask(gt_path, num_classes, ignore_index)
+        pred = read_mask(pred_path, num_classes, ignore_index)
+        if pred.shape != truth.shape:
+            raise EvaluationError(f"prediction {pred_path} is {pred.shape[1]}x{pred.shape[0]} (WxH) but ground "
+                                  f"truth {gt_path} is {truth.shape[1]}x{truth.shape[0]}; predict at the "
+                                  "ground truth's size")
+        if int(pred.max(initial=0)) >= num_classes:
+            values = np.unique(pred[pred >= num_classes])[:10].tolist()
+            raise EvaluationError(f"prediction {pred_path} has values {values} that are not class indices "
+                                  f"(0-{num_classes - 1}); a prediction must give every pixel a class")
+        target = torch.from_numpy(truth).long()
+        if roi_files:
+            roi = read_mask(roi_files[name], 2)
+            if roi.shape != truth.shape:
+                raise EvaluationError(f"region of interest {roi_files[name]} is {roi.shape[1]}x{roi.shape[0]} "
+                                      f"but ground truth {gt_path} is {truth.shape[1]}x{truth.shape[0]}")
+            target[torch.from_numpy(roi == 0)] = -1  # confusion_matrix leaves out targets outside 0..C-1
+        confusions[i] = metrics.confusion_matrix(torch.from_numpy(pred).long()[None], target[None],
+                                                 num_classes, ignore_index)[0]
+
+    return EvaluationResult(
+        names=names, pred_files=[preds[n] for n in names], gt_files=[truths[n] for n in names],
+        confusions=confusions, class_names=list(class_names),
+        ignore_index=ignore_index if num_classes > 2 else None,  # binary masks are thresholded, as in training
+        report=metrics.report(confusions, class_names, binary=num_classes == 2),
+        pred_dir=pred_dir, gt_dir=gt_dir, roi_dir=roi_dir,
+        unmatched_predictions=unmatched, missing_predictions=missing if allow_missing else [])
+
+
+def write_report(result: EvaluationResult, out_dir: str | Path) -> dict[str, Path]:
+    """Writes `metrics.json` (the report with definitions; null where undefined) and `per_image.csv`
+    (one row per image, worst headline IoU first; empty cells where undefined) into `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path, csv_path = out_dir / "metrics.json", out_dir / "per_image.csv"
+    metrics_path.write_text(json.dumps(metrics.json_safe(result.to_dict()), indent=2, allow_nan=False) + "\n")
+    rows = result.per_image()
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else
+                                 f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+    return {"metrics": metrics_path, "per_image": csv_path}
+
+
+def _fmt(value: float) -> str:
+    return "   -  " if value is None or math.isnan(value) else f"{value:.4f}"
+
+
+def format_table(result: EvaluationResult, worst: int = 5) -> str:
+    """A plain-text table of the report for the terminal ("-" where a figure is undefined)."""
+    report = result.report
+    names = list(report["per_class"])
+    width = max(len("macro without background"), *(len(n) for n in names)) + 2
+    columns = ("IoU", "Dice", "Prec", "Recall", "IoU/img", "Dice/img")
+    keys = ("iou", "dice", "precision", "recall", "iou_per_image", "dice_per_image")
+    lines = []
+    if result.binary:
+        ignored = "; masks 0/1 or 0/255, thresholded at 127"
+    else:
+        ignored = f"; ground-truth value {result.ignore_index} not scored" if result.ignore_index is not None else ""
+    roi = "; only pixels inside the region of interest" if result.roi_dir else ""
+    lines.append(f"{report['images']} images, {report['scored_pixels']} scored pixels, {len(names)} classes "
+                 f"({report['task']}{ignored}{roi})")
+    header = "class".ljust(width) + "".join(c.rjust(9) for c in columns) + "  images  truth px"
+    lines += [header, "-" * len(header)]
+    for name in names:
+        entry = report["per_class"][name]
+        lines.append(name.ljust(width) + "".join(_fmt(entry[k]).rjust(9) for k in keys)
+                     + f"{entry['images_scored']:8d}{entry['truth_pixels']:10d}")
+    lines.append("-" * len(header))
+    for label, key in (("macro with background", "macro_with_background"),
+                       ("macro without background", "macro_without_background")):
+        block = report[key]
+        lines.append(label.ljust(width) + "".join(_fmt(block[k]).rjust(9) for k in keys))
+    head = report["headline"]
+    lines.append("")
+    lines.append(f"headline ({head['scope']}): IoU {_fmt(head['iou'])}  Dice {_fmt(head['dice'])}  "
+                 f"(per image: IoU {_fmt(head['iou_per_image'])}  Dice {_fmt(head['dice_per_image'])})")
+    lines.append("IoU/Dice/Prec/Recall pool every pixel of the split per class; IoU/img, Dice/img are means over "
+                 "images; '-' = undefined (class absent from truth and prediction), left out of the means")
+    rows = [r for r in result.per_image() if not math.isnan(r["iou"])][:worst]
+    if rows and len(result.names) > 1:
+        lines.append("worst images by IoU: " + ", ".join(f"{r['name']} ({r['iou']:.3f})" for r in rows))
+    if result.unmatched_predictions:
+        lines.append(f"{len(result.unmatched_predictions)} predictions without ground truth, not scored: "
+                     f"{_names(result.unmatched_predictions)}")
+    if result.missing_predictions:
+        lines.append(f"{len(result.missing_predictions)} ground-truth masks without prediction, not scored: "
+                     f"{_names(result.missing_predictions)}")
+    return "\n".join(lines)
+
+
+def evaluate_model(run: str | Path, data_root: str | Path | None = None, split: str = "val",
+                   out: str | Path | None = None, tta: bool = False, device: str = "auto", batch_size: int = 8,
+                   num_workers: int = 2, progress: bool = True) -> EvaluationResult:
+    """Segments a dataset split with a trained run and scores it.
+
+    Runs exactly `segan predict` (same code: scale, padding or tiling, TTA, written PNG masks) into
+    `OUT/predictions`, then scores those files, so `evaluate --model` and `predict` followed by
+    `evaluate --pred` give the same figures by construction. Masks are scored at their original size.
+
+    Args:
+        run: run folder written by `segan train`.
+        data_root: dataset folder; default the run's own `data.root`.
+        split: "val" or "train" (the run's own split, including a held-back fraction), or the name
+            of a split folder (e.g. "test") with images and masks inside.
+        out: where predictions/, metrics.json and per_image.csv go; default RUN/evaluation/SPLIT.
+    """
+    from .batch_predict import predict_folder
+    from .data.pairs import find_split
+    from .inference import Predictor
+
+    predictor = Predictor.from_pretrained(run, device=device, tta=tta)
+    config = predictor.config
+    root = Path(data_root or config.data.root)
+    pairs = find_split(root, split, config.data.train_split, config.data.val_split, config.data.val_fraction,
+                       config.train.seed)
+    mask_dirs = {pair.mask.parent for pair in pairs}
+    if len(mask_dirs) != 1:
+        raise EvaluationError(f"the {split} masks of {root} lie in {len(mask_dirs)} folders; "
+                              "predict them and use evaluate --pred --gt")
+    out = Path(out) if out else Path(run) / "evaluation" / split
+    summary = predict_folder(predictor, [pair.image for pair in pairs], out / "predictions", batch_size=batch_size,
+                             num_workers=num_workers, progress=progress)
+    if summary.failed:
+        raise EvaluationError(f"{summary.failed} images of the {split} split could not be segmented: "
+                              f"{_names(summary.failures, 5)}")
+    result = evaluate_folders(out / "predictions" / "masks", mask_dirs.pop(), class_names=config.data.classes,
+                              ignore_index=config.data.ignore_index, only=[pair.mask.stem for pair in pairs])
+    write_report(result, out)
+    return result

@@ -1,0 +1,215 @@
+"""The Predictor: a trained run's generator, with its preprocessing, padding, tiling and TTA."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+
+from .config import Config, DataConfig
+from .transforms import STRIDE
+
+
+class RunFolderError(ValueError):
+    """A run folder that is missing a piece or holds something unreadable."""
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
+    return torch.device(device)
+
+
+def prepare(image: np.ndarray, data: DataConfig) -> np.ndarray:
+    """uint8 HxWxC (in the run's channel count) to a normalised float32 CxHxW array at the scale the
+    model trained at: resized to the training size (resize mode), or native (crop mode)."""
+    if data.resize == "resize":
+        image = cv2.resize(image, (data.size, data.size), interpolation=cv2.INTER_LINEAR)
+        if image.ndim == 2:
+            image = image[:, :, None]
+    mean = np.asarray(data.mean, np.float32) * 255
+    std = np.asarray(data.std, np.float32) * 255
+    return np.ascontiguousarray(((image.astype(np.float32) - mean) / std).transpose(2, 0, 1))
+
+
+def _window(size: int) -> np.ndarray:
+    """1-D blending weights for a tile: a raised cosine that never reaches zero."""
+    ramp = np.sin(np.linspace(0, math.pi, size, dtype=np.float32)) ** 2
+    return np.maximum(ramp, 1e-3)
+
+
+def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
+    """Tile origins along one axis: equal steps of at most tile*(1-overlap), first at 0, last flush."""
+    if length <= tile:
+        return [0]
+    count = math.ceil((length - tile) / (tile * (1 - overlap))) + 1
+    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
+
+
+class Predictor:
+    """Segments images with a trained generator.
+
+    Args:
+        model: the generator (any smp model producing logits).
+        config: the run's config (classes, channels, normalisation, training size and mode).
+        device: torch device.
+        tile_size: images whose longer side exceeds this are segmented in overlapping tiles
+            (only when the run trained at native scale, `resize: crop`).
+        tile_overlap: fraction of a tile shared with its neighbour.
+        tta: average the probabilities over flips (and 90-degree rotations when the run says
+            they keep labels valid).
+    """
+
+    def __init__(self, model: torch.nn.Module, config: Config, device: str | torch.device = "cpu",
+                 tile_size: int = 1024, tile_overlap: float = 0.25, tta: bool = False) -> None:
+        self.device = torch.device(device) if isinstance(device, str) else device
+        self.model = model.to(self.device).eval()
+        self.config = config
+        self.tile_size = max(STRIDE, tile_size // STRIDE * STRIDE)
+        self.tile_overlap = tile_overlap
+        self.tta = tta
+
+    @classmethod
+    def from_pretrained(cls, run: str | Path, device: str = "auto", **kwargs) -> "Predictor":
+        """Loads `RUN/config.yaml` and `RUN/generator/` (safetensors); needs no training data."""
+        run = Path(run)
+        for part in ("config.yaml", "generator/config.json", "generator/model.safetensors"):
+            if not (run / part).is_file():
+                raise RunFolderError(f"{run} is not a complete segan run folder: {part} is missing "
+                                     "(train with `segan train --out RUN`, which writes it at the end)")
+        config = Config.load(run / "config.yaml")
+        try:
+            model = smp.from_pretrained(str(run / "generator"))
+        except Exception as error:  # a tampered or truncated file surfaces from deep inside torch
+            raise RunFolderError(f"{run / 'generator'}: cannot load the generator ({type(error).__name__}: "
+                                 f"{str(error)[:200]})") from None
+        return cls(model, config, resolve_device(device), **kwargs)
+
+    @property
+    def binary(self) -> bool:
+        return self.config.data.binary
+
+    # --- preprocessing ------------------------------------------------------------------------
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        return prepare(image, self.config.data)
+
+    def restore(self, probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Probabilities at model scale (C, h, w) back to the original image size."""
+        if probs.shape[-2:] != (height, width):
+            probs = F.interpolate(probs[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+        return probs
+
+    # --- the network ----------------------------------------------------------------------------
+
+    def _views(self) -> list[tuple[int, bool]]:
+        """(quarter turns, horizontal flip) pairs for TTA."""
+        if not self.tta:
+            return [(0, False)]
+        if self.config.data.rotations:
+            return [(k, flip) for k in range(4) for flip in (False, True)]
+        return [(0, False), (0, True)]
+
+    @torch.inference_mode()
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Probabilities (B, C, H, W) for a normalised batch whose sides are multiples of the stride."""
+        batch = batch.to(self.device, non_blocking=True)
+        total = None
+        views = self._views()
+        for turns, flip in views:
+            view = torch.rot90(batch, turns, dims=(2, 3)) if turns else batch
+            view = view.flip(3) if flip else view
+            logits = self.model(view)
+            probs = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+            probs = probs.flip(3) if flip else probs
+            probs = torch.rot90(probs, -turns, dims=(2, 3)) if turns else probs
+            total = probs if total is None else total + probs
+        return (total / len(views)).float()
+
+    def _padded_forward(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
+        """Runs same-shaped CxHxW arrays as one batch, reflect-padded to the stride, cropped back."""
+        _, height, width = arrays[0].shape
+        pad_h, pad_w = (-height) % STRIDE, (-width) % STRIDE
+        batch = torch.from_numpy(np.stack(arrays))
+        if pad_h or pad_w:
+            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+            batch = F.pad(batch, (0, pad_w, 0, pad_h), mode=mode)
+        probs = self.forward(batch)[:, :, :height, :width]
+        return list(probs.cpu())
+
+    def _tiled(self, array: np.ndarray, batch_size: int) -> torch.Tensor:
+        """Probabilities of one large CxHxW array from overlapping tiles, blended with cosine weights."""
+        _, height, width = array.shape
+        tile = self.tile_size
+        origins = [(y, x) for y in tile_starts(height, tile, self.tile_overlap)
+                   for x in tile_starts(width, tile, self.tile_overlap)]
+        channels = 1 if self.binary else self.config.data.num_classes
+        total = torch.zeros(channels, height, width)
+        weights = torch.zeros(1, height, width)
+        window = torch.from_numpy(np.outer(_window(min(tile, height)), _window(min(tile, width))))[None]
+        for start in range(0, len(origins), batch_size):
+            chunk = origins[start:start + batch_size]
+            tiles = [array[:, y:y + tile, x:x + tile] for y, x in chunk]
+            for (y, x), probs in zip(chunk, self._padded_forward(tiles)):
+                h, w = probs.shape[-2:]
+                total[:, y:y + h, x:x + w] += probs * window[:, :h, :w]
+                weights[:, y:y + h, x:x + w] += window[:, :h, :w]
+        return total / weights
+
+    def needs_tiling(self, array: np.ndarray) -> bool:
+        return max(array.shape[-2:]) > self.tile_size
+
+    def probabilities_batch(self, arrays: list[np.ndarray], batch_size: int = 8) -> list[torch.Tensor]:
+        """Probabilities for prepared arrays at model scale. Same-shaped arrays share a batch;
+        arrays over the tile limit are tiled."""
+        out: list[torch.Tensor | None] = [None] * len(arrays)
+        groups: dict[tuple, list[int]] = {}
+        for index, array in enumerate(arrays):
+            if self.needs_tiling(array):
+                out[index] = self._tiled(array, batch_size)
+            else:
+                groups.setdefault(array.shape, []).append(index)
+        for indices in groups.values():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start:start + batch_size]
+                for index, probs in zip(chunk, self._padded_forward([arrays[i] for i in chunk])):
+                    out[index] = probs
+        return out  # type: ignore[return-value]
+
+    # --- one image ------------------------------------------------------------------------------
+
+    def predict_proba(self, image: np.ndarray) -> np.ndarray:
+        """Probabilities for one uint8 image (HxW or HxWxC): float32 (C, H, W), C = 1 for binary."""
+        image = self._channels(image)
+        probs = self.probabilities_batch([self.prepare(image)])[0]
+        return self.restore(probs, *image.shape[:2]).numpy()
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """Class-index mask (uint8 HxW; binary: 0/1) for one uint8 image (HxW or HxWxC)."""
+        return self.labels(torch.from_numpy(self.predict_proba(image)))
+
+    def labels(self, probs: torch.Tensor) -> np.ndarray:
+        if probs.shape[0] == 1:
+            return (probs[0] > 0.5).numpy().astype(np.uint8)
+        return probs.argmax(dim=0).numpy().astype(np.uint8)
+
+    def _channels(self, image: np.ndarray) -> np.ndarray:
+        if image.dtype == np.uint16:
+            image = (image >> 8).astype(np.uint8)
+        if image.ndim == 2:
+            image = image[:, :, None]
+        wanted = self.config.data.in_channels
+        if image.shape[2] == wanted:
+            return image
+        if wanted == 1:
+            return cv2.cvtColor(image[:, :, :3], cv2.COLOR_RGB2GRAY)[:, :, None]
+        if image.shape[2] == 1:
+            return np.repeat(image, 3, axis=2)
+        return image[:, :, :3]

@@ -1,0 +1,275 @@
+"""segan.evaluation and `segan evaluate` on tiny mask folders, against hand-computed figures."""
+
+import csv
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segan.cli import main
+from segan.evaluation import EvaluationError, evaluate_folders, format_table, write_report
+
+
+def write(path, mask):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), np.asarray(mask, np.uint8))
+
+
+def write_palette(path, mask):
+    """Like segan predict's multi-class output: class indices in a palette PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(np.asarray(mask, np.uint8), mode="P")
+    image.putpalette([0, 0, 0, 230, 25, 75, 60, 180, 75] + [255] * (256 * 3 - 9))
+    image.save(path)
+
+
+@pytest.fixture
+def binary_folders(tmp_path):
+    """a: truth 2x2 square, prediction 2x3 (TP 4, FP 2); b: empty truth and prediction."""
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    truth = np.zeros((4, 4)); truth[:2, :2] = 255
+    guess = np.zeros((4, 4)); guess[:2, :3] = 255
+    write(gt / "a.png", truth); write(pred / "a.png", guess)
+    write(gt / "b.png", np.zeros((4, 4))); write(pred / "b.png", np.zeros((4, 4)))
+    return pred, gt
+
+
+@pytest.fixture
+def multiclass_folders(tmp_path):
+    """3 classes, ignore 255 in truth, predictions as palette PNGs in a sub-folder."""
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    write(gt / "sub" / "x.png", [[0, 1, 1, 255], [2, 2, 0, 0]])
+    write_palette(pred / "sub" / "x.png", [[0, 1, 2, 1], [2, 0, 0, 0]])
+    write(gt / "y.png", [[0, 0, 1, 1], [255, 255, 1, 0]])
+    write_palette(pred / "y.png", [[0, 1, 1, 1], [2, 2, 1, 0]])
+    return pred, gt
+
+
+def test_binary_figures_by_hand(binary_folders):
+    result = evaluate_folders(*binary_folders)
+    report = result.report
+    assert result.names == ["a", "b"] and report["images"] == 2 and report["scored_pixels"] == 32
+    fg, bg = report["per_class"]["foreground"], report["per_class"]["background"]
+    assert fg["iou"] == pytest.approx(4 / 6) and fg["dice"] == pytest.approx(8 / 10)
+    assert fg["precision"] == pytest.approx(4 / 6) and fg["recall"] == pytest.approx(1.0)
+    assert fg["images_scored"] == 1 and fg["iou_per_image"] == pytest.approx(4 / 6)  # b is undefined, left out
+    assert bg["iou"] == pytest.approx(26 / 28)
+    assert bg["iou_per_image"] == pytest.approx((10 / 12 + 1) / 2)
+    assert report["headline"]["iou"] == pytest.approx(4 / 6)
+    assert report["macro_with_background"]["iou"] == pytest.approx((26 / 28 + 4 / 6) / 2)
+    assert report["macro_without_background"]["iou"] == pytest.approx(4 / 6)
+    rows = result.per_image()
+    assert [r["name"] for r in rows] == ["a", "b"] and math.isnan(rows[1]["iou"])
+
+
+def test_multiclass_with_ignore_and_palette_predictions(multiclass_folders):
+    result = evaluate_folders(*multiclass_folders, class_names=["bg", "road", "car"])
+    assert result.names == ["sub/x", "y"]
+    c = result.confusions.numpy()
+    # sub/x: scored pixels (truth, pred): (0,0) (1,1) (1,2) (2,2) (2,0) (0,0) (0,0); the 255 pixel is left out.
+    np.testing.assert_array_equal(c[0], [[3, 0, 0], [0, 1, 1], [1, 0, 1]])
+    # y: (0,0) (0,1) (1,1) (1,1) (1,1) (0,0); two ignored.
+    np.testing.assert_array_equal(c[1], [[2, 1, 0], [0, 3, 0], [0, 0, 0]])
+    report = result.report
+    car = report["per_class"]["car"]
+    assert car["iou"] == pytest.approx(1 / 3) and car["images_scored"] == 1  # absent from y: undefined there
+    road = report["per_class"]["road"]
+    assert road["iou"] == pytest.approx(4 / 6)  # TP 4, FP 1, FN 1
+    assert road["iou_per_image"] == pytest.approx((1 / 2 + 3 / 4) / 2)
+    bg_iou = 5 / 7  # TP 5, FP 1 (car->bg), FN 1 (bg->road)
+    assert report["headline"]["scope"] == "macro_with_background"
+    assert report["headline"]["iou"] == pytest.approx((bg_iou + 4 / 6 + 1 / 3) / 3)
+    assert report["macro_without_background"]["iou"] == pytest.approx((4 / 6 + 1 / 3) / 2)
+    assert result.ignore_index == 255
+
+
+def test_write_report_files(binary_folders, tmp_path):
+    result = evaluate_folders(*binary_folders)
+    paths = write_report(result, tmp_path / "out")
+    text = paths["metrics"].read_text()
+    def no_nan(constant):
+        raise AssertionError(f"{constant} in metrics.json")
+    data = json.loads(text, parse_constant=no_nan)
+    assert data["per_class"]["foreground"]["iou"] == pytest.approx(4 / 6)
+    assert json.loads(text)["macro_with_background"]["classes_scored"] == 2
+    assert data["headline"]["iou"] == pytest.approx(4 / 6)
+    assert "absent_class" in data["definitions"] and data["gt_dir"] == str(binary_folders[1])
+    with paths["per_image"].open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["name"] for r in rows] == ["a", "b"]
+    assert float(rows[0]["iou"]) == pytest.approx(4 / 6) and rows[1]["iou"] == ""
+    assert float(rows[1]["iou_background"]) == 1.0 and rows[0]["ground_truth"].endswith("a.png")
+    table = format_table(result)
+    assert "foreground" in table and "macro without background" in table and "0.6667" in table
+
+
+def test_worst_images_come_first(tmp_path):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    for name, width in (("good", 2), ("bad", 4), ("mid", 3)):
+        truth = np.zeros((2, 4)); truth[:, :2] = 255
+        guess = np.zeros((2, 4)); guess[:, :width] = 255
+        write(gt / f"{name}.png", truth); write(pred / f"{name}.png", guess)
+    assert [r["name"] for r in evaluate_folders(pred, gt).per_image()] == ["bad", "mid", "good"]
+
+
+def test_pairs_by_relative_stem_across_suffixes_and_reads_predict_output(tmp_path):
+    gt = tmp_path / "data" / "validation"
+    write(gt / "images" / "a.png", np.zeros((2, 2, 3)))
+    write(gt / "masks" / "a.png", [[0, 255], [0, 0]])
+    out = tmp_path / "predicted"
+    write(out / "masks" / "a.bmp", [[0, 255], [255, 0]])
+    (out / "manifest.csv").write_text("input,status\n")
+    write(out / "overlays" / "a.png", np.zeros((2, 2, 3)))  # not a mask: predict's masks/ is used
+    result = evaluate_folders(out, gt)
+    assert result.pred_dir == out / "masks" and result.gt_dir == gt / "masks"
+    assert result.report["headline"]["iou"] == pytest.approx(1 / 2)
+
+
+def test_region_of_interest_limits_scored_pixels(binary_folders, tmp_path):
+    roi = tmp_path / "roi"
+    keep = np.zeros((4, 4)); keep[:, :2] = 255  # the left half: a has no false positives there
+    write(roi / "a.png", keep); write(roi / "b.png", keep)
+    result = evaluate_folders(*binary_folders, roi_dir=roi)
+    assert result.report["scored_pixels"] == 16
+    assert result.report["headline"]["iou"] == pytest.approx(1.0)
+
+
+def test_duplicate_stems_and_bad_prediction_values_fail(tmp_path):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    write(gt / "a.png", [[0, 1]]); write(pred / "a.png", [[0, 1]]); write(pred / "a.bmp", [[0, 1]])
+    with pytest.raises(EvaluationError, match="same name"):
+        evaluate_folders(pred, gt)
+    (pred / "a.bmp").unlink()
+    write(pred / "a.png", [[0, 255]])
+    with pytest.raises(EvaluationError, match="not class indices"):
+        evaluate_folders(pred, gt, num_classes=3)
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+def test_cli_success_prints_table_and_writes_files(binary_folders, tmp_path, capsys):
+    pred, gt = binary_folders
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--out", str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr().out
+    assert "headline (foreground class 'foreground')" in out and "0.6667" in out
+    assert json.loads(out.strip().splitlines()[-1])["iou"] == pytest.approx(4 / 6)
+    assert (tmp_path / "ev" / "metrics.json").is_file() and (tmp_path / "ev" / "per_image.csv").is_file()
+
+
+def test_cli_default_out_is_beside_the_predictions(binary_folders, tmp_path, capsys):
+    pred, gt = binary_folders
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt)]) == 0
+    assert (tmp_path / "evaluation" / "metrics.json").is_file()
+
+
+def test_cli_multiclass_names(multiclass_folders, tmp_path, capsys):
+    pred, gt = multiclass_folders
+    code = main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--classes", "bg", "road", "car",
+                 "--out", str(tmp_path / "ev")])
+    assert code == 0
+    data = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert data["classes"] == ["bg", "road", "car"] and data["per_class"]["car"]["images_scored"] == 1
+
+
+def test_cli_missing_prediction_is_an_error_naming_it(binary_folders, tmp_path, capsys):
+    pred, gt = binary_folders
+    write(gt / "c_missing.png", np.zeros((4, 4)))
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--out", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("segan: error:") and "c_missing" in err and "--allow-missing" in err
+    code = main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--out", str(tmp_path / "ev"), "--allow-missing"])
+    assert code == 0
+    assert "c_missing" in capsys.readouterr().out
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["missing_predictions"] == ["c_missing"]
+
+
+def test_cli_extra_prediction_is_reported_not_scored(binary_folders, tmp_path, capsys):
+    pred, gt = binary_folders
+    write(pred / "extra.png", np.zeros((4, 4)))
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--out", str(tmp_path / "ev")]) == 0
+    assert "extra" in capsys.readouterr().out
+    data = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert data["unmatched_predictions"] == ["extra"] and data["images"] == 2
+
+
+def test_cli_nothing_pairs(tmp_path, capsys):
+    write(tmp_path / "pred" / "p1.png", np.zeros((2, 2)))
+    write(tmp_path / "gt" / "g1.png", np.zeros((2, 2)))
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]) == 2
+    err = capsys.readouterr().err
+    assert "no prediction" in err and "p1" in err and "g1" in err
+
+
+def test_cli_size_mismatch_names_both_files(tmp_path, capsys):
+    write(tmp_path / "pred" / "a.png", np.zeros((2, 3)))
+    write(tmp_path / "gt" / "a.png", np.zeros((2, 2)))
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "pred" / "a.png") in err and str(tmp_path / "gt" / "a.png") in err and "3x2" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--gt", "GT"], "needs --model RUN, or --pred DIR"),
+    (["--pred", "nowhere", "--gt", "GT"], "not found"),
+    (["--pred", "PRED", "--gt", "GT", "--classes", "only"], "at least 2 classes"),
+])
+def test_cli_bad_arguments(binary_folders, capsys, argv, message):
+    pred, gt = binary_folders
+    argv = [str(pred) if a == "PRED" else str(gt) if a == "GT" else a for a in argv]
+    assert main(["evaluate", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_bad_mask_values(tmp_path, capsys):
+    write(tmp_path / "pred" / "a.png", [[0, 1]])
+    write(tmp_path / "gt" / "a.png", [[0, 7]])
+    code = main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
+                 "--classes", "a", "b", "c"])
+    assert code == 2
+    assert "[7]" in capsys.readouterr().err
+
+
+def test_undefined_figures_are_null_in_json_and_dashes_in_the_table(tmp_path):
+    write(tmp_path / "pred" / "empty.png", np.zeros((2, 2)))
+    write(tmp_path / "gt" / "empty.png", np.zeros((2, 2)))
+    result = evaluate_folders(tmp_path / "pred", tmp_path / "gt", class_names=["background", "lesion"])
+    data = json.loads(write_report(result, tmp_path / "ev")["metrics"].read_text())
+    assert data["headline"]["iou"] is None and data["per_class"]["lesion"]["dice"] is None
+    assert data["per_class"]["background"]["iou"] == 1.0
+    assert "   -  " in format_table(result)
+
+
+@pytest.mark.slow
+def test_evaluate_model_equals_predict_then_evaluate_on_kvasir(tmp_path):
+    """Both routes of issue 4 on real Kvasir-SEG validation images give identical figures."""
+    from conftest import make_run, shared_dataset
+    from segan.batch_predict import predict_folder
+    from segan.evaluation import evaluate_folders, evaluate_model
+    from segan.inference import Predictor
+    from segan.metrics import json_safe
+
+    kvasir = shared_dataset("kvasir-seg")
+    subset = tmp_path / "kvasir"
+    for kind in ("images", "masks"):
+        (subset / "validation" / kind).mkdir(parents=True)
+    for image in sorted((kvasir / "validation" / "images").glob("*.jpg"))[:10]:
+        for kind in ("images", "masks"):
+            (subset / "validation" / kind / image.name).symlink_to(kvasir / "validation" / kind / image.name)
+    run = make_run(tmp_path / "run", resize="resize", size=64)
+
+    direct = evaluate_model(run, subset, "validation", tmp_path / "direct", device="cpu", num_workers=0,
+                            progress=False)
+    predict_folder(Predictor.from_pretrained(run, device="cpu"), [subset / "validation" / "images"],
+                   tmp_path / "pred", num_workers=0, progress=False)
+    two_step = evaluate_folders(tmp_path / "pred", subset / "validation" / "masks")
+    assert direct.names == two_step.names and len(direct.names) == 10
+    assert torch.equal(direct.confusions, two_step.confusions)
+    assert json_safe(direct.report) == json_safe(two_step.report)
+    assert (tmp_path / "direct" / "metrics.json").is_file() and (tmp_path / "direct" / "per_image.csv").is_file()
+    # masks are scored at the ground truth's own size (352 x 352), not the model's 64 x 64
+    assert int(direct.confusions[0].sum()) == 352 * 352
