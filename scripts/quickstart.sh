@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # From a fresh clone to a trained GAN segmenter on the CPU in a few minutes:
-# install, write the synthetic demo dataset, train, and say where the run went.
+# install, write the synthetic demo dataset, train, segment a folder, score it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -10,6 +10,11 @@ segan data demo demo_data --n-train 240 --n-val 60 --size 128 --seed 0
 segan train --data demo_data --out weights/demo --size 128 --epochs 5 --batch-size 8 \
   --encoder resnet18 --augment light --adv-weight 0.01 --warmup-epochs 1 --seed 0
 
+segan predict --model weights/demo --input demo_data/validation/images --output weights/demo/predictions \
+  --overlay --no-progress
+segan evaluate --pred weights/demo/predictions --gt demo_data/validation --out weights/demo/evaluation
+
 echo
-echo "Done. The run folder weights/demo holds config.yaml, checkpoints/, generator/ (plain smp) and metrics.csv."
+echo "Done. weights/demo holds the run (config.yaml, checkpoints/, generator/, metrics.csv),"
+echo "predictions/ (masks/, overlays/, manifest.csv) and evaluation/ (metrics.json, per_image.csv)."
 echo "Reload the generator without segan:  python -c \"import segmentation_models_pytorch as smp; print(smp.from_pretrained('weights/demo/generator'))\""

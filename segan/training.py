@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
 from dataclasses import dataclass
@@ -22,8 +21,6 @@ from .data import SegmentationDataset, find_splits
 from .losses import AdversarialLoss, SegmentationLoss
 from .models import build_discriminator, build_generator, labels, one_hot, output_channels, probabilities
 from .transforms import build_eval_transform, build_train_transform
-
-log = logging.getLogger(__name__)
 
 INPUT_GUARDS = ("none", "smooth", "noise")
 
@@ -62,14 +59,14 @@ class SeganModule(L.LightningModule):
         """The truth as the discriminator sees it: one-hot, with ignored pixels copied from `fake`
         (so they carry no signal), softened by the input guard."""
         real = one_hot(mask, self.mask_channels)
-        ignored = (mask == self.config.data.ignore_index).unsqueeze(1)
-        real = torch.where(ignored, fake.detach(), real)
         guard = self.config.discriminator
         if guard.input_guard == "smooth":
             # Label smoothing: truth no longer sits exactly at 0/1, where a soft prediction never is.
             uniform = 0.5 if self.mask_channels == 1 else 1.0 / self.mask_channels
             real = real * (1 - guard.guard_strength) + uniform * guard.guard_strength
-        return real
+        # Last, so ignored pixels are identical on both sides and tell D nothing.
+        ignored = (mask == self.config.data.ignore_index).unsqueeze(1)
+        return torch.where(ignored, fake.detach(), real)
 
     def guarded(self, mask: torch.Tensor) -> torch.Tensor:
         guard = self.config.discriminator

@@ -171,3 +171,25 @@ def test_two_process_cpu_ddp_run_completes(tmp_path, demo_root):
     # 12 training images, 2 per device per step, 2 devices: 3 steps per epoch.
     assert summary["steps"] == 3
     assert (run / "generator" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("classes", [["bg", "fg"], ["a", "b", "c"]])
+def test_input_guards_hide_exact_truth_values(tmp_path, demo_root, classes):
+    mask = torch.tensor([[[0, 1], [255, 1]]]) if len(classes) == 2 else torch.tensor([[[0, 2], [255, 1]]])
+    channels = 1 if len(classes) == 2 else 3
+    fake = torch.rand(1, channels, 2, 2)
+    smooth = SeganModule(tiny_config(demo_root, tmp_path, data={"classes": classes},
+                                     discriminator={"input_guard": "smooth", "guard_strength": 0.2}).to_dict())
+    real = smooth.real_mask(mask, fake)
+    kept = (mask != 255).unsqueeze(1).expand_as(real)
+    assert real[kept].min() > 0.0 and real[kept].max() < 1.0  # no exact 0/1 left
+    top = 1 - 0.2 + 0.2 * (0.5 if channels == 1 else 1 / 3)
+    assert real[kept].max().item() == pytest.approx(top)
+    assert torch.equal(real[~kept], fake[~kept])  # ignored pixels carry the prediction itself
+    none = SeganModule(tiny_config(demo_root, tmp_path, data={"classes": classes},
+                                   discriminator={"input_guard": "none"}).to_dict())
+    assert set(none.real_mask(mask, fake)[kept].unique().tolist()) <= {0.0, 1.0}
+    noise = SeganModule(tiny_config(demo_root, tmp_path, data={"classes": classes},
+                                    discriminator={"input_guard": "noise", "guard_strength": 0.1}).to_dict())
+    assert not torch.equal(noise.guarded(fake), fake)  # both sides get noise before D sees them
+    assert torch.equal(none.guarded(fake), fake)

@@ -1,0 +1,61 @@
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from segan.config import GeneratorConfig
+from segan.models import build_generator, labels, one_hot, output_channels, probabilities
+
+
+@pytest.mark.parametrize("arch", ["unet", "fpn", "deeplabv3plus"])
+@pytest.mark.parametrize("in_channels, num_classes", [(1, 2), (3, 5)])
+def test_any_architecture_channels_and_classes(arch, in_channels, num_classes):
+    model = build_generator(GeneratorConfig(arch=arch, encoder_name="resnet18"), in_channels, num_classes).eval()
+    out = model(torch.randn(1, in_channels, 64, 64))
+    assert out.shape == (1, output_channels(num_classes), 64, 64)
+
+
+@pytest.mark.parametrize("depth", [3, 4, 5])
+def test_unet_encoder_depth(depth):
+    model = build_generator(GeneratorConfig(encoder_depth=depth), 3, 2).eval()
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_unknown_names_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown architecture 'unett'"):
+        build_generator(GeneratorConfig(arch="unett"), 3, 2)
+    with pytest.raises(ValueError, match="unknown encoder 'resnet9000'"):
+        build_generator(GeneratorConfig(encoder_name="resnet9000"), 3, 2)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_local_encoder_weights_load_with_checks(tmp_path, suffix):
+    torch.manual_seed(3)
+    donor = build_generator(GeneratorConfig(), 3, 2)
+    path = tmp_path / f"encoder{suffix}"
+    state = {k: v.contiguous() for k, v in donor.encoder.state_dict().items()}
+    save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
+    model = build_generator(GeneratorConfig(encoder_weights=str(path)), 3, 2)
+    for key, value in donor.encoder.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[key], value), key
+    # the model is built without weights, so its exported config never asks for a download
+    assert model.config["encoder_weights"] is None
+
+
+def test_mismatched_encoder_weights_are_refused(tmp_path):
+    other = build_generator(GeneratorConfig(encoder_name="resnet34"), 3, 2)
+    path = tmp_path / "resnet34.safetensors"
+    save_file({k: v.contiguous() for k, v in other.encoder.state_dict().items()}, str(path))
+    with pytest.raises(ValueError, match=r"do not fit the encoder: 0 missing .* \d+ unexpected"):
+        build_generator(GeneratorConfig(encoder_weights=str(path)), 3, 2)
+
+
+def test_probabilities_labels_and_one_hot():
+    binary = torch.tensor([[[[-1.0, 2.0]]]])
+    assert labels(binary).tolist() == [[[0, 1]]]
+    assert torch.allclose(probabilities(binary), torch.sigmoid(binary))
+    multi = torch.tensor([[[[1.0]], [[3.0]], [[2.0]]]])
+    assert labels(multi).tolist() == [[[1]]]
+    assert torch.allclose(probabilities(multi).sum(1), torch.ones(1, 1, 1))
+    mask = torch.tensor([[[0, 2, 255]]])
+    assert one_hot(mask, 3)[0, :, 0].tolist() == [[1, 0, 0], [0, 0, 0], [0, 1, 0]]
+    assert one_hot(torch.tensor([[[0, 1, 255]]]), 1).tolist() == [[[[0.0, 1.0, 0.0]]]]
