@@ -142,6 +142,7 @@ def _add_predict(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--tta", action="store_true",
                    help="average flips (and 90-degree rotations when the run allows them)")
+    p.add_argument("--threshold", type=float, default=0.5, help="binary foreground probability threshold")
     p.add_argument("--tile-size", type=int, default=1024,
                    help="images trained at native scale (--resize crop) and larger than this are tiled")
     p.add_argument("--tile-overlap", type=float, default=0.25, help="fraction of a tile shared with its neighbour")
@@ -158,7 +159,7 @@ def _predict(args: argparse.Namespace) -> int:
     from .batch_predict import parse_shard, predict_folder
     from .inference import Predictor
     predictor = Predictor.from_pretrained(args.model, device=args.device, tile_size=args.tile_size,
-                                          tile_overlap=args.tile_overlap, tta=args.tta)
+                                          tile_overlap=args.tile_overlap, tta=args.tta, threshold=args.threshold)
     summary = predict_folder(predictor, args.input, args.output, batch_size=args.batch_size,
                              num_workers=args.num_workers, save_probs=args.save_probs, overlay=args.overlay,
                              skip_existing=args.skip_existing, shard=parse_shard(args.shard),
@@ -194,6 +195,10 @@ def _add_evaluate(subparsers) -> None:
                                                   "split folder name such as test")
     p.add_argument("--tta", action="store_true", help="with --model: test-time augmentation, as in segan predict")
     p.add_argument("--device", default="auto", help="with --model: auto, cpu, cuda")
+    p.add_argument("--threshold", type=float, default=0.5, help="with --model: binary foreground threshold")
+    p.add_argument("--sweep-threshold", action="store_true",
+                   help="with --model, binary: choose the threshold with the best validation Dice, then score "
+                        "--split (not val) with it; never chosen on the split it scores")
     p.add_argument("--pred", metavar="DIR", help="predicted masks (searched recursively; a segan predict output folder works: "
                                   "its masks/ are used)")
     p.add_argument("--gt", metavar="DIR", help="ground-truth masks in the same layout (a dataset split folder with images/ + "
@@ -220,7 +225,18 @@ def _evaluate(args: argparse.Namespace) -> int:
         if args.pred or args.gt:
             raise ValueError("give either --model RUN (with --data/--split) or --pred DIR --gt DIR, not both")
         out = Path(args.out) if args.out else Path(args.model) / "evaluation" / args.split
-        result = evaluate_model(args.model, args.data, args.split, out, tta=args.tta, device=args.device)
+        threshold = args.threshold
+        if args.sweep_threshold:
+            from .evaluation import sweep_threshold
+            if args.split == "val":
+                raise ValueError("--sweep-threshold chooses the threshold on val, so it cannot also score val; "
+                                 "give --split test (or another held-out split)")
+            sweep = sweep_threshold(args.model, args.data, out.parent / "val", tta=args.tta, device=args.device)
+            threshold = sweep["best_threshold"]
+            print(f"threshold {threshold} chosen on val (Dice {sweep['best']['dice']:.4f}; "
+                  f"at 0.5: {sweep['at_0.5']['dice']:.4f}); sweep in {out.parent / 'val' / 'threshold_sweep.json'}")
+        result = evaluate_model(args.model, args.data, args.split, out, tta=args.tta, device=args.device,
+                                threshold=threshold)
     elif args.pred and args.gt:
         result = evaluate_folders(args.pred, args.gt, class_names=args.classes,
                                   ignore_index=None if args.ignore_index < 0 else args.ignore_index,

@@ -289,7 +289,8 @@ def format_table(result: EvaluationResult, worst: int = 5) -> str:
 
 def evaluate_model(run: str | Path, data_root: str | Path | None = None, split: str = "val",
                    out: str | Path | None = None, tta: bool = False, device: str = "auto", batch_size: int = 8,
-                   num_workers: int = 2, progress: bool = True) -> EvaluationResult:
+                   num_workers: int = 2, progress: bool = True, threshold: float = 0.5,
+                   save_probs: bool = False) -> EvaluationResult:
     """Segments a dataset split with a trained run and scores it.
 
     Runs exactly `segan predict` (same code: scale, padding or tiling, TTA, written PNG masks) into
@@ -302,12 +303,14 @@ def evaluate_model(run: str | Path, data_root: str | Path | None = None, split: 
         split: "val" or "train" (the run's own split, including a held-back fraction), or the name
             of a split folder (e.g. "test") with images and masks inside.
         out: where predictions/, metrics.json and per_image.csv go; default RUN/evaluation/SPLIT.
+        threshold: binary foreground threshold (see `sweep_threshold` to choose one on validation).
+        save_probs: also keep the probability maps (predictions/probs/*.npy).
     """
     from .batch_predict import predict_folder
     from .data.pairs import find_split
     from .inference import Predictor
 
-    predictor = Predictor.from_pretrained(run, device=device, tta=tta)
+    predictor = Predictor.from_pretrained(run, device=device, tta=tta, threshold=threshold)
     config = predictor.config
     root = Path(data_root or config.data.root)
     pairs = find_split(root, split, config.data.train_split, config.data.val_split, config.data.val_fraction,
@@ -318,7 +321,7 @@ def evaluate_model(run: str | Path, data_root: str | Path | None = None, split: 
                               "predict them and use evaluate --pred --gt")
     out = Path(out) if out else Path(run) / "evaluation" / split
     summary = predict_folder(predictor, [pair.image for pair in pairs], out / "predictions", batch_size=batch_size,
-                             num_workers=num_workers, progress=progress)
+                             num_workers=num_workers, progress=progress, save_probs=save_probs)
     if summary.failed:
         raise EvaluationError(f"{summary.failed} images of the {split} split could not be segmented: "
                               f"{_names(summary.failures, 5)}")
@@ -326,3 +329,49 @@ def evaluate_model(run: str | Path, data_root: str | Path | None = None, split: 
                               ignore_index=config.data.ignore_index, only=[pair.mask.stem for pair in pairs])
     write_report(result, out)
     return result
+
+
+def sweep_threshold(run: str | Path, data_root: str | Path | None = None, out: str | Path | None = None,
+                    steps: int = 100, criterion: str = "dice", **predict_args) -> dict:
+    """Chooses the binary foreground threshold on the validation split.
+
+    Segments the run's validation split (as `evaluate_model`, keeping the probability maps), then
+    scores every threshold k/steps from histograms of the foreground probability of truth-foreground
+    and truth-background pixels: exact micro IoU and Dice at each threshold, in one pass over the
+    images. The threshold is never chosen on the split it is then used to score.
+
+    Returns:
+        {"best_threshold", "criterion", "best": {...}, "at_0.5": {...}, "thresholds": [...]}, also
+        written to OUT/threshold_sweep.json (OUT default RUN/evaluation/val).
+    """
+    if criterion not in ("dice", "iou"):
+        raise ValueError(f"criterion must be dice or iou, got {criterion}")
+    out = Path(out) if out else Path(run) / "evaluation" / "val"
+    result = evaluate_model(run, data_root, "val", out, save_probs=True, **predict_args)
+    if not result.binary:
+        raise EvaluationError("a threshold sweep is for binary tasks; multi-class masks take the argmax")
+    foreground = np.zeros(steps, np.int64)  # truth-foreground pixels per probability bin
+    background = np.zeros(steps, np.int64)
+    for name, truth_file in zip(result.names, result.gt_files):
+        probs = np.load(out / "predictions" / "probs" / f"{Path(name).name}.npy")[0].astype(np.float32)
+        truth = read_mask(truth_file)
+        bins = np.minimum((probs * steps).astype(np.int64), steps - 1)
+        foreground += np.bincount(bins[truth == 1], minlength=steps)
+        background += np.bincount(bins[truth == 0], minlength=steps)
+    # A pixel is foreground at threshold k/steps when its bin is >= k (probability >= k/steps).
+    tp = np.cumsum(foreground[::-1])[::-1]
+    fp = np.cumsum(background[::-1])[::-1]
+    fn = foreground.sum() - tp
+    rows = []
+    for k in range(1, steps):
+        iou = tp[k] / max(tp[k] + fp[k] + fn[k], 1)
+        dice = 2 * tp[k] / max(2 * tp[k] + fp[k] + fn[k], 1)
+        rows.append({"threshold": round(k / steps, 4), "iou": float(iou), "dice": float(dice)})
+    best = max(rows, key=lambda row: row[criterion])
+    half = min(rows, key=lambda row: abs(row["threshold"] - 0.5))
+    sweep = {"split": "val", "criterion": criterion, "best_threshold": best["threshold"], "best": best,
+             "at_0.5": half, "thresholds": rows,
+             "note": "micro IoU/Dice of the foreground over the validation split; a pixel is foreground when "
+                     "its probability is at least the threshold. Chosen on validation: apply it to test."}
+    (out / "threshold_sweep.json").write_text(json.dumps(sweep, indent=2) + "\n")
+    return sweep

@@ -65,16 +65,21 @@ class Predictor:
         tile_overlap: fraction of a tile shared with its neighbour.
         tta: average the probabilities over flips (and 90-degree rotations when the run says
             they keep labels valid).
+        threshold: foreground probability above which a binary pixel is foreground.
     """
 
     def __init__(self, model: torch.nn.Module, config: Config, device: str | torch.device = "cpu",
-                 tile_size: int = 1024, tile_overlap: float = 0.25, tta: bool = False) -> None:
+                 tile_size: int = 1024, tile_overlap: float = 0.25, tta: bool = False,
+                 threshold: float = 0.5) -> None:
         self.device = torch.device(device) if isinstance(device, str) else device
         self.model = model.to(self.device).eval()
         self.config = config
         self.tile_size = max(STRIDE, tile_size // STRIDE * STRIDE)
         self.tile_overlap = tile_overlap
         self.tta = tta
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
+        self.threshold = threshold
 
     @classmethod
     def from_pretrained(cls, run: str | Path, device: str = "auto", **kwargs) -> "Predictor":
@@ -197,7 +202,7 @@ class Predictor:
 
     def labels(self, probs: torch.Tensor) -> np.ndarray:
         if probs.shape[0] == 1:
-            return (probs[0] > 0.5).numpy().astype(np.uint8)
+            return (probs[0] > self.threshold).numpy().astype(np.uint8)
         return probs.argmax(dim=0).numpy().astype(np.uint8)
 
     def _channels(self, image: np.ndarray) -> np.ndarray:

@@ -193,7 +193,8 @@ def _trainer(config: Config, run_dir: Path, checkpoint: ModelCheckpoint) -> L.Tr
         strategy=strategy,
         precision=train.precision,
         callbacks=[checkpoint],
-        logger=[CSVLogger(str(run_dir), name="", version=""),
+        # One CSV per session (Lightning deletes an existing metrics.csv); `merge_metrics` joins them.
+        logger=[CSVLogger(str(run_dir), name="logs"),
                 TensorBoardLogger(str(run_dir), name="tensorboard", version="")],
         log_every_n_steps=10,
         deterministic=False,
@@ -246,9 +247,36 @@ def train(config: Config, resume: bool = False) -> TrainResult:
         wall_time_s=round(wall, 1),
     )
     if trainer.is_global_zero:
+        merge_metrics(run_dir)
         export_generator(config, best["state_dict"], run_dir / "generator")
         (run_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return result
+
+
+def merge_metrics(run_dir: Path) -> Path:
+    """Joins the per-session `logs/version_*/metrics.csv` into `RUN/metrics.csv`.
+
+    A resumed session restarts from the last checkpoint, so rows an interrupted session logged
+    at or after the resumed session's first step are replaced by the resumed session's rows.
+    """
+    import csv
+    rows: list[dict] = []
+    header: list[str] = []
+    versions = sorted((run_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    for path in versions:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            session = list(reader)
+            header += [name for name in reader.fieldnames or [] if name not in header]
+        if session:
+            first_step = min(int(row["step"]) for row in session)
+            rows = [row for row in rows if int(row["step"]) < first_step] + session
+    target = run_dir / "metrics.csv"
+    with target.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+    return target
 
 
 def export_generator(config: Config, state_dict: dict[str, torch.Tensor], out: Path) -> None:

@@ -273,3 +273,29 @@ def test_evaluate_model_equals_predict_then_evaluate_on_kvasir(tmp_path):
     assert (tmp_path / "direct" / "metrics.json").is_file() and (tmp_path / "direct" / "per_image.csv").is_file()
     # masks are scored at the ground truth's own size (352 x 352), not the model's 64 x 64
     assert int(direct.confusions[0].sum()) == 352 * 352
+
+
+def test_threshold_sweep_is_chosen_on_val_and_matches_a_real_evaluation(tmp_path):
+    from conftest import make_run
+    from segan.data import make_demo_dataset
+    from segan.evaluation import evaluate_model, sweep_threshold
+
+    data = make_demo_dataset(tmp_path / "demo", n_train=2, n_val=6, size=64, seed=3)
+    (data / "test").symlink_to(data / "validation", target_is_directory=True)
+    run = make_run(tmp_path / "run", resize="resize", size=64)
+    sweep = sweep_threshold(run, data, device="cpu", num_workers=0, progress=False)
+    assert (run / "evaluation" / "val" / "threshold_sweep.json").is_file()
+    assert sweep["best"]["dice"] >= sweep["at_0.5"]["dice"]
+    assert len(sweep["thresholds"]) == 99
+    best = sweep["best_threshold"]
+    scored = evaluate_model(run, data, "val", tmp_path / "check", threshold=best, device="cpu", num_workers=0,
+                            progress=False)
+    # histogram bins of float16 maps against a direct pass: equal up to pixels on a bin edge
+    assert scored.report["headline"]["dice"] == pytest.approx(sweep["best"]["dice"], abs=2e-3)
+
+    code = main(["evaluate", "--model", str(run), "--data", str(data), "--split", "val", "--sweep-threshold"])
+    assert code == 2
+    assert main(["evaluate", "--model", str(run), "--data", str(data), "--split", "test", "--sweep-threshold",
+                 "--device", "cpu"]) == 0
+    report = json.loads((run / "evaluation" / "test" / "metrics.json").read_text())
+    assert report["headline"]["dice"] == pytest.approx(sweep["best"]["dice"], abs=2e-3)  # test = val copy here

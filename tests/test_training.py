@@ -122,6 +122,11 @@ def test_resume_continues_steps_and_optimizer_state(tmp_path, demo_root):
     for optimizer_state in last["optimizer_states"]:
         first_param = optimizer_state["state"][0]
         assert int(first_param["step"]) == 3 * steps_per_epoch
+    # the history of both sessions survives in RUN/metrics.csv
+    import csv
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    validated = sorted({int(r["epoch"]) for r in rows if r.get("val/iou")})
+    assert validated[:3] == [0, 1, 2]
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, demo_root):
