@@ -38,7 +38,9 @@ class DataConfig:
         augment: albumentations preset: none, light, medium or heavy.
         rotations: whether 90-degree rotations and vertical flips keep the labels valid (true for
             microscopy and endoscopy, false for road scenes). Augmentation and TTA honour it.
-        mean, std: input normalisation applied after scaling pixels to [0, 1].
+        mean, std: input normalisation applied after scaling pixels to [0, 1], one value per
+            channel; None means ImageNet's for RGB and their average for greyscale. Training
+            records the values it used in the run's config.yaml.
         num_workers: DataLoader worker processes.
     """
 
@@ -53,8 +55,8 @@ class DataConfig:
     resize: str = "resize"
     augment: str = "light"
     rotations: bool = True
-    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    mean: list[float] | None = None
+    std: list[float] | None = None
     num_workers: int = 2
 
     @property
@@ -64,6 +66,17 @@ class DataConfig:
     @property
     def binary(self) -> bool:
         return self.num_classes == 2
+
+    def normalization(self) -> tuple[list[float], list[float]]:
+        """(mean, std) per channel: the configured values, or defaults for the channel count."""
+        mean = self.mean if self.mean is not None else (
+            list(IMAGENET_MEAN) if self.in_channels == 3 else [round(sum(IMAGENET_MEAN) / 3, 4)])
+        std = self.std if self.std is not None else (
+            list(IMAGENET_STD) if self.in_channels == 3 else [round(sum(IMAGENET_STD) / 3, 4)])
+        if len(mean) != self.in_channels or len(std) != self.in_channels:
+            raise ValueError(f"data.mean and data.std need {self.in_channels} value(s), one per input channel; "
+                             f"got {mean} and {std}")
+        return list(mean), list(std)
 
 
 @dataclass

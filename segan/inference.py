@@ -34,8 +34,9 @@ def prepare(image: np.ndarray, data: DataConfig) -> np.ndarray:
         image = cv2.resize(image, (data.size, data.size), interpolation=cv2.INTER_LINEAR)
         if image.ndim == 2:
             image = image[:, :, None]
-    mean = np.asarray(data.mean, np.float32) * 255
-    std = np.asarray(data.std, np.float32) * 255
+    mean, std = data.normalization()
+    mean = np.asarray(mean, np.float32) * 255
+    std = np.asarray(std, np.float32) * 255
     return np.ascontiguousarray(((image.astype(np.float32) - mean) / std).transpose(2, 0, 1))
 
 

@@ -144,14 +144,14 @@ class SeganModule(L.LightningModule):
 
 def build_dataloaders(config: Config) -> tuple[DataLoader, DataLoader]:
     data, train = config.data, config.train
+    mean, std = data.normalization()
     splits = find_splits(data.root, data.train_split, data.val_split, data.val_fraction, train.seed)
     train_set = SegmentationDataset(
         splits["train"],
-        build_train_transform(data.augment, data.size, data.resize, data.mean, data.std, data.rotations,
-                              data.ignore_index),
+        build_train_transform(data.augment, data.size, data.resize, mean, std, data.rotations, data.ignore_index),
         data.in_channels, data.num_classes, data.ignore_index)
     val_set = SegmentationDataset(
-        splits["val"], build_eval_transform(data.size, data.resize, data.mean, data.std, data.ignore_index),
+        splits["val"], build_eval_transform(data.size, data.resize, mean, std, data.ignore_index),
         data.in_channels, data.num_classes, data.ignore_index)
     loader_args = dict(num_workers=data.num_workers, persistent_workers=data.num_workers > 0)
     # Crop mode validates whole images, whose sizes may differ: one per batch.
@@ -222,6 +222,8 @@ def train(config: Config, resume: bool = False) -> TrainResult:
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     train_loader, val_loader = build_dataloaders(config)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Record the normalisation actually used: prediction must apply the same.
+    config.data.mean, config.data.std = config.data.normalization()
     config.save(run_dir / "config.yaml")
 
     module = SeganModule(config.to_dict())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ from segan.config import Config, merge
 from segan.data import make_demo_dataset
 from segan.models import build_generator
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# ../shared/data beside the repository (as in CI), or wherever SEGAN_SHARED_DATA points.
+SHARED_DATA = Path(os.environ.get("SEGAN_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
 @pytest.fixture(scope="session")

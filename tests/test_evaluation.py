@@ -299,3 +299,40 @@ def test_threshold_sweep_is_chosen_on_val_and_matches_a_real_evaluation(tmp_path
                  "--device", "cpu"]) == 0
     report = json.loads((run / "evaluation" / "test" / "metrics.json").read_text())
     assert report["headline"]["dice"] == pytest.approx(sweep["best"]["dice"], abs=2e-3)  # test = val copy here
+
+
+@pytest.mark.slow
+def test_multiclass_scoring_on_real_camvid_with_void_ignored(tmp_path):
+    """CamVid class-index masks (0-10, void = 11 ignored) against shifted predictions, checked with scikit-learn."""
+    from sklearn.metrics import jaccard_score
+    from conftest import shared_dataset
+
+    camvid = shared_dataset("camvid")
+    names = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
+             "Bicyclist"]
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "pred").mkdir()
+    truths, preds = [], []
+    for path in sorted((camvid / "valannot").glob("*.png"))[:4]:
+        truth = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        assert truth.max() == 11  # void is present, so the ignore rule is exercised
+        pred = np.roll(truth, 7, axis=1)
+        pred[pred == 11] = 3  # a prediction gives every pixel a class
+        (tmp_path / "gt" / path.name).symlink_to(path)
+        cv2.imwrite(str(tmp_path / "pred" / path.name), pred)
+        truths.append(truth.ravel())
+        preds.append(pred.ravel())
+    result = evaluate_folders(tmp_path / "pred", tmp_path / "gt", class_names=names, ignore_index=11)
+    truth, pred = np.concatenate(truths), np.concatenate(preds)
+    kept = truth != 11
+    present = np.isin(np.arange(11), np.concatenate([truth[kept], pred[kept]]))
+    expected = jaccard_score(truth[kept], pred[kept], labels=list(range(11)), average=None, zero_division=0)
+    report = result.report
+    for index, name in enumerate(names):
+        got = report["per_class"][name]["iou"]
+        if present[index]:
+            assert got == pytest.approx(expected[index], abs=1e-6), name
+        else:  # absent from truth and prediction: undefined, not 0
+            assert got is None or np.isnan(got), name
+    assert report["scored_pixels"] == int(kept.sum())
+    assert report["headline"]["iou"] == pytest.approx(expected[present].mean(), abs=1e-6)

@@ -198,3 +198,22 @@ def test_input_guards_hide_exact_truth_values(tmp_path, demo_root, classes):
                                     discriminator={"input_guard": "noise", "guard_strength": 0.1}).to_dict())
     assert not torch.equal(noise.guarded(fake), fake)  # both sides get noise before D sees them
     assert torch.equal(none.guarded(fake), fake)
+
+
+def test_greyscale_multiclass_run_records_its_normalisation(tmp_path, demo_root):
+    """1 input channel and 3 classes (the demo's 0/1 masks are valid class indices; class 2 never occurs)."""
+    import yaml
+    config = tiny_config(demo_root, tmp_path / "run", data={"in_channels": 1, "classes": ["bg", "shape", "other"]})
+    result = train(config)
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]
+    assert len(saved["mean"]) == len(saved["std"]) == 1
+    assert 0.0 <= result.best_val_iou <= 1.0
+    model = smp.from_pretrained(str(tmp_path / "run" / "generator")).eval()
+    assert model(torch.randn(1, 1, 64, 64)).shape == (1, 3, 64, 64)
+
+
+def test_mismatched_normalisation_is_refused_before_training(tmp_path, demo_root):
+    config = tiny_config(demo_root, tmp_path / "run", data={"in_channels": 1, "mean": [0.5, 0.5, 0.5]})
+    with pytest.raises(ValueError, match="one per input channel"):
+        train(config)
+    assert not (tmp_path / "run" / "checkpoints").exists()
