@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
 from . import metrics
@@ -128,8 +129,10 @@ class SeganModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         confusion = self.trainer.strategy.reduce(self.val_confusion, reduce_op="sum")
         scores = metrics.summary(confusion.cpu(), self.config.data.binary)
+        # `train` re-scores the best checkpoint once after fitting: that row says "best", not "val".
+        prefix = "best" if self.trainer.state.fn == TrainerFn.VALIDATING else "val"
         # NaN (no foreground anywhere in the split) must not look like a best score.
-        self.log_dict({f"val/{name}": 0.0 if math.isnan(value) else value for name, value in scores.items()},
+        self.log_dict({f"{prefix}/{name}": 0.0 if math.isnan(value) else value for name, value in scores.items()},
                       prog_bar=True)
 
     def configure_optimizers(self):
@@ -237,11 +240,12 @@ def train(config: Config, resume: bool = False) -> TrainResult:
     best_path = Path(checkpoint.best_model_path or last)
     # Re-score the best checkpoint: its IoU and Dice come from one and the same pass.
     scores = trainer.validate(module, val_loader, ckpt_path=str(best_path), weights_only=True, verbose=False)[0]
+    # ^ also the last row of metrics.csv, under best/iou and best/dice
     best = torch.load(best_path, map_location="cpu", weights_only=True)
     result = TrainResult(
         run_dir=str(run_dir),
-        best_val_iou=round(float(scores["val/iou"]), 4),
-        best_val_dice=round(float(scores["val/dice"]), 4),
+        best_val_iou=round(float(scores["best/iou"]), 4),
+        best_val_dice=round(float(scores["best/dice"]), 4),
         best_epoch=int(best["epoch"]),
         epochs=trainer.current_epoch,
         # Lightning counts one step per optimizer.step(); report training iterations.

@@ -142,6 +142,10 @@ def test_run_folder_and_exported_generator_reload_in_plain_smp(tmp_path, demo_ro
         assert (run / part).exists(), part
     summary = json.loads((run / "summary.json").read_text())
     assert summary["best_val_iou"] == result.best_val_iou
+    import csv
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert float(rows[-1]["best/iou"]) == pytest.approx(result.best_val_iou, abs=1e-4)  # the re-scored best
+    assert all(not row.get("best/iou") for row in rows[:-1])
     exported = json.loads((run / "generator" / "config.json").read_text())
     assert exported["encoder_weights"] is None
 
