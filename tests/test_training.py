@@ -221,3 +221,20 @@ def test_mismatched_normalisation_is_refused_before_training(tmp_path, demo_root
     with pytest.raises(ValueError, match="one per input channel"):
         train(config)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_warmup_generator_updates_equal_the_plain_run(tmp_path, demo_root):
+    """During the warm-up the discriminator trains but must not touch the generator's updates."""
+    results = []
+    for weight in (0.0, 0.5):
+        config = tiny_config(demo_root, tmp_path / f"w{weight}", loss={"adv_weight": weight, "adv_warmup_epochs": 5},
+                             data={"augment": "none"}, train={"epochs": 1})
+        L.seed_everything(0)
+        module = SeganModule(config.to_dict())
+        train_loader, _ = __import__("segan.training", fromlist=["build_dataloaders"]).build_dataloaders(config)
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_val_batches=0, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        L.seed_everything(0)
+        trainer.fit(module, train_loader)
+        results.append(params(module.generator))
+    assert changed(results[0], results[1]) == set()
