@@ -1,0 +1,124 @@
+#!/usr/bin/env python
+"""Training-step speed: the GAN step against the plain supervised step, in one run.
+
+Same model, same batch, same Lightning loop: `adv_weight 0` is exactly the plain supervised smp
+step (tests/test_training.py checks this), so the ratio is the price of the adversarial term.
+Each configuration runs in turn for `--rounds` rounds of `--steps` steps, and the best round
+of each is kept, so a burst of other load does not land on one side only. The discriminator is
+timed at several widths (`--d-channels`) to show what the default costs.
+
+Also: generator forward GFLOP per image (torch's FLOP counter) and the achieved GFLOP/s of the
+plain step, counting a training step as 3x the forward.
+
+Prints one JSON line.
+
+    python scripts/bench_train.py [--size 192] [--batch-size 8] [--steps 6] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from segan.config import Config, merge  # noqa: E402
+from segan.training import SeganModule  # noqa: E402
+
+
+class StepTimer(L.Callback):
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.times.append(time.perf_counter() - self.started)
+
+
+def step_time(config: Config, batch: dict, steps: int) -> float:
+    """Median seconds per training step over `steps` steps after one warm-up step."""
+    torch.manual_seed(0)
+    module = SeganModule(config.to_dict())
+    timer = StepTimer()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=steps + 1,
+                        limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[timer])
+    trainer.fit(module, DataLoader([batch] * (steps + 1), batch_size=None))
+    times = sorted(timer.times[1:])
+    return times[len(times) // 2]
+
+
+def forward_gflop(config: Config, size: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+    from segan.models import build_generator
+    model = build_generator(config.generator, config.data.in_channels, config.data.num_classes).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, config.data.in_channels, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=192)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--encoder", default="resnet18")
+    parser.add_argument("--d-channels", type=int, nargs="+", default=[16, 32, 64])
+    args = parser.parse_args()
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+    torch.manual_seed(0)
+    mask = (torch.rand(args.batch_size, args.size, args.size) > 0.8).long()
+    batch = dict(image=torch.randn(args.batch_size, 3, args.size, args.size), mask=mask,
+                 name=[str(i) for i in range(args.batch_size)])
+    base = {"data": {"size": args.size}, "generator": {"encoder_name": args.encoder},
+            "loss": {"adv_warmup_epochs": 0}}
+    configs = {"plain": merge(Config(), {**base, "loss": {"adv_weight": 0.0}})}
+    for channels in args.d_channels:
+        configs[f"gan_d{channels}"] = merge(Config(), {**base, "discriminator": {"base_channels": channels}})
+
+    best = {name: float("inf") for name in configs}
+    for _ in range(args.rounds):
+        for name, config in configs.items():
+            best[name] = min(best[name], step_time(config, batch, args.steps))
+
+    default_d = Config().discriminator.base_channels
+    gflop = forward_gflop(configs["plain"], args.size)
+    result = {
+        "benchmark": "train_step", "device": "cpu", "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(), "encoder": args.encoder, "image_size": args.size,
+        "batch_size": args.batch_size, "steps": args.steps, "rounds": args.rounds,
+        "plain_step_s": round(best["plain"], 3),
+        "plain_images_per_s": round(args.batch_size / best["plain"], 2),
+        "generator_forward_gflop_per_image": round(gflop, 2),
+        "plain_achieved_gflop_per_s": round(3 * gflop * args.batch_size / best["plain"], 1),
+    }
+    for channels in args.d_channels:
+        name = f"gan_d{channels}"
+        result[f"{name}_step_s"] = round(best[name], 3)
+        result[f"{name}_ratio"] = round(best[name] / best["plain"], 3)
+    result["default_d_channels"] = default_d
+    result["gan_default_ratio"] = result.get(f"gan_d{default_d}_ratio")
+    import resource
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
