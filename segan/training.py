@@ -21,7 +21,7 @@ from .config import Config
 from .data import SegmentationDataset, find_splits
 from .losses import AdversarialLoss, SegmentationLoss
 from .models import build_discriminator, build_generator, labels, one_hot, output_channels, probabilities
-from .transforms import build_eval_transform, build_train_transform
+from .transforms import build_eval_transform, build_train_transform, seed_worker
 
 INPUT_GUARDS = ("none", "smooth", "noise")
 
@@ -151,12 +151,14 @@ def build_dataloaders(config: Config) -> tuple[DataLoader, DataLoader]:
     splits = find_splits(data.root, data.train_split, data.val_split, data.val_fraction, train.seed)
     train_set = SegmentationDataset(
         splits["train"],
-        build_train_transform(data.augment, data.size, data.resize, mean, std, data.rotations, data.ignore_index),
+        build_train_transform(data.augment, data.size, data.resize, mean, std, data.rotations, data.ignore_index,
+                              seed=train.seed),
         data.in_channels, data.num_classes, data.ignore_index)
     val_set = SegmentationDataset(
         splits["val"], build_eval_transform(data.size, data.resize, mean, std, data.ignore_index),
         data.in_channels, data.num_classes, data.ignore_index)
-    loader_args = dict(num_workers=data.num_workers, persistent_workers=data.num_workers > 0)
+    loader_args = dict(num_workers=data.num_workers, persistent_workers=data.num_workers > 0,
+                       worker_init_fn=seed_worker)
     # Crop mode validates whole images, whose sizes may differ: one per batch.
     val_batch = train.batch_size if data.resize == "resize" else 1
     drop_last = len(train_set) > train.batch_size

@@ -43,7 +43,7 @@ def _normalize(mean, std) -> A.Normalize:
 
 
 def build_train_transform(preset: str, size: int, resize: str, mean, std, rotations: bool = True,
-                          ignore_index: int = 255) -> A.Compose:
+                          ignore_index: int = 255, seed: int | None = None) -> A.Compose:
     """Training pipeline: size to `size` (resize, or pad then random crop), augment, normalise.
 
     Args:
@@ -54,6 +54,8 @@ def build_train_transform(preset: str, size: int, resize: str, mean, std, rotati
         mean, std: normalisation of pixels scaled to [0, 1].
         rotations: whether vertical flips and 90-degree rotations keep labels valid.
         ignore_index: fill value for padded mask pixels.
+        seed: albumentations keeps its own random state, deaf to global seeds: this seeds it.
+            DataLoader workers reseed it with `seed_worker`.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown augmentation preset '{preset}'; choose one of {PRESETS}")
@@ -64,7 +66,18 @@ def build_train_transform(preset: str, size: int, resize: str, mean, std, rotati
                   A.RandomCrop(size, size)]
     else:
         raise ValueError(f"unknown resize mode '{resize}'; choose 'resize' or 'crop'")
-    return A.Compose(sizing + _geometry(preset, rotations) + _photometric(preset) + [_normalize(mean, std)])
+    return A.Compose(sizing + _geometry(preset, rotations) + _photometric(preset) + [_normalize(mean, std)],
+                     seed=seed)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: seeds the worker's augmentation from torch's worker seed, which
+    the seeded main process chooses, so workers differ from each other and runs repeat."""
+    import torch
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(torch.initial_seed() % 2 ** 32)
 
 
 def build_eval_transform(size: int, resize: str, mean, std, ignore_index: int = 255) -> A.Compose:

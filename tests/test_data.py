@@ -1,6 +1,7 @@
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from segan.data import DatasetLayoutError, ImageReadError, SegmentationDataset, find_splits, make_demo_dataset, read_image, read_mask
 from segan.transforms import PRESETS, build_eval_transform, build_train_transform
@@ -153,3 +154,23 @@ def test_palette_png_masks_read_as_indices(tmp_path):
     binary.putpalette([0, 0, 0, 255, 255, 255] + [0, 0, 0] * 254)
     binary.save(tmp_path / "binary.png")
     assert read_mask(tmp_path / "binary.png").tolist() == [[0, 1]]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_augmentation_repeats_with_the_seed(tmp_path, num_workers):
+    """albumentations ignores global seeds; the run's seed must still make batches repeat."""
+    import lightning as L
+    from segan.config import Config, merge
+    from segan.training import build_dataloaders
+    root = make_demo_dataset(tmp_path / "d", n_train=8, n_val=2, size=32, seed=0)
+
+    def first_batches(seed):
+        config = merge(Config(), {"data": {"root": str(root), "size": 32, "augment": "heavy", "num_workers": num_workers},
+                                  "train": {"seed": seed, "batch_size": 4}})
+        L.seed_everything(seed, workers=True, verbose=False)
+        loader, _ = build_dataloaders(config)
+        return [batch["image"] for batch in loader]
+
+    a, b, c = first_batches(1), first_batches(1), first_batches(2)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
