@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import Config, DataConfig
+from .data.io import to_channels
 from .transforms import STRIDE
 
 
@@ -209,13 +210,4 @@ class Predictor:
     def _channels(self, image: np.ndarray) -> np.ndarray:
         if image.dtype == np.uint16:
             image = (image >> 8).astype(np.uint8)
-        if image.ndim == 2:
-            image = image[:, :, None]
-        wanted = self.config.data.in_channels
-        if image.shape[2] == wanted:
-            return image
-        if wanted == 1:
-            return cv2.cvtColor(image[:, :, :3], cv2.COLOR_RGB2GRAY)[:, :, None]
-        if image.shape[2] == 1:
-            return np.repeat(image, 3, axis=2)
-        return image[:, :, :3]
+        return to_channels(image, self.config.data.in_channels)

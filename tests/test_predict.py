@@ -235,3 +235,13 @@ def test_sharded_runs_write_everything_once(tmp_path, binary_run):
     assert sum(written) == 12
     assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 12
     assert len(list((tmp_path / "out").glob("manifest-*-of-3.csv"))) == 3
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_in_memory_arrays_of_any_channel_layout(tmp_path, in_channels):
+    """predict() takes the same layouts read_image does: grey, grey+alpha, RGB, RGBA, 16-bit."""
+    predictor = Predictor.from_pretrained(make_run(tmp_path / "run", in_channels=in_channels), device="cpu")
+    rgb = smooth_image(40, 48)
+    grey = rgb[:, :, 0]
+    for array in (grey, np.dstack([grey, grey]), rgb, np.dstack([rgb, grey]), grey.astype(np.uint16) * 257):
+        assert predictor.predict(array).shape == (40, 48)

@@ -54,18 +54,26 @@ def read_image(path: str | Path, in_channels: int = 3) -> np.ndarray:
 
     16-bit images keep their top 8 bits; alpha is dropped.
     """
-    path = Path(path)
-    array = _to_uint8(_decode(path, cv2.IMREAD_UNCHANGED))
+    return to_channels(_to_uint8(_decode(Path(path), cv2.IMREAD_UNCHANGED)), in_channels, bgr=True)
+
+
+def to_channels(array: np.ndarray, in_channels: int, bgr: bool = False) -> np.ndarray:
+    """HxW or HxWxC (grey, grey+alpha, colour, colour+alpha) to HxWx1 greyscale or HxWx3 RGB.
+
+    `bgr` says the colour channels are in OpenCV's order (as decoded from a file); alpha is dropped.
+    """
     if array.ndim == 2:
         array = array[:, :, None]
     channels = array.shape[2]
     if in_channels == 1:
         if channels >= 3:
-            array = cv2.cvtColor(array[:, :, :3], cv2.COLOR_BGR2GRAY)[:, :, None]
+            code = cv2.COLOR_BGR2GRAY if bgr else cv2.COLOR_RGB2GRAY
+            return cv2.cvtColor(np.ascontiguousarray(array[:, :, :3]), code)[:, :, None]
         return np.ascontiguousarray(array[:, :, :1])
-    if channels == 1:
-        return np.ascontiguousarray(np.repeat(array, 3, axis=2))
-    return cv2.cvtColor(array[:, :, :3], cv2.COLOR_BGR2RGB)
+    if channels < 3:
+        return np.ascontiguousarray(np.repeat(array[:, :, :1], 3, axis=2))
+    colour = np.ascontiguousarray(array[:, :, :3])
+    return cv2.cvtColor(colour, cv2.COLOR_BGR2RGB) if bgr else colour
 
 
 def _palette_indices(path: Path) -> np.ndarray | None:
