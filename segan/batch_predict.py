@@ -62,6 +62,7 @@ class PredictSummary:
     seconds: float = 0.0
     images_per_s: float = 0.0
     manifest: str = ""
+    classes: list[str] = field(default_factory=list)  # mask value i is class classes[i]
     failures: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -223,7 +224,8 @@ def predict_folder(predictor: Predictor, inputs: Sequence[str | Path], output: s
             raise PredictInputError(f"writing {mask_path(item)} would overwrite an input; choose another output folder")
     output.mkdir(parents=True, exist_ok=True)
     manifest_name = "manifest.csv" if shard_count == 1 else f"manifest-{shard_index}-of-{shard_count}.csv"
-    summary = PredictSummary(inputs=len(items), ignored_non_images=ignored, manifest=str(output / manifest_name))
+    summary = PredictSummary(inputs=len(items), ignored_non_images=ignored, manifest=str(output / manifest_name),
+                             classes=list(predictor.config.data.classes))
 
     todo = []
     rows: list[dict] = []

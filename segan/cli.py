@@ -10,11 +10,30 @@ from pathlib import Path
 from typing import Sequence
 
 # flag -> (config section, key): flags override the YAML config, which overrides the defaults.
-TRAIN_FLAGS = {
+DATA_FLAGS = {
     "data": ("data", "root"),
-    "out": ("train", "out"),
+    "train_split": ("data", "train_split"),
+    "val_split": ("data", "val_split"),
+    "val_fraction": ("data", "val_fraction"),
+    "split_seed": ("data", "split_seed"),
+    "image_dir": ("data", "image_dir"),
+    "mask_dir": ("data", "mask_dir"),
+    "roi_dir": ("data", "roi_dir"),
+    "image_name": ("data", "image_name"),
+    "mask_name": ("data", "mask_name"),
+    "roi_name": ("data", "roi_name"),
+    "pairs_file": ("data", "pairs_file"),
+    "strip_prefix": ("data", "strip_prefix"),
     "classes": ("data", "classes"),
+    "ignore_index": ("data", "ignore_index"),
+    "threshold": ("data", "threshold"),
+    "invert": ("data", "invert"),
+    "value_map": ("data", "value_map"),
     "in_channels": ("data", "in_channels"),
+}
+TRAIN_FLAGS = {
+    **DATA_FLAGS,
+    "out": ("train", "out"),
     "size": ("data", "size"),
     "resize": ("data", "resize"),
     "augment": ("data", "augment"),
@@ -43,6 +62,58 @@ def _devices(value: str):
     return value if value == "auto" else int(value)
 
 
+def _value_map(text: str) -> dict[int, int]:
+    try:
+        pairs = (item.split(":") for item in text.split(","))
+        return {int(stored): int(target) for stored, target in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected STORED:CLASS pairs such as 1:1,2:0,3:255, got '{text}'") from None
+
+
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
+    """Layout and mask-encoding flags shared by `train` and `data check` (see DataConfig)."""
+    from .config import DataConfig
+    d = DataConfig()
+    g = p.add_argument_group("dataset layout (default: detected)")
+    g.add_argument("--train-split", help=f"training split name ({d.train_split})")
+    g.add_argument("--val-split", help="validation split name (default: validation, val or valid if present, "
+                                       "else --val-fraction of train is held back)")
+    g.add_argument("--val-fraction", type=float, help=f"fraction held back without a validation split ({d.val_fraction})")
+    g.add_argument("--split-seed", type=int, help=f"seed of that hold-out, apart from --seed ({d.split_seed})")
+    g.add_argument("--image-dir", help="image folder, relative to --data or absolute; {split} = split name "
+                                       "(e.g. '{split}/images', '{split}')")
+    g.add_argument("--mask-dir", help="mask folder, as --image-dir (e.g. '{split}annot')")
+    g.add_argument("--roi-dir", help="region-of-interest masks, as --image-dir; pixels outside are ignored")
+    g.add_argument("--image-name", help="pairing key in image stems: template with {id} (e.g. '{id}_training') "
+                                        "or a regex with group id (default: the whole stem)")
+    g.add_argument("--mask-name", help="pairing key in mask stems, as --image-name (e.g. '{id}_manual1')")
+    g.add_argument("--roi-name", help="pairing key in region-of-interest stems, as --image-name")
+    g.add_argument("--pairs-file", help="list file of 'image mask' lines instead of folders (e.g. '{split}.txt')")
+    g.add_argument("--strip-prefix", help="prefix to strip from absolute paths in --pairs-file (default: detected)")
+    g = p.add_argument_group("mask encoding (colour tables: data.colors in --config)")
+    g.add_argument("--classes", nargs="+", help=f"class names, background first; two = binary ({d.classes})")
+    g.add_argument("--ignore-index", type=int, help=f"mask value left out of loss and scores ({d.ignore_index})")
+    g.add_argument("--threshold", type=int, help=f"binary masks: grey values above it are foreground ({d.threshold})")
+    g.add_argument("--invert", action="store_true", default=None,
+                   help="binary masks: the dark value is the foreground")
+    g.add_argument("--value-map", type=_value_map, help="remap stored values first, e.g. 1:1,2:0,3:255")
+    g.add_argument("--in-channels", type=int, choices=(1, 3), help=f"1 greyscale or 3 RGB ({d.in_channels})")
+
+
+def _config(args: argparse.Namespace, flags: dict, base=None):
+    """The config: `base`, or --config FILE, or the defaults; with the given flags on top."""
+    from .config import Config, merge
+    config = base or (Config.load(args.config) if getattr(args, "config", None) else Config())
+    overrides: dict = {}
+    for flag, (section, key) in flags.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            if key == "encoder_weights" and value.lower() == "none":
+                value = None
+            overrides.setdefault(section, {})[key] = value
+    return merge(config, overrides)
+
+
 def _add_train(subparsers) -> None:
     from .config import Config
     defaults = Config()
@@ -51,12 +122,12 @@ def _add_train(subparsers) -> None:
         "train", help="train a GAN segmenter", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Train a U-Net generator against a conditional PatchGAN discriminator. Settings come "
                     "from the defaults, then --config FILE.yaml, then the flags given here.")
-    p.add_argument("--data", help="dataset folder: train/{images,masks} (+ validation/ or val/), or images/ + masks/")
+    p.add_argument("--data", help="dataset folder (layouts: see 'dataset layout' below and datasets/README.md)")
     p.add_argument("--out", help=f"run folder to write (default from config: {t.out})")
-    p.add_argument("--config", help="YAML file with data/generator/discriminator/loss/train sections")
+    p.add_argument("--config", help="YAML file with data/generator/discriminator/loss/train sections "
+                                    "(e.g. a recipe: datasets/camvid/config.yaml)")
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoints/last.ckpt with OUT/config.yaml")
-    p.add_argument("--classes", nargs="+", help=f"class names, background first; two = binary ({d.classes})")
-    p.add_argument("--in-channels", type=int, choices=(1, 3), help=f"1 greyscale or 3 RGB ({d.in_channels})")
+    _add_data_flags(p)
     p.add_argument("--size", type=int, help=f"training image side in pixels ({d.size})")
     p.add_argument("--resize", choices=("resize", "crop"), help=f"resize images to --size or random-crop them ({d.resize})")
     p.add_argument("--augment", choices=("none", "light", "medium", "heavy"), help=f"augmentation preset ({d.augment})")
@@ -83,22 +154,14 @@ def _add_train(subparsers) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import Config, merge
+    from .config import Config
     from .training import train
+    base = None
     if args.resume:
         if not args.out:
             raise SystemExit("--resume needs --out RUN (the run folder to continue)")
-        config = Config.load(Path(args.out) / "config.yaml")
-    else:
-        config = Config.load(args.config) if args.config else Config()
-    overrides: dict = {}
-    for flag, (section, key) in TRAIN_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            if key == "encoder_weights" and value.lower() == "none":
-                value = None
-            overrides.setdefault(section, {})[key] = value
-    config = merge(config, overrides)
+        base = Config.load(Path(args.out) / "config.yaml")
+    config = _config(args, TRAIN_FLAGS, base)
     result = train(config, resume=args.resume)
     print(f"\nbest validation IoU {result.best_val_iou:.4f}  Dice {result.best_val_dice:.4f}  "
           f"(epoch {result.best_epoch}, {result.steps} steps, {result.wall_time_s:.0f} s)")
@@ -118,6 +181,32 @@ def _add_data(subparsers) -> None:
     demo.add_argument("--size", type=int, default=128, help="image side in pixels")
     demo.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same files")
     demo.set_defaults(handler=_demo)
+    check = sub.add_parser(
+        "check", help="check a dataset folder: layout, pairs, sizes, mask values, class frequencies",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Reads every file once and reports the layout found, the pairs and unmatched files per "
+                    "split, unreadable files, image/mask size mismatches, the stored mask values against the "
+                    "declared encoding, class pixel frequencies, and the data config training would use. "
+                    "Exit code 1 on errors that would stop training, 0 otherwise (warnings included).")
+    check.add_argument("data", help="dataset folder")
+    check.add_argument("--config", help="YAML config (e.g. a recipe in datasets/) whose data section to check")
+    check.add_argument("--report", metavar="FILE", help="also write the full report as JSON")
+    check.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_data_flags(check)
+    check.set_defaults(handler=_check)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .data.check import check_dataset
+    config = _config(args, DATA_FLAGS)
+    report = check_dataset(config.data, progress=not args.no_progress)
+    print(report.format())
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        print(f"report written to {args.report}")
+    print(json.dumps({"ok": report.ok, "errors": len(report.errors), "warnings": len(report.warnings),
+                      "pairs": {split.name: split.pairs for split in report.splits}}))
+    return 0 if report.ok else 1
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -203,8 +292,11 @@ def _add_evaluate(subparsers) -> None:
                                   "its masks/ are used)")
     p.add_argument("--gt", metavar="DIR", help="ground-truth masks in the same layout (a dataset split folder with images/ + "
                                 "masks/ works: its masks/ are used)")
-    p.add_argument("--classes", nargs="+", metavar="NAME", default=["background", "foreground"],
-                   help="class names, background first; two = binary (0/1 or 0/255 masks)")
+    p.add_argument("--classes", nargs="+", metavar="NAME",
+                   help="class names, background first; two = binary (0/1 or 0/255 masks). Default: the names a "
+                        "segan predict output records, else background foreground")
+    p.add_argument("--config", metavar="YAML", help="with --gt: take classes and the ground truth's mask encoding "
+                                                    "(invert, value_map, colors, ...) from this config's data section")
     p.add_argument("--ignore-index", type=int, default=255,
                    help="ground-truth value not scored (multi-class masks); -1 = none")
     p.add_argument("--roi", metavar="DIR", help="optional region-of-interest masks in the same layout; pixels where it is 0 "
@@ -238,9 +330,20 @@ def _evaluate(args: argparse.Namespace) -> int:
         result = evaluate_model(args.model, args.data, args.split, out, tta=args.tta, device=args.device,
                                 threshold=threshold)
     elif args.pred and args.gt:
-        result = evaluate_folders(args.pred, args.gt, class_names=args.classes,
+        from .data import MaskEncoding
+        encoding = None
+        classes = args.classes
+        if args.config:
+            from .config import Config
+            data = Config.load(args.config).data
+            classes = classes or data.classes
+            encoding = MaskEncoding.from_config(data)
+        manifest = Path(args.pred) / "manifest.json"
+        if classes is None and manifest.is_file():
+            classes = json.loads(manifest.read_text()).get("classes") or None
+        result = evaluate_folders(args.pred, args.gt, class_names=classes or ["background", "foreground"],
                                   ignore_index=None if args.ignore_index < 0 else args.ignore_index,
-                                  roi_dir=args.roi, allow_missing=args.allow_missing)
+                                  roi_dir=args.roi, allow_missing=args.allow_missing, encoding=encoding)
         out = Path(args.out) if args.out else result.pred_dir.parent / "evaluation"
         write_report(result, out)
     else:

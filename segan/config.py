@@ -22,15 +22,41 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class DataConfig:
     """Where the data is and how to read it.
 
-    Attributes:
-        root: dataset folder. With `train/` and `validation/` (or `val/`) sub-folders each holding
-            `images/` + `masks/`, those splits are used; with plain `images/` + `masks/`, a seeded
-            `val_fraction` of the pairs is held back for validation.
-        train_split: name of the training split folder.
-        val_split: name of the validation split folder; `None` tries `validation` then `val`.
+    Layout (see `segan.data.pairs`; None means detect):
+        root: dataset folder; the folders and list files below are relative to it (or absolute).
+        train_split: name of the training split.
+        val_split: name of the validation split; `None` tries validation, val, valid. Without one,
+            a seeded `val_fraction` of the training pairs is held back.
         val_fraction: fraction held back when the dataset has no validation split.
+        split_seed: seed of that hold-out; apart from train.seed so that runs with different
+            seeds are scored on the same validation images.
+        image_dir, mask_dir: image and mask folders; `{split}` stands for the split name
+            ("{split}/images", "{split}annot"). Without `{split}` the folders hold every pair and
+            the validation split is held back. None detects: {split}/images + {split}/masks (also
+            image/label, images/labels, image/mask), {split}/ + {split}annot/, then the same pairs
+            of folders at the root.
+        roi_dir: optional region-of-interest masks (e.g. a field-of-view mask per image); pixels
+            outside are ignored by the loss and the scores.
+        image_name, mask_name, roi_name: how file names pair up: a template over the file stem
+            with `{id}` for the shared part ("{id}_training" with "{id}_manual1"), or a regular
+            expression whose group `id` (or first group) is the key, searched in the stem.
+        pairs_file: a list file of image/mask pairs instead of folders ("{split}.txt"): two
+            paths per line, whitespace- or comma-separated, a header line allowed; relative to
+            the root, or absolute with a foreign prefix that is stripped (`strip_prefix`, or the
+            shortest leading part whose removal makes the paths exist under the root).
+        strip_prefix: prefix to remove from the paths in `pairs_file`; None detects it.
+
+    Mask encoding (see `segan.data.encoding`):
         classes: class names, background first. Two names mean a binary task (one output channel).
         ignore_index: mask value left out of the loss and the scores.
+        threshold: binary masks: grey values above it are foreground (0/1 masks are kept).
+        invert: binary masks: the dark value is the foreground.
+        value_map: {stored value: class index or ignore_index}, applied first; unlisted values
+            are kept.
+        colors: colour-coded masks: one [R, G, B] per class, in class order.
+        ignore_color: colour-coded masks: the [R, G, B] of ignored pixels.
+
+    Reading and augmentation:
         in_channels: 1 (greyscale) or 3 (RGB); images are converted on reading.
         size: training side length in pixels.
         resize: "resize" scales every image to `size` x `size`; "crop" takes random `size` crops
@@ -48,8 +74,22 @@ class DataConfig:
     train_split: str = "train"
     val_split: str | None = None
     val_fraction: float = 0.2
+    split_seed: int = 0
+    image_dir: str | None = None
+    mask_dir: str | None = None
+    roi_dir: str | None = None
+    image_name: str = "{id}"
+    mask_name: str = "{id}"
+    roi_name: str = "{id}"
+    pairs_file: str | None = None
+    strip_prefix: str | None = None
     classes: list[str] = field(default_factory=lambda: ["background", "foreground"])
     ignore_index: int = 255
+    threshold: int = 127
+    invert: bool = False
+    value_map: dict[int, int] | None = None
+    colors: list[list[int]] | None = None
+    ignore_color: list[int] | None = None
     in_channels: int = 3
     size: int = 256
     resize: str = "resize"

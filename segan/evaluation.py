@@ -9,6 +9,7 @@ truth are listed and left out. The figures and their definitions are `segan.metr
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -20,7 +21,8 @@ import numpy as np
 import torch
 
 from . import metrics
-from .data.io import IMAGE_SUFFIXES, ImageReadError, read_mask
+from .data.encoding import MaskEncoding, read_mask, read_roi
+from .data.io import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ class EvaluationResult:
     roi_dir: Path | None = None
     unmatched_predictions: list[str] = field(default_factory=list)  # predictions without ground truth
     missing_predictions: list[str] = field(default_factory=list)  # ground truth without prediction (allow_missing)
+    roi_files: list[Path | None] = field(default_factory=list)
+    encoding: MaskEncoding | None = None  # how the ground truth was decoded
 
     @property
     def binary(self) -> bool:
@@ -123,7 +127,7 @@ def _names(keys: Sequence[str], limit: int = 10) -> str:
 def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, num_classes: int | None = None,
                      class_names: Sequence[str] | None = None, ignore_index: int | None = 255,
                      roi_dir: str | Path | None = None, allow_missing: bool = False,
-                     only: Sequence[str] | None = None) -> EvaluationResult:
+                     only: Sequence[str] | None = None, encoding: MaskEncoding | None = None) -> EvaluationResult:
     """Scores the predicted masks in `pred_dir` against the ground truth in `gt_dir`.
 
     Args:
@@ -138,6 +142,8 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, num_classes: int 
         roi_dir: optional masks of the same layout; pixels where the ROI is 0 are not scored.
         allow_missing: score only the ground truth that has a prediction instead of failing.
         only: score exactly these ground-truth stems (e.g. a held-out split of a folder).
+        encoding: how ground-truth values become classes (a dataset's `MaskEncoding`); default
+            binary 0/1 or 0/255 for two classes, else class indices with `ignore_index`.
     """
     if class_names is not None:
         class_names = [str(name) for name in class_names]
@@ -189,12 +195,26 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, num_classes: int 
         if without_roi:
             raise EvaluationError(f"{len(without_roi)} images have no region-of-interest mask in {roi_dir}: "
                                   f"{_names(without_roi)}")
+    encoding = encoding or MaskEncoding(num_classes, ignore_index)
+    items = [(name, preds[name], truths[name], roi_files.get(name)) for name in names]
+    return score_pairs(items, class_names, encoding, pred_dir=pred_dir, gt_dir=gt_dir, roi_dir=roi_dir,
+                       unmatched_predictions=unmatched, missing_predictions=missing if allow_missing else [])
 
-    confusions = torch.zeros(len(names), num_classes, num_classes, dtype=torch.long)
-    for i, name in enumerate(names):
-        pred_path, gt_path = preds[name], truths[name]
-        truth = read_mask(gt_path, num_classes, ignore_index)
-        pred = read_mask(pred_path, num_classes, ignore_index)
+
+def score_pairs(items: Sequence[tuple[str, Path, Path, Path | None]], class_names: Sequence[str],
+                encoding: MaskEncoding, **where) -> EvaluationResult:
+    """Scores (name, prediction, ground truth, region of interest or None) files.
+
+    Predictions are segan's own encoding (0/255 or 0/1 binary, class-index or palette PNGs);
+    ground truth is decoded with `encoding`, the dataset's. `where` fills the result's folder fields.
+    """
+    num_classes = len(class_names)
+    ignore_index = encoding.ignore_index
+    prediction_encoding = MaskEncoding(num_classes, ignore_index)
+    confusions = torch.zeros(len(items), num_classes, num_classes, dtype=torch.long)
+    for i, (name, pred_path, gt_path, roi_path) in enumerate(items):
+        truth = read_mask(gt_path, encoding)
+        pred = read_mask(pred_path, prediction_encoding)
         if pred.shape != truth.shape:
             raise EvaluationError(f"prediction {pred_path} is {pred.shape[1]}x{pred.shape[0]} (WxH) but ground "
                                   f"truth {gt_path} is {truth.shape[1]}x{truth.shape[0]}; predict at the "
@@ -204,22 +224,22 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, num_classes: int 
             raise EvaluationError(f"prediction {pred_path} has values {values} that are not class indices "
                                   f"(0-{num_classes - 1}); a prediction must give every pixel a class")
         target = torch.from_numpy(truth).long()
-        if roi_files:
-            roi = read_mask(roi_files[name], 2)
-            if roi.shape != truth.shape:
-                raise EvaluationError(f"region of interest {roi_files[name]} is {roi.shape[1]}x{roi.shape[0]} "
+        if roi_path is not None:
+            inside = read_roi(roi_path)
+            if inside.shape != truth.shape:
+                raise EvaluationError(f"region of interest {roi_path} is {inside.shape[1]}x{inside.shape[0]} "
                                       f"but ground truth {gt_path} is {truth.shape[1]}x{truth.shape[0]}")
-            target[torch.from_numpy(roi == 0)] = -1  # confusion_matrix leaves out targets outside 0..C-1
+            target[torch.from_numpy(~inside)] = -1  # confusion_matrix leaves out targets outside 0..C-1
         confusions[i] = metrics.confusion_matrix(torch.from_numpy(pred).long()[None], target[None],
                                                  num_classes, ignore_index)[0]
-
+    binary = num_classes == 2
     return EvaluationResult(
-        names=names, pred_files=[preds[n] for n in names], gt_files=[truths[n] for n in names],
+        names=[item[0] for item in items], pred_files=[item[1] for item in items],
+        gt_files=[item[2] for item in items], roi_files=[item[3] for item in items], encoding=encoding,
         confusions=confusions, class_names=list(class_names),
-        ignore_index=ignore_index if num_classes > 2 else None,  # binary masks are thresholded, as in training
-        report=metrics.report(confusions, class_names, binary=num_classes == 2),
-        pred_dir=pred_dir, gt_dir=gt_dir, roi_dir=roi_dir,
-        unmatched_predictions=unmatched, missing_predictions=missing if allow_missing else [])
+        # binary masks are thresholded as in training, so they have no ignore value unless remapped
+        ignore_index=ignore_index if not binary or encoding.value_map else None,
+        report=metrics.report(confusions, list(class_names), binary=binary), **where)
 
 
 def write_report(result: EvaluationResult, out_dir: str | Path) -> dict[str, Path]:
@@ -306,27 +326,28 @@ def evaluate_model(run: str | Path, data_root: str | Path | None = None, split: 
         threshold: binary foreground threshold (see `sweep_threshold` to choose one on validation).
         save_probs: also keep the probability maps (predictions/probs/*.npy).
     """
-    from .batch_predict import predict_folder
+    from .batch_predict import collect_inputs, predict_folder
     from .data.pairs import find_split
     from .inference import Predictor
 
     predictor = Predictor.from_pretrained(run, device=device, tta=tta, threshold=threshold)
     config = predictor.config
-    root = Path(data_root or config.data.root)
-    pairs = find_split(root, split, config.data.train_split, config.data.val_split, config.data.val_fraction,
-                       config.train.seed)
-    mask_dirs = {pair.mask.parent for pair in pairs}
-    if len(mask_dirs) != 1:
-        raise EvaluationError(f"the {split} masks of {root} lie in {len(mask_dirs)} folders; "
-                              "predict them and use evaluate --pred --gt")
+    data = dataclasses.replace(config.data, root=str(data_root or config.data.root))
+    pairs = find_split(data, split)
     out = Path(out) if out else Path(run) / "evaluation" / split
-    summary = predict_folder(predictor, [pair.image for pair in pairs], out / "predictions", batch_size=batch_size,
+    predictions = out / "predictions"
+    summary = predict_folder(predictor, [pair.image for pair in pairs], predictions, batch_size=batch_size,
                              num_workers=num_workers, progress=progress, save_probs=save_probs)
     if summary.failed:
         raise EvaluationError(f"{summary.failed} images of the {split} split could not be segmented: "
                               f"{_names(summary.failures, 5)}")
-    result = evaluate_folders(out / "predictions" / "masks", mask_dirs.pop(), class_names=config.data.classes,
-                              ignore_index=config.data.ignore_index, only=[pair.mask.stem for pair in pairs])
+    rel = {item.path: item.rel for item in collect_inputs([pair.image for pair in pairs], predictions)[0]}
+    items = [(rel[pair.image].with_suffix("").as_posix(), predictions / "masks" / rel[pair.image].with_suffix(".png"),
+              pair.mask, pair.roi) for pair in pairs]
+    roi_dirs = {str(pair.roi.parent) for pair in pairs if pair.roi is not None}
+    result = score_pairs(items, config.data.classes, MaskEncoding.from_config(data),
+                         pred_dir=predictions / "masks", gt_dir=pairs[0].mask.parent,
+                         roi_dir=Path(roi_dirs.pop()) if len(roi_dirs) == 1 else None)
     write_report(result, out)
     return result
 
@@ -352,9 +373,11 @@ def sweep_threshold(run: str | Path, data_root: str | Path | None = None, out: s
         raise EvaluationError("a threshold sweep is for binary tasks; multi-class masks take the argmax")
     foreground = np.zeros(steps, np.int64)  # truth-foreground pixels per probability bin
     background = np.zeros(steps, np.int64)
-    for name, truth_file in zip(result.names, result.gt_files):
-        probs = np.load(out / "predictions" / "probs" / f"{Path(name).name}.npy")[0].astype(np.float32)
-        truth = read_mask(truth_file)
+    for name, truth_file, roi_file in zip(result.names, result.gt_files, result.roi_files):
+        probs = np.load(out / "predictions" / "probs" / f"{name}.npy")[0].astype(np.float32)
+        truth = read_mask(truth_file, result.encoding)
+        if roi_file is not None:
+            truth = np.where(read_roi(roi_file), truth, 255)
         bins = np.minimum((probs * steps).astype(np.int64), steps - 1)
         foreground += np.bincount(bins[truth == 1], minlength=steps)
         background += np.bincount(bins[truth == 0], minlength=steps)

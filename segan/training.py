@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from . import metrics
 from .config import Config
-from .data import SegmentationDataset, find_splits
+from .data import MaskEncoding, SegmentationDataset, find_splits
 from .losses import AdversarialLoss, SegmentationLoss
 from .models import build_discriminator, build_generator, labels, one_hot, output_channels, probabilities
 from .transforms import build_eval_transform, build_train_transform, seed_worker
@@ -148,15 +148,16 @@ class SeganModule(L.LightningModule):
 def build_dataloaders(config: Config) -> tuple[DataLoader, DataLoader]:
     data, train = config.data, config.train
     mean, std = data.normalization()
-    splits = find_splits(data.root, data.train_split, data.val_split, data.val_fraction, train.seed)
+    encoding = MaskEncoding.from_config(data)
+    splits = find_splits(data)
     train_set = SegmentationDataset(
         splits["train"],
         build_train_transform(data.augment, data.size, data.resize, mean, std, data.rotations, data.ignore_index,
                               seed=train.seed),
-        data.in_channels, data.num_classes, data.ignore_index)
+        data.in_channels, encoding)
     val_set = SegmentationDataset(
         splits["val"], build_eval_transform(data.size, data.resize, mean, std, data.ignore_index),
-        data.in_channels, data.num_classes, data.ignore_index)
+        data.in_channels, encoding)
     loader_args = dict(num_workers=data.num_workers, persistent_workers=data.num_workers > 0,
                        worker_init_fn=seed_worker)
     # Crop mode validates whole images, whose sizes may differ: one per batch.

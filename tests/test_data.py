@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from segan.data import DatasetLayoutError, ImageReadError, SegmentationDataset, find_splits, make_demo_dataset, read_image, read_mask
+from segan.config import DataConfig
+from segan.data import (DatasetLayoutError, ImageReadError, MaskEncoding, SegmentationDataset, find_splits,
+                        make_demo_dataset, read_image, read_mask)
 from segan.transforms import PRESETS, build_eval_transform, build_train_transform
 
 
@@ -41,9 +43,9 @@ def test_multiclass_mask_rejects_values_outside_classes(tmp_path):
     mask = np.array([[0, 1], [2, 9]], np.uint8)
     path = write(tmp_path / "m.png", mask)
     with pytest.raises(ImageReadError, match=r"m\.png.*\[9\]"):
-        read_mask(path, num_classes=3)
+        read_mask(path, MaskEncoding(3))
     ok = np.array([[0, 1], [2, 255]], np.uint8)
-    assert np.array_equal(read_mask(write(tmp_path / "ok.png", ok), num_classes=3), ok)
+    assert np.array_equal(read_mask(write(tmp_path / "ok.png", ok), MaskEncoding(3)), ok)
 
 
 def test_read_image_converts_channels(tmp_path):
@@ -67,16 +69,16 @@ def test_unreadable_image_names_the_file(tmp_path, content):
 def test_split_layout_with_validation(tmp_path):
     make_pairs(tmp_path, ["a", "b", "c"], "train")
     make_pairs(tmp_path, ["d"], "validation")
-    splits = find_splits(tmp_path)
+    splits = find_splits(DataConfig(root=str(tmp_path)))
     assert [p.image.stem for p in splits["train"]] == ["a", "b", "c"]
     assert [p.image.stem for p in splits["val"]] == ["d"]
 
 
 def test_flat_layout_holds_back_a_seeded_fraction(tmp_path):
     make_pairs(tmp_path, [f"{i:02d}" for i in range(10)])
-    first = find_splits(tmp_path, val_fraction=0.3, seed=1)
-    again = find_splits(tmp_path, val_fraction=0.3, seed=1)
-    other = find_splits(tmp_path, val_fraction=0.3, seed=2)
+    first = find_splits(DataConfig(root=str(tmp_path), val_fraction=0.3, split_seed=1))
+    again = find_splits(DataConfig(root=str(tmp_path), val_fraction=0.3, split_seed=1))
+    other = find_splits(DataConfig(root=str(tmp_path), val_fraction=0.3, split_seed=2))
     assert len(first["val"]) == 3 and len(first["train"]) == 7
     assert first == again
     assert first["val"] != other["val"]
@@ -87,23 +89,23 @@ def test_unmatched_files_are_named(tmp_path):
     make_pairs(tmp_path, ["a", "b"], "train")
     write(tmp_path / "train" / "images" / "lonely.png", np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(DatasetLayoutError, match="lonely"):
-        find_splits(tmp_path)
+        find_splits(DataConfig(root=str(tmp_path)))
 
 
 def test_unknown_layout_and_empty_folder(tmp_path):
     with pytest.raises(DatasetLayoutError, match="no dataset layout"):
-        find_splits(tmp_path)
+        find_splits(DataConfig(root=str(tmp_path)))
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
     with pytest.raises(DatasetLayoutError, match="no images"):
-        find_splits(tmp_path)
+        find_splits(DataConfig(root=str(tmp_path)))
 
 
 def test_dataset_yields_normalised_tensors_and_checks_sizes(tmp_path):
     make_pairs(tmp_path, ["a"], "train")
     write(tmp_path / "train" / "masks" / "a.png", np.zeros((8, 8), np.uint8))  # wrong size
     make_pairs(tmp_path, ["b"], "train")
-    pairs = find_splits(tmp_path, val_fraction=0.5)  # no validation split beside train: train is divided
+    pairs = find_splits(DataConfig(root=str(tmp_path), val_fraction=0.5))  # no validation split beside train: train is divided
     transform = build_eval_transform(32, "resize", [0.5] * 3, [0.25] * 3)
     dataset = SegmentationDataset(pairs["train"] + pairs["val"], transform)
     by_name = {dataset.pairs[i].image.stem: i for i in range(len(dataset))}
@@ -121,7 +123,7 @@ def test_demo_dataset_is_deterministic_and_trainable_shape(tmp_path):
     assert len(files) == 10
     for rel in files:
         assert (a / rel).read_bytes() == (b / rel).read_bytes()
-    splits = find_splits(a)
+    splits = find_splits(DataConfig(root=str(a)))
     transform = build_train_transform("heavy", 32, "resize", [0.5] * 3, [0.25] * 3)
     sample = SegmentationDataset(splits["train"], transform)[0]
     assert sample["image"].shape == (3, 32, 32) and sample["mask"].shape == (32, 32)
@@ -149,7 +151,7 @@ def test_palette_png_masks_read_as_indices(tmp_path):
     image = Image.fromarray(indices, mode="P")
     image.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] + [7, 7, 7] * 252)
     image.save(tmp_path / "voc.png")
-    assert np.array_equal(read_mask(tmp_path / "voc.png", num_classes=4), indices)
+    assert np.array_equal(read_mask(tmp_path / "voc.png", MaskEncoding(4)), indices)
     binary = Image.fromarray(np.array([[0, 1]], np.uint8), mode="P")
     binary.putpalette([0, 0, 0, 255, 255, 255] + [0, 0, 0] * 254)
     binary.save(tmp_path / "binary.png")

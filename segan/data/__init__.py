@@ -1,9 +1,11 @@
-"""Dataset reading: layouts and pairing, image and mask decoding, the torch Dataset, the demo set."""
+"""Dataset reading: layouts and pairing, image reading and mask decoding, the torch Dataset, the demo set."""
 
 from .dataset import SegmentationDataset
 from .demo import make_demo_dataset
-from .io import ImageReadError, read_image, read_mask
-from .pairs import DatasetLayoutError, Pair, find_splits, pair_by_stem
+from .encoding import MaskEncoding, read_mask, read_roi
+from .io import ImageReadError, read_image
+from .pairs import DatasetLayoutError, Layout, Matching, Pair, detect_layout, find_split, find_splits, match_folders
 
-__all__ = ["SegmentationDataset", "make_demo_dataset", "ImageReadError", "read_image", "read_mask",
-           "DatasetLayoutError", "Pair", "find_splits", "pair_by_stem"]
+__all__ = ["SegmentationDataset", "make_demo_dataset", "MaskEncoding", "read_mask", "read_roi", "ImageReadError",
+           "read_image", "DatasetLayoutError", "Layout", "Matching", "Pair", "detect_layout", "find_split",
+           "find_splits", "match_folders"]

@@ -1,7 +1,7 @@
 """Reading images and masks from disk into NumPy arrays.
 
-Images come back as uint8 HxWxC with the channel count the model expects; masks as uint8 HxW
-class indices. Every failure raises `ImageReadError` naming the file, so callers can report and
+Images come back as uint8 HxWxC with the channel count the model expects; masks as their stored
+values (`segan.data.encoding` turns those into class indices). Every failure raises `ImageReadError` naming the file, so callers can report and
 skip one bad file instead of dying inside OpenCV.
 """
 
@@ -88,30 +88,12 @@ def _palette_indices(path: Path) -> np.ndarray | None:
         return None  # not decodable by PIL: OpenCV reports it
 
 
-def read_mask(path: str | Path, num_classes: int = 2, ignore_index: int | None = 255) -> np.ndarray:
-    """Reads a mask as uint8 HxW class indices.
-
-    Binary tasks (num_classes == 2) accept 0/1 masks and 0/255 masks; the latter are thresholded
-    at 127, which also removes JPEG noise. Multi-class masks are read as stored class indices;
-    palette PNGs (as `segan predict` writes them, or Pascal VOC) as their palette indices.
-    Values that are neither a class nor `ignore_index` raise `ImageReadError`.
-    """
+def read_raw_mask(path: str | Path, colour: bool = False) -> np.ndarray:
+    """A mask file's stored values, undecoded: palette PNG/GIF indices, else HxW (or HxWxC BGR when
+    `colour`, or when the file is colour) 8- or 16-bit values. `segan.data.encoding` decodes them."""
     path = Path(path)
-    array = _palette_indices(path)
-    if array is None:
-        array = _to_uint8(_decode(path, cv2.IMREAD_UNCHANGED))
-    if array.ndim == 3:
-        array = array[:, :, 0] if array.shape[2] in (1, 2) else cv2.cvtColor(array[:, :, :3], cv2.COLOR_BGR2GRAY)
-    if num_classes == 2:
-        if int(array.max(initial=0)) <= 1:
-            return array.astype(np.uint8)
-        mask = (array > 127).astype(np.uint8)
-        return mask
-    bad = array >= num_classes
-    if ignore_index is not None:
-        bad &= array != ignore_index
-    if bad.any():
-        values = np.unique(array[bad])[:10].tolist()
-        raise ImageReadError(f"{path}: mask values {values} are neither a class index (0-{num_classes - 1}) "
-                             f"nor the ignore index {ignore_index}; check the class list")
-    return array.astype(np.uint8)
+    if not colour:
+        indices = _palette_indices(path)
+        if indices is not None:
+            return indices
+    return _decode(path, cv2.IMREAD_UNCHANGED)

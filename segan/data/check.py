@@ -1,0 +1,240 @@
+"""`segan data check`: what segan would read from a dataset folder, and what is wrong with it.
+
+Reads every file once (in threads: OpenCV releases the GIL while decoding) and reports the layout
+found, pairs and unmatched files per split, unreadable files, image/mask size mismatches, the
+stored mask values against the declared encoding, class pixel frequencies, and the data config
+that training would use. Problems that would stop training are errors; the rest are warnings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .encoding import MaskEncoding
+from .io import ImageReadError, read_image, read_raw_mask
+from .pairs import DatasetLayoutError, Matching, Pair, detect_layout, hold_out, match_split, val_split_name
+
+MAX_VALUES_SHOWN = 12
+
+
+@dataclass
+class SplitReport:
+    name: str
+    source: str
+    pairs: int = 0
+    held_out_from: str | None = None  # the split a held-back validation set was taken from
+    image_sizes: Counter = field(default_factory=Counter)  # (width, height) -> images
+    stored_values: Counter = field(default_factory=Counter)  # stored mask value (or colour) -> pixels
+    class_pixels: list[int] = field(default_factory=list)  # per class, then ignored pixels last
+    outside_roi_pixels: int = 0
+
+    def to_dict(self) -> dict:
+        values = dict(sorted(self.stored_values.items(), key=lambda kv: -kv[1]))
+        return {"name": self.name, "source": self.source, "pairs": self.pairs, "held_out_from": self.held_out_from,
+                "image_sizes": {f"{w}x{h}": n for (w, h), n in self.image_sizes.most_common()},
+                "stored_values": {str(k): v for k, v in values.items()}, "class_pixels": self.class_pixels,
+                "outside_roi_pixels": self.outside_roi_pixels}
+
+
+@dataclass
+class CheckReport:
+    root: str
+    layout: str = ""
+    encoding: str = ""
+    classes: list[str] = field(default_factory=list)
+    splits: list[SplitReport] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    config: dict = field(default_factory=dict)  # the data section training would use
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict:
+        return {"root": self.root, "ok": self.ok, "layout": self.layout, "encoding": self.encoding,
+                "classes": self.classes, "splits": [s.to_dict() for s in self.splits], "errors": self.errors,
+                "warnings": self.warnings, "config": {"data": self.config}}
+
+    def format(self) -> str:
+        import yaml
+        lines = [f"dataset {self.root}", f"layout: {self.layout or '-'}", f"mask encoding: {self.encoding}"]
+        for split in self.splits:
+            origin = f" (held back from {split.held_out_from})" if split.held_out_from else ""
+            lines.append(f"\n[{split.name}] {split.pairs} pairs{origin}: {split.source}")
+            if split.image_sizes:
+                sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in split.image_sizes.most_common(4))
+                more = f", ... {len(split.image_sizes) - 4} more sizes" if len(split.image_sizes) > 4 else ""
+                lines.append(f"  image sizes (WxH): {sizes}{more}")
+            if split.stored_values:
+                top = sorted(split.stored_values.items(), key=lambda kv: -kv[1])
+                total = sum(split.stored_values.values())
+                shown = ", ".join(f"{k}: {100 * n / total:.2f}%" for k, n in top[:MAX_VALUES_SHOWN])
+                more = f", ... {len(top) - MAX_VALUES_SHOWN} more values" if len(top) > MAX_VALUES_SHOWN else ""
+                lines.append(f"  stored mask values ({len(top)} distinct): {shown}{more}")
+            if split.class_pixels:
+                total = sum(split.class_pixels)
+                names = self.classes + ["(ignored)"]
+                shown = ", ".join(f"{n} {100 * p / total:.2f}%" for n, p in zip(names, split.class_pixels)
+                                  if p or n != "(ignored)")
+                lines.append(f"  classes after decoding: {shown}")
+            if split.outside_roi_pixels:
+                lines.append(f"  outside the region of interest (ignored): {split.outside_roi_pixels} pixels")
+        if self.config:
+            lines.append("\nconfig training would use (YAML, data section):")
+            lines.append("  " + yaml.safe_dump({"data": self.config}, sort_keys=False).strip().replace("\n", "\n  "))
+        for title, items in (("warnings", self.warnings), ("errors", self.errors)):
+            if items:
+                lines.append(f"\n{len(items)} {title}:")
+                lines.extend(f"  - {item}" for item in items)
+        lines.append("\n" + ("OK: ready to train" if self.ok else "NOT READY: fix the errors above")
+                     + (f" ({len(self.warnings)} warnings)" if self.warnings else ""))
+        return "\n".join(lines)
+
+
+def _inspect(pair: Pair, encoding: MaskEncoding, in_channels: int) -> dict:
+    """Reads one pair; returns sizes, stored-value and class histograms, or the errors."""
+    result: dict = {"errors": []}
+    try:
+        image = read_image(pair.image, in_channels)
+        result["size"] = (image.shape[1], image.shape[0])
+    except ImageReadError as error:
+        result["errors"].append(str(error))
+    try:
+        raw = read_raw_mask(pair.mask, colour=encoding.kind == "rgb")
+    except ImageReadError as error:
+        result["errors"].append(str(error))
+        return result
+    if raw.ndim == 3 and encoding.kind == "rgb":
+        bgr = raw[:, :, :3].astype(np.int64)
+        keys, counts = np.unique((bgr[:, :, 2] << 16) | (bgr[:, :, 1] << 8) | bgr[:, :, 0], return_counts=True)
+        result["values"] = {f"({k >> 16},{(k >> 8) & 255},{k & 255})": int(n) for k, n in zip(keys, counts)}
+    else:
+        flat = raw if raw.ndim == 2 else raw[:, :, 0]
+        keys, counts = np.unique(flat, return_counts=True)
+        result["values"] = {int(k): int(n) for k, n in zip(keys, counts)}
+    mask_size = (raw.shape[1], raw.shape[0])
+    if "size" in result and mask_size != result["size"]:
+        result["errors"].append(f"{pair.image.name} is {result['size'][0]}x{result['size'][1]} but its mask "
+                                f"{pair.mask} is {mask_size[0]}x{mask_size[1]}; image and mask must have the same size")
+        return result
+    try:
+        labels = encoding.decode(raw, pair.mask)
+    except ImageReadError as error:
+        result["errors"].append(str(error))
+        return result
+    if pair.roi is not None:
+        from .encoding import read_roi
+        try:
+            inside = read_roi(pair.roi)
+        except ImageReadError as error:
+            result["errors"].append(str(error))
+            return result
+        if inside.shape != labels.shape:
+            result["errors"].append(f"region of interest {pair.roi} is {inside.shape[1]}x{inside.shape[0]} but "
+                                    f"{pair.image.name} is {labels.shape[1]}x{labels.shape[0]}")
+            return result
+        result["outside_roi"] = int((~inside).sum())
+        labels = labels[inside]
+    counts = np.bincount(labels.ravel(), minlength=256)
+    result["classes"] = counts[:encoding.num_classes].tolist() + [int(counts[encoding.num_classes:].sum())]
+    return result
+
+
+def check_dataset(data, workers: int = 4, progress: bool = True) -> CheckReport:
+    """Checks the dataset a `DataConfig` describes; never raises for problems in the data."""
+    report = CheckReport(root=str(data.root), classes=list(data.classes))
+    try:
+        encoding = MaskEncoding.from_config(data)
+    except ValueError as error:
+        report.errors.append(f"mask encoding: {error}")
+        return report
+    report.encoding = encoding.describe()
+    try:
+        layout = detect_layout(data)
+    except DatasetLayoutError as error:
+        report.errors.append(str(error))
+        return report
+    report.layout = layout.describe()
+    matchings: dict[str, Matching] = {}
+    try:
+        matchings[data.train_split] = match_split(data, layout, data.train_split)
+        val_name = val_split_name(data, layout)
+        if val_name is not None:
+            matchings[val_name] = match_split(data, layout, val_name)
+    except DatasetLayoutError as error:
+        report.errors.append(str(error))
+        return report
+    split_pairs: dict[str, tuple[list[Pair], str, str | None]] = {}
+    for name, matching in matchings.items():
+        report.errors.extend(matching.problems())
+        report.warnings.extend(matching.warnings())
+        split_pairs[name] = (matching.pairs, matching.source, None)
+    if val_name is None:
+        train_pairs, source, _ = split_pairs.pop(data.train_split)
+        if len(train_pairs) >= 2 and 0 < data.val_fraction < 1:
+            divided = hold_out(train_pairs, data.val_fraction, data.split_seed)
+            split_pairs["train"] = (divided["train"], source, None)
+            split_pairs["val"] = (divided["val"], source, data.train_split)
+        else:
+            split_pairs[data.train_split] = (train_pairs, source, None)
+            report.errors.append(f"{source}: {len(train_pairs)} pairs and no validation split; need at least 2 "
+                                 f"pairs and 0 < val_fraction < 1 to hold one back")
+
+    jobs = [(name, pair) for name, (pairs, _, _) in split_pairs.items() for pair in pairs]
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        results = list(tqdm(pool.map(lambda job: _inspect(job[1], encoding, data.in_channels), jobs),
+                            total=len(jobs), desc="checking files", disable=not progress, unit="pair"))
+    for name, (pairs, source, origin) in split_pairs.items():
+        split = SplitReport(name=name, source=source, pairs=len(pairs), held_out_from=origin,
+                            class_pixels=[0] * (encoding.num_classes + 1))
+        for (job_split, pair), result in zip(jobs, results):
+            if job_split != name:
+                continue
+            report.errors.extend(result["errors"])
+            if "size" in result:
+                split.image_sizes[result["size"]] += 1
+            split.stored_values.update(result.get("values", {}))
+            split.outside_roi_pixels += result.get("outside_roi", 0)
+            for c, n in enumerate(result.get("classes", [])):
+                split.class_pixels[c] += n
+        report.splits.append(split)
+        report.warnings.extend(_encoding_warnings(split, encoding, data.classes))
+
+    config = dataclasses.asdict(data)
+    if data.image_dir is None and data.pairs_file is None:  # record what was detected
+        config.update(image_dir=layout.image_dir, mask_dir=layout.mask_dir, pairs_file=layout.pairs_file)
+    config["val_split"] = val_name
+    report.config = {k: v for k, v in config.items() if v is not None}
+    return report
+
+
+def _encoding_warnings(split: SplitReport, encoding: MaskEncoding, classes: list[str]) -> list[str]:
+    """Signs that the declared encoding does not fit the stored values."""
+    warnings = []
+    total = sum(split.class_pixels[:-1])
+    if not total:
+        return warnings
+    if encoding.kind == "binary" and not encoding.value_map:
+        numeric = [k for k in split.stored_values if isinstance(k, int)]
+        if len(numeric) > 2:
+            near = sum(n for k, n in split.stored_values.items() if isinstance(k, int) and 15 < k < 240)
+            share = near / sum(split.stored_values.values())
+            warnings.append(f"[{split.name}] binary masks hold {len(numeric)} distinct values (JPEG noise or "
+                            f"anti-aliasing; {100 * share:.2f}% of pixels lie between 16 and 239); thresholded at "
+                            f"{encoding.threshold}")
+        foreground = split.class_pixels[1] / total
+        if foreground > 0.5:
+            warnings.append(f"[{split.name}] '{classes[1]}' covers {100 * foreground:.1f}% of the pixels: if the "
+                            "foreground is the dark value in these masks, set data.invert (--invert)")
+    absent = [classes[c] for c in range(len(classes)) if split.class_pixels[c] == 0]
+    if absent:
+        warnings.append(f"[{split.name}] no pixels of class(es) {absent}")
+    return warnings
