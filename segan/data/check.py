@@ -79,7 +79,7 @@ class CheckReport:
                 shown = ", ".join(f"{k}: {100 * n / total:.2f}%" for k, n in top[:MAX_VALUES_SHOWN])
                 more = f", ... {len(top) - MAX_VALUES_SHOWN} more values" if len(top) > MAX_VALUES_SHOWN else ""
                 lines.append(f"  stored mask values ({len(top)} distinct): {shown}{more}")
-            if split.class_pixels:
+            if sum(split.class_pixels):
                 total = sum(split.class_pixels)
                 names = self.classes + ["(ignored)"]
                 shown = ", ".join(f"{n} {100 * p / total:.2f}%" for n, p in zip(names, split.class_pixels)

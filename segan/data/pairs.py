@@ -252,8 +252,10 @@ def read_pairs_file(list_file: Path, root: Path, strip_prefix: str | None = None
     return matching
 
 
-def detect_layout(data) -> Layout:
-    """The layout a `DataConfig` declares, or the first known one found under its root."""
+def detect_layout(data, split: str | None = None) -> Layout:
+    """The layout a `DataConfig` declares, or the first known one found under its root for
+    `split` (default the training split)."""
+    split = split or data.train_split
     root = Path(data.root)
     if not root.is_dir():
         raise DatasetLayoutError(f"dataset folder not found: {root}")
@@ -265,15 +267,15 @@ def detect_layout(data) -> Layout:
         return Layout(root, data.image_dir, data.mask_dir, data.roi_dir)
     for image_dir, mask_dir in SPLIT_LAYOUTS + FLAT_LAYOUTS:
         layout = Layout(root, image_dir, mask_dir, data.roi_dir)
-        if layout.exists(data.train_split) and layout.path(mask_dir, data.train_split).is_dir():
+        if layout.exists(split) and layout.path(mask_dir, split).is_dir():
             return layout
     for template in LIST_FILES:
         layout = Layout(root, roi_dir=data.roi_dir, pairs_file=template)
-        if layout.exists(data.train_split):
+        if layout.exists(split):
             return layout
     known = ", ".join(f"{i}/ + {m}/" for i, m in SPLIT_LAYOUTS + FLAT_LAYOUTS)
     raise DatasetLayoutError(
-        f"{root}: no dataset layout found for split '{data.train_split}'. Known layouts ({{split}} = split name): "
+        f"{root}: no dataset layout found for split '{split}'. Known layouts ({{split}} = split name): "
         f"{known}, or a list file {' / '.join(LIST_FILES)}. Otherwise give the folders with --image-dir/--mask-dir "
         "(data.image_dir, data.mask_dir) or a list file with --pairs-file.")
 
@@ -297,7 +299,7 @@ def val_split_name(data, layout: Layout) -> str | None:
             raise DatasetLayoutError(f"{layout.path(where, data.val_split)}: not found for validation split "
                                      f"'{data.val_split}'")
         return data.val_split
-    return next((name for name in VAL_SPLIT_NAMES if layout.exists(name)), None)
+    return next((name for name in VAL_SPLIT_NAMES if name != data.train_split and layout.exists(name)), None)
 
 
 def find_splits(data) -> dict[str, list[Pair]]:
@@ -333,7 +335,10 @@ def find_split(data, split: str) -> list[Pair]:
     other split by name (e.g. "test", in the same layout as the training split)."""
     if split in ("train", "val"):
         return find_splits(data)[split]
-    layout = detect_layout(data)
+    try:
+        layout = detect_layout(data, split)
+    except DatasetLayoutError:
+        layout = detect_layout(data)
     if not layout.per_split or not layout.exists(split):
         raise DatasetLayoutError(f"{data.root}: no split '{split}' in the layout ({layout.describe()})")
     return match_split(data, layout, split).require()
