@@ -223,6 +223,13 @@ def predict_folder(predictor: Predictor, inputs: Sequence[str | Path], output: s
         if mask_path(item).resolve() in input_paths:
             raise PredictInputError(f"writing {mask_path(item)} would overwrite an input; choose another output folder")
     output.mkdir(parents=True, exist_ok=True)
+    probe = output / f".segan-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise PredictInputError(f"cannot write to the output folder {output} ({error.strerror}); choose a writable "
+                                "folder") from None
     manifest_name = "manifest.csv" if shard_count == 1 else f"manifest-{shard_index}-of-{shard_count}.csv"
     summary = PredictSummary(inputs=len(items), ignored_non_images=ignored, manifest=str(output / manifest_name),
                              classes=list(predictor.config.data.classes))

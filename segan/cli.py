@@ -163,6 +163,8 @@ def _train(args: argparse.Namespace) -> int:
         base = Config.load(Path(args.out) / "config.yaml")
     config = _config(args, TRAIN_FLAGS, base)
     result = train(config, resume=args.resume)
+    if result.stopped:
+        print(f"\n{result.stopped}")
     print(f"\nbest validation IoU {result.best_val_iou:.4f}  Dice {result.best_val_dice:.4f}  "
           f"(epoch {result.best_epoch}, {result.steps} steps, {result.wall_time_s:.0f} s)")
     print(f"run written to {result.run_dir}  (summary.json, generator/, checkpoints/)")
@@ -360,6 +362,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segan", description="GAN-based image segmentation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--max-image-pixels", type=int, metavar="N",
+                        help="refuse images declaring more pixels than this before decoding them (default 16384^2 "
+                             "= 268435456, or SEGAN_MAX_IMAGE_PIXELS): guards against decompression bombs")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_train(subparsers)
     _add_predict(subparsers)
@@ -371,12 +376,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    if args.max_image_pixels:
+        from .data.io import set_max_image_pixels
+        set_max_image_pixels(args.max_image_pixels)
     from .data import DatasetLayoutError, ImageReadError
     # All bad-input errors derive from ValueError/OSError/RuntimeError: a message and exit code 2,
     # never a stack trace.
+    from .training import TrainingInterrupted
     try:
         return args.handler(args)
-    except (DatasetLayoutError, ImageReadError, FileNotFoundError, ValueError, KeyError, RuntimeError) as error:
+    except TrainingInterrupted as interrupted:
+        print(f"segan: {interrupted}", file=sys.stderr)
+        return 130  # the shell's code for "ended by Ctrl-C"
+    except (DatasetLayoutError, ImageReadError, OSError, ValueError, KeyError, RuntimeError) as error:
         print(f"segan: error: {error}", file=sys.stderr)
         return 2
 

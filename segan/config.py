@@ -231,7 +231,10 @@ class Config:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        values = yaml.safe_load(path.read_text()) or {}
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a mapping of sections (data, generator, ...)")
         try:
@@ -260,3 +263,49 @@ def merge(config: Config, values: Mapping[str, Any]) -> Config:
         raise KeyError(f"unknown config section(s) {sorted(unknown_sections)}; "
                        f"known: {sorted(sections)}")
     return Config(**sections)
+
+
+def validate(config: Config) -> None:
+    """Raises ValueError naming every setting that cannot work, before any data is read or any
+    step is taken (a stride that does not divide the image size fails here, not after an hour)."""
+    from .losses import ADVERSARIAL_MODES
+    from .transforms import PRESETS
+    data, generator, train, loss = config.data, config.generator, config.train, config.loss
+    problems = []
+    if not data.root:
+        problems.append("no dataset: set data.root (--data DIR)")
+    if len(data.classes) < 2 or len(set(data.classes)) != len(data.classes):
+        problems.append(f"data.classes needs at least two different names, background first; got {data.classes}")
+    elif 0 <= data.ignore_index < len(data.classes):
+        problems.append(f"data.ignore_index {data.ignore_index} is also class '{data.classes[data.ignore_index]}'; "
+                        f"use a value of {len(data.classes)} or more (255 is usual)")
+    if data.in_channels not in (1, 3):
+        problems.append(f"data.in_channels must be 1 (greyscale) or 3 (RGB), got {data.in_channels}")
+    if not 3 <= generator.encoder_depth <= 5:
+        problems.append(f"generator.encoder_depth must be 3, 4 or 5, got {generator.encoder_depth}")
+    stride = 2 ** 5  # every smp encoder downsamples 32x at depth 5; shallower ones divide it
+    if data.size < stride or data.size % stride:
+        nearest = max(stride, round(data.size / stride) * stride)
+        problems.append(f"data.size {data.size} is not a multiple of the network stride {stride}; use {nearest}")
+    if data.resize not in ("resize", "crop"):
+        problems.append(f"data.resize must be resize or crop, got {data.resize}")
+    if data.augment not in PRESETS:
+        problems.append(f"data.augment must be one of {list(PRESETS)}, got {data.augment}")
+    if not 0.0 < data.val_fraction < 1.0:
+        problems.append(f"data.val_fraction must be between 0 and 1, got {data.val_fraction}")
+    if not 0 <= data.threshold < 255:
+        problems.append(f"data.threshold must be 0-254, got {data.threshold}")
+    if loss.adv_mode not in ADVERSARIAL_MODES:
+        problems.append(f"loss.adv_mode must be one of {list(ADVERSARIAL_MODES)}, got {loss.adv_mode}")
+    if loss.adv_weight < 0 or loss.adv_warmup_epochs < 0:
+        problems.append("loss.adv_weight and loss.adv_warmup_epochs must not be negative")
+    if train.epochs < 1 or train.batch_size < 1:
+        problems.append(f"train.epochs and train.batch_size must be at least 1, got {train.epochs}, {train.batch_size}")
+    if train.lr <= 0 or train.d_lr <= 0:
+        problems.append(f"train.lr and train.d_lr must be positive, got {train.lr}, {train.d_lr}")
+    try:
+        data.normalization()
+    except ValueError as error:
+        problems.append(str(error))
+    if problems:
+        raise ValueError("the config cannot work:\n  " + "\n  ".join(problems))

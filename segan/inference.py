@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 
 from .config import Config, DataConfig
 from .data.io import to_channels
+from .models import output_channels
 from .transforms import STRIDE
 
 
@@ -92,6 +94,16 @@ class Predictor:
                 raise RunFolderError(f"{run} is not a complete segan run folder: {part} is missing "
                                      "(train with `segan train --out RUN`, which writes it at the end)")
         config = Config.load(run / "config.yaml")
+        try:
+            saved = json.loads((run / "generator" / "config.json").read_text())
+        except ValueError as error:
+            raise RunFolderError(f"{run / 'generator' / 'config.json'} is damaged: {error}") from None
+        expected = {"classes": output_channels(config.data.num_classes), "in_channels": config.data.in_channels}
+        differ = {k: (saved.get(k), v) for k, v in expected.items() if saved.get(k) != v}
+        if differ:
+            details = ", ".join(f"{k} {got} in the generator but {want} from config.yaml" for k, (got, want) in differ.items())
+            raise RunFolderError(f"{run}: generator/ and config.yaml belong to different runs ({details}; "
+                                 f"config.yaml lists classes {config.data.classes}). Keep the folder as segan train wrote it")
         try:
             model = smp.from_pretrained(str(run / "generator"))
         except Exception as error:  # a tampered or truncated file surfaces from deep inside torch

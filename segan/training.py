@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -11,19 +12,29 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
 from . import metrics
-from .config import Config
+from .checkpointing import AtomicCheckpointIO, CheckpointError, load_checkpoint
+from .config import Config, validate
 from .data import MaskEncoding, SegmentationDataset, find_splits
 from .losses import AdversarialLoss, SegmentationLoss
 from .models import build_discriminator, build_generator, labels, one_hot, output_channels, probabilities
 from .transforms import build_eval_transform, build_train_transform, seed_worker
 
+log = logging.getLogger(__name__)
+
 INPUT_GUARDS = ("none", "smooth", "noise")
+# Consecutive batches with a non-finite loss that are skipped before the run is stopped.
+NONFINITE_PATIENCE = 10
+# The discriminator "wins outright" when its loss, averaged over recent steps, falls below this
+# (vanilla BCE: both sides classified with > 95% confidence). Its steps are then skipped until G
+# catches up, since a perfect D gives G gradients that only push it off the data.
+D_COLLAPSE_LOSS = 0.05
+D_LOSS_MOMENTUM = 0.9
 
 
 class SeganModule(L.LightningModule):
@@ -48,6 +59,11 @@ class SeganModule(L.LightningModule):
         self.segmentation_loss = SegmentationLoss(data.num_classes, data.ignore_index, loss.dice_weight, loss.ce_weight)
         self.adversarial_loss = AdversarialLoss(loss.adv_mode)
         self.val_confusion: torch.Tensor | None = None
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_skipped = 0
+        self.d_steps_skipped = 0
+        self.d_loss_average: float | None = None
+        self.stop_reason: str | None = None
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.generator(image)
@@ -83,6 +99,11 @@ class SeganModule(L.LightningModule):
         image, mask = batch["image"], batch["mask"]
         logits = self.generator(image)
         fake = probabilities(logits)
+        seg_loss = self.segmentation_loss(logits, mask)
+        # Every rank must take the same decision, or DDP's gradient all-reduce waits forever.
+        if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(seg_loss)), all=False):
+            self.skip_nonfinite(opt_g, opt_d, "segmentation")
+            return
 
         if self.adversarial:
             # D step: truth is real, the generator's current (detached) prediction is fake.
@@ -90,25 +111,57 @@ class SeganModule(L.LightningModule):
                 real_logits = self.discriminate(image, self.real_mask(mask, fake))
                 fake_logits = self.discriminate(image, fake.detach())
                 d_loss = 0.5 * (self.adversarial_loss(real_logits, True) + self.adversarial_loss(fake_logits, False))
+                if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(d_loss)), all=False):
+                    self.skip_nonfinite(opt_g, opt_d, "discriminator")
+                    return
+                average = float(d_loss.detach())
+                if self.d_loss_average is not None:
+                    average = D_LOSS_MOMENTUM * self.d_loss_average + (1 - D_LOSS_MOMENTUM) * average
+                self.d_loss_average = average
+                collapsed = self.trainer.strategy.reduce_boolean_decision(average < D_COLLAPSE_LOSS, all=False)
                 opt_d.zero_grad()
-                self.manual_backward(d_loss)
-                opt_d.step()
+                if collapsed:
+                    self.d_steps_skipped += 1
+                else:
+                    self.manual_backward(d_loss)
+                    opt_d.step()
             self.log_dict({"train/d_loss": d_loss.detach(),
                            "train/d_real": torch.sigmoid(real_logits.detach()).mean(),
-                           "train/d_fake": torch.sigmoid(fake_logits.detach()).mean()})
+                           "train/d_fake": torch.sigmoid(fake_logits.detach()).mean(),
+                           "train/d_skipped": float(collapsed)})
 
         # G step: segmentation loss, plus fooling D once the supervised warm-up is over.
         with self.toggled_optimizer(opt_g):
-            seg_loss = self.segmentation_loss(logits, mask)
             g_loss = seg_loss
             if self.adversarial and self.current_epoch >= self.config.loss.adv_warmup_epochs:
                 adv_loss = self.adversarial_loss(self.discriminate(image, fake), True, for_discriminator=False)
                 g_loss = seg_loss + self.config.loss.adv_weight * adv_loss
                 self.log("train/adv_loss", adv_loss.detach())
             opt_g.zero_grad()
+            if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(g_loss)), all=False):
+                self.skip_nonfinite(opt_g, opt_d, "generator")
+                return
             self.manual_backward(g_loss)
             opt_g.step()
+        self.nonfinite_in_a_row = 0
         self.log_dict({"train/seg_loss": seg_loss.detach(), "train/g_loss": g_loss.detach()}, prog_bar=True)
+
+    def skip_nonfinite(self, opt_g, opt_d, which: str) -> None:
+        """Leaves the weights as they are for a batch whose loss is NaN or infinite; stops the run
+        after `NONFINITE_PATIENCE` such batches in a row (the best checkpoint stays as it was)."""
+        opt_g.zero_grad()
+        opt_d.zero_grad()
+        self.nonfinite_in_a_row += 1
+        self.nonfinite_skipped += 1
+        log.warning("non-finite %s loss at epoch %d, batch %d: batch skipped (%d in a row)", which,
+                    self.current_epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.ready,
+                    self.nonfinite_in_a_row)
+        if self.nonfinite_in_a_row >= NONFINITE_PATIENCE:
+            self.stop_reason = (f"stopped: the {which} loss was NaN or infinite for {self.nonfinite_in_a_row} batches "
+                                "in a row. Lower the learning rate (--lr, --d-lr), check the data with segan data "
+                                "check, or try --precision 32-true; the best checkpoint is kept as it was")
+            log.error(self.stop_reason)
+            self.trainer.should_stop = True
 
     def on_train_epoch_end(self) -> None:
         for scheduler in self.lr_schedulers():
@@ -176,11 +229,30 @@ class TrainResult:
     best_val_dice: float
     best_epoch: int
     epochs: int
-    steps: int  # training iterations (one G step, and one D step when adversarial, each)
+    steps: int  # training iterations: batches trained on (one G step and, when adversarial, one D step each)
     wall_time_s: float
+    stopped: str | None = None  # why training ended before its last epoch, if it did
+    nonfinite_batches_skipped: int = 0
+    d_steps_skipped: int = 0  # discriminator steps left out while it won outright
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C during training: the state was saved to last.ckpt."""
+
+
+class SaveOnException(Callback):
+    """Saves the training state at the batch where Ctrl-C or an error stopped the run, to `path`
+    (Lightning's OnExceptionCheckpoint deletes its file at teardown; this one is for resuming)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        trainer.save_checkpoint(self.path)
+        log.warning("training state saved to %s", self.path)
 
 
 def _trainer(config: Config, run_dir: Path, checkpoint: ModelCheckpoint) -> L.Trainer:
@@ -198,7 +270,9 @@ def _trainer(config: Config, run_dir: Path, checkpoint: ModelCheckpoint) -> L.Tr
         devices=devices,
         strategy=strategy,
         precision=train.precision,
-        callbacks=[checkpoint],
+        # On Ctrl-C or any error, the state at that batch goes to last.ckpt, so --resume loses nothing.
+        callbacks=[checkpoint, SaveOnException(Path(checkpoint.dirpath) / "last.ckpt")],
+        plugins=[AtomicCheckpointIO()],
         # One CSV per session (Lightning deletes an existing metrics.csv); `merge_metrics` joins them.
         logger=[CSVLogger(str(run_dir), name="logs"),
                 TensorBoardLogger(str(run_dir), name="tensorboard", version="")],
@@ -223,8 +297,10 @@ def train(config: Config, resume: bool = False) -> TrainResult:
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
         raise FileNotFoundError(f"cannot resume: {last} does not exist (was the run started with --out {run_dir}?)")
-    if not config.data.root:
-        raise ValueError("no dataset given: set data.root (--data DIR)")
+    if resume:
+        load_checkpoint(last)  # a damaged file is reported here, by name, not deep inside Lightning
+    validate(config)
+    preflight(config)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     train_loader, val_loader = build_dataloaders(config)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -237,29 +313,63 @@ def train(config: Config, resume: bool = False) -> TrainResult:
                                  save_last=True, save_top_k=1, enable_version_counter=False)
     trainer = _trainer(config, run_dir, checkpoint)
     started = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None, weights_only=True)
+    try:
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None, weights_only=True)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning saved the state (OnExceptionCheckpoint) and exits on Ctrl-C
+            raise TrainingInterrupted(f"training interrupted at epoch {trainer.current_epoch}, step "
+                                      f"{trainer.global_step}; state saved to {last}. Continue with: segan train "
+                                      f"--resume --out {run_dir}") from None
+        raise
+    except RuntimeError as error:
+        if "state_dict" in str(error) or "size mismatch" in str(error):
+            raise CheckpointError(f"{last} was written for another model than {run_dir / 'config.yaml'} describes "
+                                  f"(architecture, encoder or class count differ): {str(error).splitlines()[0]}") from None
+        raise
     wall = time.perf_counter() - started
 
     best_path = Path(checkpoint.best_model_path or last)
     # Re-score the best checkpoint: its IoU and Dice come from one and the same pass.
     scores = trainer.validate(module, val_loader, ckpt_path=str(best_path), weights_only=True, verbose=False)[0]
     # ^ also the last row of metrics.csv, under best/iou and best/dice
-    best = torch.load(best_path, map_location="cpu", weights_only=True)
+    best = load_checkpoint(best_path)
     result = TrainResult(
         run_dir=str(run_dir),
         best_val_iou=round(float(scores["best/iou"]), 4),
         best_val_dice=round(float(scores["best/dice"]), 4),
         best_epoch=int(best["epoch"]),
         epochs=trainer.current_epoch,
-        # Lightning counts one step per optimizer.step(); report training iterations.
-        steps=trainer.global_step // (2 if module.adversarial else 1),
+        # Lightning's global_step counts optimizer.step() calls (G and D, minus skipped ones);
+        # report training iterations: batches trained on, over all sessions of the run.
+        steps=trainer.fit_loop.epoch_loop.batch_progress.total.completed,
         wall_time_s=round(wall, 1),
+        stopped=module.stop_reason,
+        nonfinite_batches_skipped=module.nonfinite_skipped,
+        d_steps_skipped=module.d_steps_skipped,
     )
     if trainer.is_global_zero:
         merge_metrics(run_dir)
         export_generator(config, best["state_dict"], run_dir / "generator")
         (run_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return result
+
+
+def preflight(config: Config) -> None:
+    """Reads every image and mask once before the first step (what `segan data check` does), so a
+    bad file, a size mismatch or a mask value outside the classes stops the run now, not an hour in."""
+    from .data import DatasetLayoutError
+    from .data.check import check_dataset
+    started = time.perf_counter()
+    report = check_dataset(config.data, progress=False)
+    for warning in report.warnings:
+        log.warning(warning)
+    if not report.ok:
+        shown = report.errors[:20]
+        more = f"\n... and {len(report.errors) - 20} more" if len(report.errors) > 20 else ""
+        raise DatasetLayoutError(f"the dataset has {len(report.errors)} problem(s); nothing was trained:\n"
+                                 + "\n".join(shown) + more + f"\n(segan data check {config.data.root} shows them all)")
+    log.info("data checked: %s in %.1f s", ", ".join(f"{s.name} {s.pairs} pairs" for s in report.splits),
+             time.perf_counter() - started)
 
 
 def merge_metrics(run_dir: Path) -> Path:

@@ -7,12 +7,44 @@ skip one bad file instead of dying inside OpenCV.
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".webp")
+# Images above this many pixels are refused before decoding: a few-kilobyte PNG can declare
+# 100000 x 100000 pixels and would take 30 GB to decode (a decompression bomb). 16384^2 by default;
+# raise it with SEGAN_MAX_IMAGE_PIXELS or `segan predict --max-image-pixels`.
+MAX_IMAGE_PIXELS = int(os.environ.get("SEGAN_MAX_IMAGE_PIXELS", 16384 * 16384))
+
+
+def set_max_image_pixels(pixels: int) -> None:
+    """Sets the decoding limit here and for worker processes started later."""
+    global MAX_IMAGE_PIXELS
+    MAX_IMAGE_PIXELS = int(pixels)
+    os.environ["SEGAN_MAX_IMAGE_PIXELS"] = str(int(pixels))
+
+
+def _declared_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the file header (PIL reads headers lazily); None if PIL cannot tell."""
+    from PIL import Image
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's own bomb warning: the limit is applied here
+            with Image.open(path) as image:
+                return image.size
+    except Image.DecompressionBombError:  # PIL's own limit; read the declared size without it
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            with Image.open(path) as image:
+                return image.size
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    except Exception:  # not a format PIL knows, or damaged: OpenCV decides
+        return None
 
 
 class ImageReadError(ValueError):
@@ -20,6 +52,11 @@ class ImageReadError(ValueError):
 
 
 def _decode(path: Path, flags: int) -> np.ndarray:
+    size = _declared_size(path)
+    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise ImageReadError(f"{path}: declares {size[0]}x{size[1]} pixels, above the limit of {MAX_IMAGE_PIXELS} "
+                             "(a decompression bomb, or a very large scan). If it is genuine, raise the limit with "
+                             "--max-image-pixels or SEGAN_MAX_IMAGE_PIXELS, or cut it into tiles first")
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as error:
