@@ -375,3 +375,21 @@ def test_fuzzed_bytes_through_the_loaders_never_crash_the_process(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     outcomes = eval(done.stdout.strip().splitlines()[-1])
     assert outcomes["decoded"] + outcomes["refused"] == 800 and outcomes["refused"] > 100
+
+
+def test_unwritable_output_folder_is_refused_up_front_even_as_root(tmp_path, capsys, monkeypatch):
+    """Root ignores permissions, so the refusal is simulated: the probe write fails as it would."""
+    run = make_run(tmp_path / "run")
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((16, 16, 3), np.uint8))
+    original = Path.write_bytes
+
+    def read_only(self, data):
+        if self.name.startswith(".segan-write-test"):
+            raise PermissionError(13, "Permission denied")
+        return original(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    assert main(["predict", "--model", str(run), "--input", str(tmp_path / "a.png"), "--output",
+                 str(tmp_path / "out"), "--device", "cpu"]) == 2
+    assert "cannot write to the output folder" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "masks").exists()

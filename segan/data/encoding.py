@@ -10,6 +10,8 @@ reading the file.
 
 from __future__ import annotations
 
+import functools
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -107,10 +109,7 @@ class MaskEncoding:
             return self._decode_rgb(raw, path)
         grey = self._grey(raw, path)
         if self.value_map:
-            lut = np.arange(256, dtype=np.uint8)
-            for stored, target in self.value_map.items():
-                lut[int(stored)] = int(target)
-            labels = lut[grey]
+            labels = cv2.LUT(np.ascontiguousarray(grey), self._value_lut)
         elif self.kind == "binary":
             labels = grey if int(grey.max(initial=0)) <= 1 else (grey > self.threshold).astype(np.uint8)
             return (1 - labels).astype(np.uint8) if self.invert else labels
@@ -150,27 +149,47 @@ class MaskEncoding:
                 f"{path}: mask values {values} are neither a class index (0-{self.num_classes - 1}) nor the "
                 f"ignore index {self.ignore_index}; check the class list, or map them with data.value_map")
 
+    @functools.cached_property
+    def _value_lut(self) -> np.ndarray:
+        lut = np.arange(256, dtype=np.uint8)
+        for stored, target in self.value_map.items():
+            lut[int(stored)] = int(target)
+        return lut
+
+    @functools.cached_property
+    def _colour_lut(self) -> tuple[np.ndarray, int]:
+        """A lookup table over all 2^24 colours (16 MB, built once per process) and the value it
+        holds for colours not in the table: a gather per pixel is the cheapest decode there is."""
+        valid = self.valid_values() | ({255} if self.ignore_color is not None else set())
+        unknown = next(v for v in range(254, -1, -1) if v not in valid)
+        lut = np.full(1 << 24, unknown, np.uint8)
+        for index, colour in enumerate(self.colors):
+            lut[self._key(colour, "colors")] = index
+        if self.ignore_color is not None:
+            lut[self._key(self.ignore_color, "ignore_color")] = self.ignore_index if self.ignore_index is not None else 255
+        return lut, unknown
+
     def _decode_rgb(self, raw: np.ndarray, path) -> np.ndarray:
         if raw.ndim != 3 or raw.shape[2] < 3:
             raise ImageReadError(f"{path}: a single-channel mask, but data.colors declares RGB colour codes")
         if raw.dtype != np.uint8:
             raise ImageReadError(f"{path}: RGB masks must be 8-bit, got {raw.dtype}")
-        bgr = raw[:, :, :3].astype(np.int32)
-        keys = (bgr[:, :, 2] << 16) | (bgr[:, :, 1] << 8) | bgr[:, :, 0]
-        table = [(self._key(c, "colors"), i) for i, c in enumerate(self.colors)]
-        if self.ignore_color is not None:
-            table.append((self._key(self.ignore_color, "ignore_color"),
-                          self.ignore_index if self.ignore_index is not None else 255))
-        table.sort()
-        sorted_keys = np.array([k for k, _ in table], np.int32)
-        classes = np.array([c for _, c in table], np.uint8)
-        where = np.minimum(np.searchsorted(sorted_keys, keys), len(table) - 1)
-        unknown = sorted_keys[where] != keys
+        # BGR(A) bytes viewed as little-endian uint32 are B | G<<8 | R<<16 | A<<24: the colour key.
+        if sys.byteorder == "little":
+            bgra = cv2.cvtColor(np.ascontiguousarray(raw[:, :, :3]), cv2.COLOR_BGR2BGRA)
+            keys = bgra.view(np.uint32)[:, :, 0] & 0xFFFFFF
+        else:
+            bgr = raw[:, :, :3].astype(np.uint32)
+            keys = (bgr[:, :, 2] << 16) | (bgr[:, :, 1] << 8) | bgr[:, :, 0]
+        lut, unknown_value = self._colour_lut
+        labels = lut[keys]
+        unknown = labels == unknown_value
         if unknown.any():
-            colours = [[(k >> 16) & 255, (k >> 8) & 255, k & 255] for k in np.unique(keys[unknown])[:5].tolist()]
+            found = np.unique(keys[unknown])[:5].tolist()
+            colours = [[(k >> 16) & 255, (k >> 8) & 255, k & 255] for k in found]
             raise ImageReadError(f"{path}: {int(unknown.sum())} pixels have colours {colours} that are in neither "
                                  "data.colors nor data.ignore_color")
-        return classes[where]
+        return labels
 
 
 def read_mask(path: str | Path, encoding: MaskEncoding | None = None) -> np.ndarray:
