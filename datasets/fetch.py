@@ -59,20 +59,9 @@ class Recipe:
     manual: str | None = None
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, algorithm).hexdigest()
 
 
 def manifest(name: str) -> dict[str, str]:
@@ -100,7 +89,7 @@ def verify_files(name: str, dest: Path) -> list[str]:
         file = dest / path
         if not file.is_file():
             problems.append(f"missing {file}")
-        elif sha256(file) != digest:
+        elif file_digest(file) != digest:
             problems.append(f"{file}: sha256 differs from datasets/{name}/files.sha256")
     return problems
 
@@ -109,10 +98,10 @@ def fetch_git(name: str, source: GitFiles, dest: Path) -> None:
     entries = manifest(name)
     for number, (path, digest) in enumerate(entries.items(), 1):
         file = dest / path
-        if file.is_file() and sha256(file) == digest:
+        if file.is_file() and file_digest(file) == digest:
             continue
         download(source.url(path), file)
-        if sha256(file) != digest:
+        if file_digest(file) != digest:
             file.unlink()
             raise SystemExit(f"{source.url(path)}: content differs from the recorded sha256; upstream changed. "
                              "Nothing else was touched; report it or fetch by hand.")
@@ -123,11 +112,11 @@ def fetch_git(name: str, source: GitFiles, dest: Path) -> None:
 def fetch_archives(archives: list[Archive], dest: Path) -> None:
     for archive in archives:
         file = dest / archive.url.rsplit("/", 1)[1]
-        if not (file.is_file() and md5(file) == archive.md5):
+        if not (file.is_file() and file_digest(file, "md5") == archive.md5):
             print(f"downloading {archive.url}")
             download(archive.url, file)
-        if md5(file) != archive.md5:
-            raise SystemExit(f"{file}: MD5 {md5(file)} is not the published {archive.md5}; delete it and retry")
+        if file_digest(file, "md5") != archive.md5:
+            raise SystemExit(f"{file}: MD5 {file_digest(file, 'md5')} is not the published {archive.md5}; delete it and retry")
         print(f"extracting {file.name}")
         with tarfile.open(file) as tar:
             tar.extractall(dest, filter="data")
