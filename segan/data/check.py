@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .encoding import MaskEncoding
+from .encoding import MaskEncoding, read_roi
 from .io import ImageReadError, read_image, read_raw_mask
 from .pairs import DatasetLayoutError, Matching, Pair, detect_layout, hold_out, match_split, val_split_name
 
@@ -131,7 +131,6 @@ def _inspect(pair: Pair, encoding: MaskEncoding, in_channels: int) -> dict:
         result["errors"].append(str(error))
         return result
     if pair.roi is not None:
-        from .encoding import read_roi
         try:
             inside = read_roi(pair.roi)
         except ImageReadError as error:
