@@ -7,7 +7,8 @@ Each configuration runs in turn for `--rounds` rounds of `--steps` steps, and th
 of each is kept, so a burst of other load does not land on one side only. The discriminator is
 timed at several widths (`--d-channels`) to show what the default costs.
 
-Also: generator forward GFLOP per image (torch's FLOP counter) and the achieved GFLOP/s of the
+Also: generator forward GFLOP per image (torch's FLOP counter), the machine's matmul peak GFLOP/s
+(fp32 2048^2 matmul, best of 10), and the achieved GFLOP/s of the
 plain step, counting a training step as 3x the forward.
 
 Prints one JSON line.
@@ -70,6 +71,19 @@ def forward_gflop(config: Config, size: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def matmul_peak_gflop_per_s(n: int = 2048, repeats: int = 10) -> float:
+    """The machine's practical peak: the best fp32 GFLOP/s of a large square matmul with torch's
+    threads (a BLAS kernel runs close to what the cores can do; a network never runs faster)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - started)
+    return 2 * n ** 3 / best / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=192)
@@ -108,7 +122,9 @@ def main() -> None:
         "plain_images_per_s": round(args.batch_size / best["plain"], 2),
         "generator_forward_gflop_per_image": round(gflop, 2),
         "plain_achieved_gflop_per_s": round(3 * gflop * args.batch_size / best["plain"], 1),
+        "matmul_peak_gflop_per_s": round(matmul_peak_gflop_per_s(), 1),
     }
+    result["plain_fraction_of_peak"] = round(result["plain_achieved_gflop_per_s"] / result["matmul_peak_gflop_per_s"], 3)
     for channels in args.d_channels:
         name = f"gan_d{channels}"
         result[f"{name}_step_s"] = round(best[name], 3)
