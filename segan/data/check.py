@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .encoding import MaskEncoding, read_roi
+from .encoding import MaskEncoding, colour_keys, read_roi
 from .io import ImageReadError, read_image, read_raw_mask
 from .pairs import DatasetLayoutError, Matching, Pair, detect_layout, hold_out, match_split, val_split_name
 
@@ -113,8 +113,7 @@ def _inspect(pair: Pair, encoding: MaskEncoding, in_channels: int) -> dict:
         result["errors"].append(str(error))
         return result
     if raw.ndim == 3 and encoding.kind == "rgb":
-        bgr = raw[:, :, :3].astype(np.int64)
-        keys, counts = np.unique((bgr[:, :, 2] << 16) | (bgr[:, :, 1] << 8) | bgr[:, :, 0], return_counts=True)
+        keys, counts = np.unique(colour_keys(raw), return_counts=True)
         result["values"] = {f"({k >> 16},{(k >> 8) & 255},{k & 255})": int(n) for k, n in zip(keys, counts)}
     else:
         flat = raw if raw.ndim == 2 else raw[:, :, 0]

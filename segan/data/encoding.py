@@ -174,13 +174,7 @@ class MaskEncoding:
             raise ImageReadError(f"{path}: a single-channel mask, but data.colors declares RGB colour codes")
         if raw.dtype != np.uint8:
             raise ImageReadError(f"{path}: RGB masks must be 8-bit, got {raw.dtype}")
-        # BGR(A) bytes viewed as little-endian uint32 are B | G<<8 | R<<16 | A<<24: the colour key.
-        if sys.byteorder == "little":
-            bgra = cv2.cvtColor(np.ascontiguousarray(raw[:, :, :3]), cv2.COLOR_BGR2BGRA)
-            keys = bgra.view(np.uint32)[:, :, 0] & 0xFFFFFF
-        else:
-            bgr = raw[:, :, :3].astype(np.uint32)
-            keys = (bgr[:, :, 2] << 16) | (bgr[:, :, 1] << 8) | bgr[:, :, 0]
+        keys = colour_keys(raw)
         lut, unknown_value = self._colour_lut
         labels = lut[keys]
         unknown = labels == unknown_value
@@ -190,6 +184,16 @@ class MaskEncoding:
             raise ImageReadError(f"{path}: {int(unknown.sum())} pixels have colours {colours} that are in neither "
                                  "data.colors nor data.ignore_color")
         return labels
+
+
+def colour_keys(raw: np.ndarray) -> np.ndarray:
+    """HxWx3+ 8-bit BGR(A) -> HxW uint32 keys R<<16 | G<<8 | B, the form colour tables use."""
+    if sys.byteorder == "little":
+        # BGRA bytes viewed as little-endian uint32 are B | G<<8 | R<<16 | A<<24.
+        bgra = cv2.cvtColor(np.ascontiguousarray(raw[:, :, :3]), cv2.COLOR_BGR2BGRA)
+        return bgra.view(np.uint32)[:, :, 0] & 0xFFFFFF
+    bgr = raw[:, :, :3].astype(np.uint32)
+    return (bgr[:, :, 2] << 16) | (bgr[:, :, 1] << 8) | bgr[:, :, 0]
 
 
 def read_mask(path: str | Path, encoding: MaskEncoding | None = None) -> np.ndarray:

@@ -154,10 +154,6 @@ def list_folder(folder: Path) -> tuple[list[Path], list[Path]]:
     return images, others
 
 
-def list_images(folder: Path) -> list[Path]:
-    return list_folder(folder)[0]
-
-
 def _keyed(files: list[Path], pattern: str, what: str, duplicates: list[str]) -> tuple[dict[str, Path], list[Path]]:
     key_of = name_key(pattern)
     keyed: dict[str, Path] = {}
