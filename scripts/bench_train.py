@@ -7,9 +7,11 @@ Each configuration runs in turn for `--rounds` rounds of `--steps` steps, and th
 of each is kept, so a burst of other load does not land on one side only. The discriminator is
 timed at several widths (`--d-channels`) to show what the default costs.
 
-Also: generator forward GFLOP per image (torch's FLOP counter), the machine's matmul peak GFLOP/s
-(fp32 2048^2 matmul, best of 10), and the achieved GFLOP/s of the
-plain step, counting a training step as 3x the forward.
+Also: generator and discriminator forward GFLOP per image (torch's FLOP counter), the machine's
+matmul peak GFLOP/s (fp32 2048^2 matmul, best of 10), the achieved GFLOP/s of the plain step
+(counting a training step as 3x the forward), and each configuration's peak memory: the peak RSS
+of a fresh process that builds it and trains `--steps` steps (on a CPU the activations live in
+host memory; on a GPU it would be torch.cuda.max_memory_allocated).
 
 Prints one JSON line.
 
@@ -21,8 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import os
 import platform
+import resource
 import sys
 import time
 import warnings
@@ -62,13 +66,26 @@ def step_time(config: Config, batch: dict, steps: int) -> float:
     return times[len(times) // 2]
 
 
-def forward_gflop(config: Config, size: int) -> float:
+def forward_gflop(model: torch.nn.Module, in_channels: int, size: int) -> float:
     from torch.utils.flop_counter import FlopCounterMode
-    from segan.models import build_generator
-    model = build_generator(config.generator, config.data.in_channels, config.data.num_classes).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.randn(1, config.data.in_channels, size, size))
+        model.eval()(torch.randn(1, in_channels, size, size))
     return counter.get_total_flops() / 1e9
+
+
+def peak_rss_mb(config_dict: dict, batch: dict, steps: int) -> float:
+    """Peak RSS of this (fresh, spawned) process after building the module and training."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    step_time(Config.from_dict(config_dict), batch, steps)
+    # VmHWM belongs to this process's own address space. Linux's ru_maxrss carries the spawning
+    # parent's peak over fork and exec, so it would report the parent's figure for every child.
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def matmul_peak_gflop_per_s(n: int = 2048, repeats: int = 10) -> float:
@@ -112,14 +129,23 @@ def main() -> None:
         for name, config in configs.items():
             best[name] = min(best[name], step_time(config, batch, args.steps))
 
+    # One fresh process per configuration, so one's peak does not hide another's.
+    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        peak_mb = {name: pool.apply(peak_rss_mb, (config.to_dict(), batch, args.steps))
+                   for name, config in configs.items()}
+
+    from segan.models import build_discriminator, build_generator, output_channels
     default_d = Config().discriminator.base_channels
-    gflop = forward_gflop(configs["plain"], args.size)
+    plain = configs["plain"]
+    gflop = forward_gflop(build_generator(plain.generator, plain.data.in_channels, plain.data.num_classes),
+                          plain.data.in_channels, args.size)
     result = {
         "benchmark": "train_step", "device": "cpu", "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(), "encoder": args.encoder, "image_size": args.size,
         "batch_size": args.batch_size, "steps": args.steps, "rounds": args.rounds,
         "plain_step_s": round(best["plain"], 3),
         "plain_images_per_s": round(args.batch_size / best["plain"], 2),
+        "plain_peak_rss_mb": round(peak_mb["plain"], 1),
         "generator_forward_gflop_per_image": round(gflop, 2),
         "plain_achieved_gflop_per_s": round(3 * gflop * args.batch_size / best["plain"], 1),
         "matmul_peak_gflop_per_s": round(matmul_peak_gflop_per_s(), 1),
@@ -129,10 +155,16 @@ def main() -> None:
         name = f"gan_d{channels}"
         result[f"{name}_step_s"] = round(best[name], 3)
         result[f"{name}_ratio"] = round(best[name] / best["plain"], 3)
+        result[f"{name}_images_per_s"] = round(args.batch_size / best[name], 2)
+        result[f"{name}_peak_rss_mb"] = round(peak_mb[name], 1)
+        d = configs[name]
+        mask_channels = output_channels(d.data.num_classes)
+        discriminator = build_discriminator(d.discriminator, d.data.in_channels, mask_channels)
+        # .model is the stack the forward runs on the concatenated (image, mask) input.
+        result[f"{name}_discriminator_forward_gflop_per_image"] = round(
+            forward_gflop(discriminator.model, d.data.in_channels + mask_channels, args.size), 4)
     result["default_d_channels"] = default_d
     result["gan_default_ratio"] = result.get(f"gan_d{default_d}_ratio")
-    import resource
-    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(result))
 
 
