@@ -66,10 +66,10 @@ def step_time(config: Config, batch: dict, steps: int) -> float:
     return times[len(times) // 2]
 
 
-def forward_gflop(model: torch.nn.Module, in_channels: int, size: int) -> float:
+def forward_gflop(model: torch.nn.Module, *inputs: torch.Tensor) -> float:
     from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model.eval()(torch.randn(1, in_channels, size, size))
+        model.eval()(*inputs)
     return counter.get_total_flops() / 1e9
 
 
@@ -137,8 +137,8 @@ def main() -> None:
     from segan.models import build_discriminator, build_generator, output_channels
     default_d = Config().discriminator.base_channels
     plain = configs["plain"]
-    gflop = forward_gflop(build_generator(plain.generator, plain.data.in_channels, plain.data.num_classes),
-                          plain.data.in_channels, args.size)
+    image = torch.randn(1, plain.data.in_channels, args.size, args.size)
+    gflop = forward_gflop(build_generator(plain.generator, plain.data.in_channels, plain.data.num_classes), image)
     result = {
         "benchmark": "train_step", "device": "cpu", "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(), "encoder": args.encoder, "image_size": args.size,
@@ -158,11 +158,9 @@ def main() -> None:
         result[f"{name}_images_per_s"] = round(args.batch_size / best[name], 2)
         result[f"{name}_peak_rss_mb"] = round(peak_mb[name], 1)
         d = configs[name]
-        mask_channels = output_channels(d.data.num_classes)
-        discriminator = build_discriminator(d.discriminator, d.data.in_channels, mask_channels)
-        # .model is the stack the forward runs on the concatenated (image, mask) input.
-        result[f"{name}_discriminator_forward_gflop_per_image"] = round(
-            forward_gflop(discriminator.model, d.data.in_channels + mask_channels, args.size), 4)
+        mask = torch.rand(1, output_channels(d.data.num_classes), args.size, args.size)
+        discriminator = build_discriminator(d.discriminator, d.data.in_channels, mask.shape[1])
+        result[f"{name}_discriminator_forward_gflop_per_image"] = round(forward_gflop(discriminator, image, mask), 4)
     result["default_d_channels"] = default_d
     result["gan_default_ratio"] = result.get(f"gan_d{default_d}_ratio")
     print(json.dumps(result))
