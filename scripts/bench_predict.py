@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from segan.batch_predict import predict_folder  # noqa: E402
 from segan.config import Config, merge  # noqa: E402
 from segan.data.demo import make_sample  # noqa: E402
-from segan.inference import Predictor, prepare  # noqa: E402
+from segan.inference import Predictor  # noqa: E402
+from segan.preprocess import prepare_image  # noqa: E402
 from segan.models import build_generator  # noqa: E402
 
 
@@ -63,7 +64,7 @@ def write_images(folder: Path, count: int, size: int) -> list[Path]:
 
 def in_memory_batches(predictor: Predictor, paths: list[Path], batch_size: int) -> list[torch.Tensor]:
     from segan.data.io import read_image
-    arrays = [prepare(read_image(p, predictor.config.data.in_channels), predictor.config.data) for p in paths]
+    arrays = [prepare_image(read_image(p, predictor.config.data.in_channels), predictor.config.data) for p in paths]
     return [torch.from_numpy(np.stack(arrays[i:i + batch_size])) for i in range(0, len(arrays), batch_size)]
 
 

@@ -12,6 +12,6 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
 fi
 extras=""
 [ "${1:-}" = "dev" ] && extras="[dev]"
-python -m pip install --quiet --upgrade pip
+python -m pip install --quiet -c constraints.txt pip
 python -m pip install --quiet -c constraints.txt -e ".${extras}"
 python -c "import torch, segan; print(f'segan {segan.__version__} installed with torch {torch.__version__} in {__import__(\"sys\").prefix}')"

@@ -30,7 +30,9 @@ from tqdm import tqdm
 
 from .config import DataConfig
 from .data.io import IMAGE_SUFFIXES, read_image
-from .inference import Predictor, prepare
+from .atomic import atomic_write
+from .inference import Predictor
+from .preprocess import prepare_image
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +154,7 @@ class _ImageFiles(Dataset):
         item = self.items[index]
         try:
             image = read_image(item.path, self.data.in_channels)
-            array = prepare(image, self.data)
+            array = prepare_image(image, self.data)
         except Exception as error:  # reported in the manifest; the other files go on
             return dict(index=index, error=str(error))
         return dict(index=index, array=array, size=image.shape[:2], image=image if self.keep_image else None)
@@ -160,16 +162,6 @@ class _ImageFiles(Dataset):
 
 def _as_is(sample: dict) -> dict:
     return sample  # keep NumPy arrays as they are (the default collate would make tensors)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _encode_mask(mask: np.ndarray, binary: bool) -> bytes:
@@ -204,15 +196,22 @@ def _npy(array: np.ndarray) -> bytes:
 def predict_folder(predictor: Predictor, inputs: Sequence[str | Path], output: str | Path, *,
                    batch_size: int = 8, num_workers: int = 2, save_probs: bool = False, overlay: bool = False,
                    skip_existing: bool = False, shard: tuple[int, int] = (0, 1),
-                   progress: bool = True) -> PredictSummary:
+                   progress: bool = True, overwrite: bool = False) -> PredictSummary:
     """Segments every image in `inputs` into `output` (see the module docstring for the layout).
 
     A file that cannot be read is reported in the manifest and skipped; the others are written.
-    Each output file is written atomically (temporary file, then rename).
+    Each output file is written atomically (temporary file, then rename). An output folder that
+    holds an earlier job's results is refused unless `skip_existing` (resume that job) or
+    `overwrite` (replace its files) says what to do with them.
     """
     output = Path(output)
-    items, ignored = collect_inputs(inputs, output)
     shard_index, shard_count = shard
+    manifest_name = "manifest.csv" if shard_count == 1 else f"manifest-{shard_index}-of-{shard_count}.csv"
+    if (output / manifest_name).is_file() and not (skip_existing or overwrite):
+        raise PredictInputError(f"{output} already holds the results of an earlier segan predict ({manifest_name}); "
+                                "nothing was written. Resume that job with --skip-existing, write elsewhere with "
+                                "--output NEW_FOLDER, or replace its files with --overwrite")
+    items, ignored = collect_inputs(inputs, output)
     items = [item for item in items if in_shard(item.rel, shard_index, shard_count)]
     input_paths = {item.path.resolve() for item in items}
 
@@ -230,7 +229,6 @@ def predict_folder(predictor: Predictor, inputs: Sequence[str | Path], output: s
     except OSError as error:
         raise PredictInputError(f"cannot write to the output folder {output} ({error.strerror}); choose a writable "
                                 "folder") from None
-    manifest_name = "manifest.csv" if shard_count == 1 else f"manifest-{shard_index}-of-{shard_count}.csv"
     summary = PredictSummary(inputs=len(items), ignored_non_images=ignored, manifest=str(output / manifest_name),
                              classes=list(predictor.config.data.classes))
 
@@ -263,11 +261,11 @@ def predict_folder(predictor: Predictor, inputs: Sequence[str | Path], output: s
 
     def write(item: InputItem, probs: torch.Tensor, image: np.ndarray | None) -> None:
         mask = predictor.labels(probs)
-        _atomic_write(mask_path(item), _encode_mask(mask, binary))
+        atomic_write(mask_path(item), _encode_mask(mask, binary))
         if save_probs:
-            _atomic_write(output / "probs" / item.rel.with_suffix(".npy"), _npy(probs.numpy().astype(np.float16)))
+            atomic_write(output / "probs" / item.rel.with_suffix(".npy"), _npy(probs.numpy().astype(np.float16)))
         if overlay and image is not None:
-            _atomic_write(output / "overlays" / item.rel.with_suffix(".jpg"), _overlay(image, mask, binary))
+            atomic_write(output / "overlays" / item.rel.with_suffix(".jpg"), _overlay(image, mask, binary))
 
     def finish(item: InputItem, future: Future, size) -> None:
         try:
@@ -322,4 +320,4 @@ def _write_manifest(path: Path, rows: list[dict]) -> None:
     from io import StringIO
     buffer = StringIO()
     csv.writer(buffer).writerows(text_rows)
-    _atomic_write(path, buffer.getvalue().encode())
+    atomic_write(path, buffer.getvalue().encode())

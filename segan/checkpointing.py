@@ -1,14 +1,13 @@
 """Writing checkpoints so that no crash leaves a damaged one, and reading them safely.
 
 Lightning writes a checkpoint in place: a `kill -9` or a full disk during the write leaves a
-truncated `last.ckpt`, and the run can no longer resume. `AtomicCheckpointIO` writes to a
-temporary file in the same folder, flushes it to disk, then renames it over the old one, which
-POSIX guarantees to be atomic: the old checkpoint or the new one is there, never half of one.
+truncated `last.ckpt`, and the run can no longer resume. `AtomicCheckpointIO` writes it with
+`segan.atomic.atomic_write` (temporary file, fsync, rename): the old checkpoint or the new one
+is there, never half of one.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+
+from .atomic import atomic_write
 
 
 class CheckpointError(RuntimeError):
@@ -26,18 +27,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Saves with write-to-temporary, fsync, rename; loads with `weights_only=True` and clear errors."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with temporary.open("wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)  # a full disk or an interrupt leaves the old checkpoint as it was
-            raise
+        # A full disk or an interrupt leaves the old checkpoint as it was.
+        atomic_write(path, lambda handle: torch.save(checkpoint, handle), durable=True)
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         return load_checkpoint(path, map_location or "cpu")

@@ -7,7 +7,10 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
+
+from .config import (ADVERSARIAL_MODES, AUGMENT_PRESETS, IN_CHANNELS, INPUT_GUARDS, PRECISIONS, RESIZE_MODES, Config,
+                     ConfigError, check_setting, merge)
 
 # flag -> (config section, key): flags override the YAML config, which overrides the defaults.
 DATA_FLAGS = {
@@ -29,6 +32,7 @@ DATA_FLAGS = {
     "threshold": ("data", "threshold"),
     "invert": ("data", "invert"),
     "value_map": ("data", "value_map"),
+    "allow_unknown_values": ("data", "allow_unknown_values"),
     "in_channels": ("data", "in_channels"),
 }
 TRAIN_FLAGS = {
@@ -55,11 +59,77 @@ TRAIN_FLAGS = {
     "accelerator": ("train", "accelerator"),
     "devices": ("train", "devices"),
     "precision": ("train", "precision"),
+    "checkpoint_every_n_steps": ("train", "checkpoint_every_n_steps"),
 }
+_DEFAULTS = Config()
 
 
-def _devices(value: str):
-    return value if value == "auto" else int(value)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" only where a flag has a default worth showing.
+
+    Flags that override a config setting default to None, so that an unset flag leaves the config
+    file's value alone; their help states the setting's real default instead (`_add_config_flag`).
+    Switches default to False, which needs no saying.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _global_flags(default: Any) -> argparse.ArgumentParser:
+    """-v and --max-image-pixels, as a parent parser for the top level and for every subcommand, so
+    that they work on either side of the subcommand's name.
+
+    Args:
+        default: the top level's defaults (None), or argparse.SUPPRESS for a subcommand: argparse
+            copies every attribute a subcommand's parser sets onto the result, so a default there
+            would overwrite a value given before the subcommand.
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("global options (also accepted before the subcommand)")
+    group.add_argument("-v", "--verbose", action="store_true", default=False if default is None else default,
+                       help="debug logging")
+    group.add_argument("--max-image-pixels", type=int, metavar="N", default=default,
+                       help="refuse images declaring more pixels than this before decoding them (default 16384^2 "
+                            "= 268435456, or SEGAN_MAX_IMAGE_PIXELS): guards against decompression bombs")
+    return parser
+
+
+def _add_command(subparsers, name: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand's parser: takes the global flags, and shows each default once."""
+    return subparsers.add_parser(name, parents=[_global_flags(argparse.SUPPRESS)], formatter_class=_HelpFormatter,
+                                 **kwargs)
+
+
+def _setting_type(section: str, key: str) -> Callable[[str], Any]:
+    """argparse `type` for a flag that sets `section.key`: the config schema's own check, so a bad
+    value gets the message a config file would (`--epochs 0`: "train.epochs: expected an integer >= 1")."""
+    def parse(text: str) -> Any:
+        try:
+            return check_setting(section, key, text)
+        except ConfigError as error:
+            raise argparse.ArgumentTypeError(error.problems[0]) from None
+    parse.__name__ = key  # argparse names the type in the messages it writes itself
+    return parse
+
+
+def _add_config_flag(group, flag: str, help: str, **kwargs) -> None:
+    """Adds `flag`, which overrides the config setting that TRAIN_FLAGS maps it to.
+
+    It defaults to None (unset: the config file's value stands). Values are checked by the config
+    schema unless `type`, `action` or `nargs` says otherwise, and the help ends with the setting's
+    default from the schema (where there is one to show).
+    """
+    section, key = TRAIN_FLAGS[flag.removeprefix("--").replace("-", "_")]
+    if not {"type", "action", "nargs"} & set(kwargs):
+        kwargs["type"] = _setting_type(section, key)
+    default = getattr(getattr(_DEFAULTS, section), key)
+    if not (default is None or default is False or default == ""):
+        shown = " ".join(map(str, default)) if isinstance(default, list) else default
+        help = f"{help} (default: {shown})"
+    group.add_argument(flag, help=help, **kwargs)
 
 
 def _value_map(text: str) -> dict[int, int]:
@@ -72,37 +142,38 @@ def _value_map(text: str) -> dict[int, int]:
 
 def _add_data_flags(p: argparse.ArgumentParser) -> None:
     """Layout and mask-encoding flags shared by `train` and `data check` (see DataConfig)."""
-    from .config import DataConfig
-    d = DataConfig()
     g = p.add_argument_group("dataset layout (default: detected)")
-    g.add_argument("--train-split", help=f"training split name ({d.train_split})")
-    g.add_argument("--val-split", help="validation split name (default: validation, val or valid if present, "
+    _add_config_flag(g, "--train-split", "training split name")
+    _add_config_flag(g, "--val-split", "validation split name (default: validation, val or valid if present, "
                                        "else --val-fraction of train is held back)")
-    g.add_argument("--val-fraction", type=float, help=f"fraction held back without a validation split ({d.val_fraction})")
-    g.add_argument("--split-seed", type=int, help=f"seed of that hold-out, apart from --seed ({d.split_seed})")
-    g.add_argument("--image-dir", help="image folder, relative to --data or absolute; {split} = split name "
+    _add_config_flag(g, "--val-fraction", "fraction held back without a validation split")
+    _add_config_flag(g, "--split-seed", "seed of that hold-out, apart from --seed")
+    _add_config_flag(g, "--image-dir", "image folder, relative to --data or absolute; {split} = split name "
                                        "(e.g. '{split}/images', '{split}')")
-    g.add_argument("--mask-dir", help="mask folder, as --image-dir (e.g. '{split}annot')")
-    g.add_argument("--roi-dir", help="region-of-interest masks, as --image-dir; pixels outside are ignored")
-    g.add_argument("--image-name", help="pairing key in image stems: template with {id} (e.g. '{id}_training') "
-                                        "or a regex with group id (default: the whole stem)")
-    g.add_argument("--mask-name", help="pairing key in mask stems, as --image-name (e.g. '{id}_manual1')")
-    g.add_argument("--roi-name", help="pairing key in region-of-interest stems, as --image-name")
-    g.add_argument("--pairs-file", help="list file of 'image mask' lines instead of folders (e.g. '{split}.txt')")
-    g.add_argument("--strip-prefix", help="prefix to strip from absolute paths in --pairs-file (default: detected)")
+    _add_config_flag(g, "--mask-dir", "mask folder, as --image-dir (e.g. '{split}annot')")
+    _add_config_flag(g, "--roi-dir", "region-of-interest masks, as --image-dir; pixels outside are ignored")
+    _add_config_flag(g, "--image-name", "pairing key in image stems: template with {id} (e.g. '{id}_training') "
+                                        "or a regex with group id; {id} alone is the whole stem")
+    _add_config_flag(g, "--mask-name", "pairing key in mask stems, as --image-name (e.g. '{id}_manual1')")
+    _add_config_flag(g, "--roi-name", "pairing key in region-of-interest stems, as --image-name")
+    _add_config_flag(g, "--pairs-file", "list file of 'image mask' lines instead of folders (e.g. '{split}.txt')")
+    _add_config_flag(g, "--strip-prefix", "prefix to strip from absolute paths in --pairs-file (default: detected)")
     g = p.add_argument_group("mask encoding (colour tables: data.colors in --config)")
-    g.add_argument("--classes", nargs="+", help=f"class names, background first; two = binary ({d.classes})")
-    g.add_argument("--ignore-index", type=int, help=f"mask value left out of loss and scores ({d.ignore_index})")
-    g.add_argument("--threshold", type=int, help=f"binary masks: grey values above it are foreground ({d.threshold})")
-    g.add_argument("--invert", action="store_true", default=None,
-                   help="binary masks: the dark value is the foreground")
-    g.add_argument("--value-map", type=_value_map, help="remap stored values first, e.g. 1:1,2:0,3:255")
-    g.add_argument("--in-channels", type=int, choices=(1, 3), help=f"1 greyscale or 3 RGB ({d.in_channels})")
+    _add_config_flag(g, "--classes", "class names, background first; two = binary", nargs="+")
+    _add_config_flag(g, "--ignore-index", "mask value left out of loss and scores")
+    _add_config_flag(g, "--threshold", "binary masks: grey values above it are foreground")
+    _add_config_flag(g, "--invert", "binary masks: the dark value is the foreground", action="store_true",
+                     default=None)
+    _add_config_flag(g, "--value-map", "remap stored values first, e.g. 1:1,2:0,3:255", type=_value_map)
+    _add_config_flag(g, "--allow-unknown-values", "binary/multi-class masks: pixels whose stored value the mask rule "
+                                                  "cannot place are ignored (with a warning) instead of being an error",
+                     action="store_true", default=None)
+    # type=int: the schema's option list (1, 3) holds numbers, which the text "3" is not.
+    _add_config_flag(g, "--in-channels", "1 greyscale or 3 RGB", type=int, choices=IN_CHANNELS)
 
 
 def _config(args: argparse.Namespace, flags: dict, base=None):
     """The config: `base`, or --config FILE, or the defaults; with the given flags on top."""
-    from .config import Config, merge
     config = base or (Config.load(args.config) if getattr(args, "config", None) else Config())
     overrides: dict = {}
     for flag, (section, key) in flags.items():
@@ -115,54 +186,65 @@ def _config(args: argparse.Namespace, flags: dict, base=None):
 
 
 def _add_train(subparsers) -> None:
-    from .config import Config
-    defaults = Config()
-    d, g, dis, loss, t = defaults.data, defaults.generator, defaults.discriminator, defaults.loss, defaults.train
-    p = subparsers.add_parser(
-        "train", help="train a GAN segmenter", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = _add_command(
+        subparsers, "train", help="train a GAN segmenter",
         description="Train a U-Net generator against a conditional PatchGAN discriminator. Settings come "
                     "from the defaults, then --config FILE.yaml, then the flags given here.")
-    p.add_argument("--data", help="dataset folder (layouts: see 'dataset layout' below and datasets/README.md)")
-    p.add_argument("--out", help=f"run folder to write (default from config: {t.out})")
+    _add_config_flag(p, "--data", "dataset folder (layouts: see 'dataset layout' below and datasets/README.md)")
+    _add_config_flag(p, "--out", "run folder to write")
     p.add_argument("--config", help="YAML file with data/generator/discriminator/loss/train sections "
                                     "(e.g. a recipe: datasets/camvid/config.yaml)")
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoints/last.ckpt with OUT/config.yaml")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished run in --out; nothing is moved until the new run has written its first "
+                        "checkpoint")
     _add_data_flags(p)
-    p.add_argument("--size", type=int, help=f"training image side in pixels ({d.size})")
-    p.add_argument("--resize", choices=("resize", "crop"), help=f"resize images to --size or random-crop them ({d.resize})")
-    p.add_argument("--augment", choices=("none", "light", "medium", "heavy"), help=f"augmentation preset ({d.augment})")
-    p.add_argument("--num-workers", type=int, help=f"data loading processes ({d.num_workers})")
-    p.add_argument("--arch", help=f"smp architecture ({g.arch})")
-    p.add_argument("--encoder", help=f"smp encoder name ({g.encoder_name})")
-    p.add_argument("--encoder-weights", help="none, imagenet (needs internet) or a local state-dict file (none)")
-    p.add_argument("--d-channels", type=int, help=f"discriminator base channels ({dis.base_channels})")
-    p.add_argument("--d-layers", type=int, help=f"discriminator stride-2 layers; 3 = 70 px receptive field ({dis.n_layers})")
-    p.add_argument("--input-guard", choices=("none", "smooth", "noise"),
-                   help=f"keeps D from telling truth by its exact 0/1 values ({dis.input_guard})")
-    p.add_argument("--adv-mode", choices=("vanilla", "lsgan", "hinge"), help=f"adversarial loss ({loss.adv_mode})")
-    p.add_argument("--adv-weight", type=float, help=f"adversarial weight; 0 = plain supervised ({loss.adv_weight})")
-    p.add_argument("--warmup-epochs", type=int, help=f"supervised epochs before the adversarial term ({loss.adv_warmup_epochs})")
-    p.add_argument("--epochs", type=int, help=f"training epochs ({t.epochs})")
-    p.add_argument("--batch-size", type=int, help=f"images per step and device ({t.batch_size})")
-    p.add_argument("--lr", type=float, help=f"generator learning rate ({t.lr})")
-    p.add_argument("--d-lr", type=float, help=f"discriminator learning rate ({t.d_lr})")
-    p.add_argument("--seed", type=int, help=f"random seed ({t.seed})")
-    p.add_argument("--accelerator", help=f"auto, cpu, gpu ({t.accelerator})")
-    p.add_argument("--devices", type=_devices, help=f"device count or auto; >1 runs DDP ({t.devices})")
-    p.add_argument("--precision", help=f"32-true, 16-mixed, bf16-mixed ({t.precision})")
+    g = p.add_argument_group("reading and augmentation")
+    _add_config_flag(g, "--size", "training image side in pixels, a multiple of 32")
+    _add_config_flag(g, "--resize", "resize images to --size or random-crop them", choices=RESIZE_MODES)
+    _add_config_flag(g, "--augment", "augmentation preset", choices=AUGMENT_PRESETS)
+    _add_config_flag(g, "--num-workers", "data loading processes")
+    g = p.add_argument_group("generator")
+    _add_config_flag(g, "--arch", "smp architecture")
+    _add_config_flag(g, "--encoder", "smp encoder name")
+    _add_config_flag(g, "--encoder-weights", "none, imagenet (needs internet) or a local state-dict file "
+                                             "(default: none)")
+    g = p.add_argument_group("discriminator and adversarial loss")
+    _add_config_flag(g, "--d-channels", "discriminator base channels")
+    _add_config_flag(g, "--d-layers", "discriminator stride-2 layers; 3 = 70 px receptive field")
+    _add_config_flag(g, "--input-guard", "keeps D from telling truth by its exact 0/1 values", choices=INPUT_GUARDS)
+    _add_config_flag(g, "--adv-mode", "adversarial loss", choices=ADVERSARIAL_MODES)
+    _add_config_flag(g, "--adv-weight", "adversarial weight; 0 = plain supervised")
+    _add_config_flag(g, "--warmup-epochs", "supervised epochs before the adversarial term")
+    g = p.add_argument_group("optimisation and hardware")
+    _add_config_flag(g, "--epochs", "training epochs")
+    _add_config_flag(g, "--batch-size", "images per step and device")
+    _add_config_flag(g, "--lr", "generator learning rate")
+    _add_config_flag(g, "--d-lr", "discriminator learning rate")
+    _add_config_flag(g, "--seed", "random seed")
+    _add_config_flag(g, "--accelerator", "auto, cpu, gpu")
+    _add_config_flag(g, "--devices", "device count or auto; >1 runs DDP")
+    _add_config_flag(g, "--precision", "Lightning precision", choices=PRECISIONS)
+    _add_config_flag(g, "--checkpoint-every-n-steps", "also write last.ckpt every N training steps "
+                                                      "(default: at the end of every epoch)", metavar="N")
     p.set_defaults(handler=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
     from .config import Config
-    from .training import train
+    from .training import ResumeError, train
     base = None
     if args.resume:
         if not args.out:
-            raise SystemExit("--resume needs --out RUN (the run folder to continue)")
-        base = Config.load(Path(args.out) / "config.yaml")
+            raise ResumeError("--resume needs --out RUN (the run folder to continue)")
+        if args.config:
+            raise ResumeError("--resume continues with the run's own OUT/config.yaml; leave out --config")
+        try:
+            base = Config.load(Path(args.out) / "config.yaml")
+        except (OSError, ValueError) as error:
+            raise ResumeError(f"cannot resume {args.out}: {error}; the run folder was not changed") from None
     config = _config(args, TRAIN_FLAGS, base)
-    result = train(config, resume=args.resume)
+    result = train(config, resume=args.resume, overwrite=bool(getattr(args, "overwrite", False)))
     if result.stopped:
         print(f"\n{result.stopped}")
     print(f"\nbest validation IoU {result.best_val_iou:.4f}  Dice {result.best_val_dice:.4f}  "
@@ -173,19 +255,17 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _add_data(subparsers) -> None:
-    p = subparsers.add_parser("data", help="dataset tools")
+    p = _add_command(subparsers, "data", help="dataset tools")
     sub = p.add_subparsers(dest="data_command", required=True)
-    demo = sub.add_parser("demo", help="write the synthetic demo dataset",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    demo = _add_command(sub, "demo", help="write the synthetic demo dataset")
     demo.add_argument("out", help="folder to write train/ and validation/ into")
     demo.add_argument("--n-train", type=int, default=240, help="training images")
     demo.add_argument("--n-val", type=int, default=60, help="validation images")
     demo.add_argument("--size", type=int, default=128, help="image side in pixels")
     demo.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same files")
     demo.set_defaults(handler=_demo)
-    check = sub.add_parser(
-        "check", help="check a dataset folder: layout, pairs, sizes, mask values, class frequencies",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    check = _add_command(
+        sub, "check", help="check a dataset folder: layout, pairs, sizes, mask values, class frequencies",
         description="Reads every file once and reports the layout found, the pairs and unmatched files per "
                     "split, unreadable files, image/mask size mismatches, the stored mask values against the "
                     "declared encoding, class pixel frequencies, and the data config training would use. "
@@ -218,10 +298,18 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_segmentation_flags(group) -> None:
+    """How a trained run segments images: one set for `predict` and `evaluate --model`, which
+    segment with the same code."""
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    group.add_argument("--tta", action="store_true",
+                       help="test-time augmentation: average flips (and 90-degree rotations when the run allows them)")
+    group.add_argument("--threshold", type=float, default=0.5, help="binary foreground probability threshold")
+
+
 def _add_predict(subparsers) -> None:
-    p = subparsers.add_parser(
-        "predict", help="segment files and folders of images with a trained run",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = _add_command(
+        subparsers, "predict", help="segment files and folders of images with a trained run",
         description="Writes OUTPUT/masks/<input tree>/<stem>.png (binary 0/255, or class indices with a "
                     "colour palette) and OUTPUT/manifest.csv with one row per input. Unreadable files are "
                     "reported and skipped; the exit code is 1 if any were.")
@@ -230,16 +318,14 @@ def _add_predict(subparsers) -> None:
     p.add_argument("--output", required=True, help="output folder; must not be inside an input folder")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     p.add_argument("--num-workers", type=int, default=2, help="image decoding processes")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--tta", action="store_true",
-                   help="average flips (and 90-degree rotations when the run allows them)")
-    p.add_argument("--threshold", type=float, default=0.5, help="binary foreground probability threshold")
+    _add_segmentation_flags(p)
     p.add_argument("--tile-size", type=int, default=1024,
                    help="images trained at native scale (--resize crop) and larger than this are tiled")
     p.add_argument("--tile-overlap", type=float, default=0.25, help="fraction of a tile shared with its neighbour")
     p.add_argument("--save-probs", action="store_true", help="also write OUTPUT/probs/<stem>.npy (float16, CxHxW)")
     p.add_argument("--overlay", action="store_true", help="also write OUTPUT/overlays/<stem>.jpg, the mask over the image")
     p.add_argument("--skip-existing", action="store_true", help="leave inputs whose mask exists (resume a job)")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results in the output folder")
     p.add_argument("--shard", help="K/N: take the K-th of N deterministic parts (K from 0); under torchrun, "
                                    "RANK/WORLD_SIZE choose it (default: everything)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -254,7 +340,7 @@ def _predict(args: argparse.Namespace) -> int:
     summary = predict_folder(predictor, args.input, args.output, batch_size=args.batch_size,
                              num_workers=args.num_workers, save_probs=args.save_probs, overlay=args.overlay,
                              skip_existing=args.skip_existing, shard=parse_shard(args.shard),
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, overwrite=args.overwrite)
     print(f"\n{summary.written} written, {summary.skipped_existing} already there, {summary.failed} failed "
           f"of {summary.inputs} inputs in {summary.seconds:.1f} s ({summary.images_per_s:.1f} images/s)")
     if summary.ignored_non_images:
@@ -269,9 +355,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(subparsers) -> None:
-    p = subparsers.add_parser(
-        "evaluate", help="score a trained run on a split, or predicted masks against ground-truth masks",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = _add_command(
+        subparsers, "evaluate", help="score a trained run on a split, or predicted masks against ground-truth masks",
         description="Scores the masks in --pred against those in --gt, paired by relative path and file stem "
                     "(a/b.png pairs with a/b.jpg), prints a table and writes OUT/metrics.json (every figure "
                     "with its definition; null where undefined) and OUT/per_image.csv (worst images first). "
@@ -279,58 +364,58 @@ def _add_evaluate(subparsers) -> None:
                     "IoU, Dice per image then averaged; macro means over classes with and without the "
                     "background. A class absent from both truth and prediction is undefined, not 0 or 1, and "
                     "left out of the means. Binary tasks report the foreground class.")
-    p.add_argument("--model", metavar="RUN", help="score a trained run: segment --data's --split with the same code "
-                                                  "as segan predict, then score (instead of --pred/--gt)")
-    p.add_argument("--data", metavar="DIR", help="dataset folder for --model (default: the run's own)")
-    p.add_argument("--split", default="val", help="with --model: val or train as training divided the data, or a "
-                                                  "split folder name such as test")
-    p.add_argument("--tta", action="store_true", help="with --model: test-time augmentation, as in segan predict")
-    p.add_argument("--device", default="auto", help="with --model: auto, cpu, cuda")
-    p.add_argument("--threshold", type=float, default=0.5, help="with --model: binary foreground threshold")
-    p.add_argument("--sweep-threshold", action="store_true",
-                   help="with --model, binary: choose the threshold with the best validation Dice, then score "
-                        "--split (not val) with it; never chosen on the split it scores")
-    p.add_argument("--pred", metavar="DIR", help="predicted masks (searched recursively; a segan predict output folder works: "
-                                  "its masks/ are used)")
-    p.add_argument("--gt", metavar="DIR", help="ground-truth masks in the same layout (a dataset split folder with images/ + "
-                                "masks/ works: its masks/ are used)")
-    p.add_argument("--classes", nargs="+", metavar="NAME",
+    g = p.add_argument_group("scoring a trained run (--model): segment --data's --split with the same code as "
+                             "segan predict, then score")
+    g.add_argument("--model", metavar="RUN", help="run folder written by segan train (instead of --pred/--gt)")
+    g.add_argument("--data", metavar="DIR", help="dataset folder (default: the run's own)")
+    g.add_argument("--split", default="val", help="val or train as training divided the data, or a split folder "
+                                                  "name such as test")
+    _add_segmentation_flags(g)
+    g.add_argument("--sweep-threshold", action="store_true",
+                   help="binary: choose the threshold with the best validation Dice, then score --split (not val) "
+                        "with it; never chosen on the split it scores")
+    g = p.add_argument_group("scoring mask folders (--pred, --gt)")
+    g.add_argument("--pred", metavar="DIR", help="predicted masks (searched recursively; a segan predict output "
+                                                 "folder works: its masks/ are used)")
+    g.add_argument("--gt", metavar="DIR", help="ground-truth masks in the same layout (a dataset split folder with "
+                                               "images/ + masks/ works: its masks/ are used)")
+    g.add_argument("--classes", nargs="+", metavar="NAME",
                    help="class names, background first; two = binary (0/1 or 0/255 masks). Default: the names a "
                         "segan predict output records, else background foreground")
-    p.add_argument("--config", metavar="YAML", help="with --gt: take classes and the ground truth's mask encoding "
-                                                    "(invert, value_map, colors, ...) from this config's data section")
-    p.add_argument("--ignore-index", type=int, default=255,
+    g.add_argument("--config", metavar="YAML", help="take classes and the ground truth's mask encoding (invert, "
+                                                    "value_map, colors, ...) from this config's data section")
+    g.add_argument("--ignore-index", type=int, default=255,
                    help="ground-truth value not scored (multi-class masks); -1 = none")
-    p.add_argument("--roi", metavar="DIR", help="optional region-of-interest masks in the same layout; pixels where it is 0 "
-                                 "are not scored")
-    p.add_argument("--allow-missing", action="store_true",
-                   help="score only the ground truth that has a prediction; without it a missing prediction is an error")
+    g.add_argument("--roi", metavar="DIR", help="optional region-of-interest masks in the same layout; pixels where "
+                                                "it is 0 are not scored")
+    g.add_argument("--allow-missing", action="store_true",
+                   help="score only the ground truth that has a prediction; without it a missing prediction is an "
+                        "error")
+    g.add_argument("--allow-unknown-values", action="store_true",
+                   help="ground-truth values the mask rule cannot place are not scored (a warning names the files) "
+                        "instead of an error; predictions must always hold classes")
     p.add_argument("--out", metavar="DIR", help="folder for metrics.json and per_image.csv; when not given, "
-                                                "'evaluation' beside the prediction masks folder (PRED/evaluation "
-                                                "for a segan predict output)")
+                                                "RUN/evaluation/SPLIT for --model, else 'evaluation' beside the "
+                                                "prediction masks folder (PRED/evaluation for a segan predict output)")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results in the output folder")
     p.set_defaults(handler=_evaluate)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_folders, format_table, write_report
+    from .evaluation import evaluate_folders, format_table, refuse_earlier_report, write_report
     from .metrics import json_safe
     if args.model:
         from .evaluation import evaluate_model
         if args.pred or args.gt:
             raise ValueError("give either --model RUN (with --data/--split) or --pred DIR --gt DIR, not both")
         out = Path(args.out) if args.out else Path(args.model) / "evaluation" / args.split
-        threshold = args.threshold
-        if args.sweep_threshold:
-            from .evaluation import sweep_threshold
-            if args.split == "val":
-                raise ValueError("--sweep-threshold chooses the threshold on val, so it cannot also score val; "
-                                 "give --split test (or another held-out split)")
-            sweep = sweep_threshold(args.model, args.data, out.parent / "val", tta=args.tta, device=args.device)
-            threshold = sweep["best_threshold"]
-            print(f"threshold {threshold} chosen on val (Dice {sweep['best']['dice']:.4f}; "
-                  f"at 0.5: {sweep['at_0.5']['dice']:.4f}); sweep in {out.parent / 'val' / 'threshold_sweep.json'}")
         result = evaluate_model(args.model, args.data, args.split, out, tta=args.tta, device=args.device,
-                                threshold=threshold)
+                                threshold=args.threshold, sweep_threshold_on_val=args.sweep_threshold,
+                                overwrite=args.overwrite)
+        if result.threshold_sweep:
+            sweep = result.threshold_sweep
+            print(f"threshold {sweep['best_threshold']} chosen on val (Dice {sweep['best']['dice']:.4f}; "
+                  f"at 0.5: {sweep['at_0.5']['dice']:.4f}); sweep in {sweep['file']}")
     elif args.pred and args.gt:
         from .data import MaskEncoding
         encoding = None
@@ -340,14 +425,18 @@ def _evaluate(args: argparse.Namespace) -> int:
             data = Config.load(args.config).data
             classes = classes or data.classes
             encoding = MaskEncoding.from_config(data)
+        out = Path(args.out) if args.out else None
+        if out is not None:  # checked before the work, not after it
+            refuse_earlier_report(out, args.overwrite)
         manifest = Path(args.pred) / "manifest.json"
         if classes is None and manifest.is_file():
             classes = json.loads(manifest.read_text()).get("classes") or None
         result = evaluate_folders(args.pred, args.gt, class_names=classes or ["background", "foreground"],
                                   ignore_index=None if args.ignore_index < 0 else args.ignore_index,
-                                  roi_dir=args.roi, allow_missing=args.allow_missing, encoding=encoding)
-        out = Path(args.out) if args.out else result.pred_dir.parent / "evaluation"
-        write_report(result, out)
+                                  roi_dir=args.roi, allow_missing=args.allow_missing, encoding=encoding,
+                                  allow_unknown_values=args.allow_unknown_values)
+        out = out or result.pred_dir.parent / "evaluation"
+        write_report(result, out, overwrite=args.overwrite)
     else:
         raise ValueError("segan evaluate needs --model RUN, or --pred DIR (predicted masks) and --gt DIR "
                          "(ground-truth masks)")
@@ -360,11 +449,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segan", description="GAN-based image segmentation.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--max-image-pixels", type=int, metavar="N",
-                        help="refuse images declaring more pixels than this before decoding them (default 16384^2 "
-                             "= 268435456, or SEGAN_MAX_IMAGE_PIXELS): guards against decompression bombs")
+    parser = argparse.ArgumentParser(prog="segan", description="GAN-based image segmentation.",
+                                     parents=[_global_flags(None)], formatter_class=_HelpFormatter)
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_train(subparsers)
     _add_predict(subparsers)

@@ -3,19 +3,84 @@
 One `Config` holds everything needed to rebuild a run: the data layout and mask encoding, the
 generator and discriminator, the losses and the optimisation. `train` writes it to
 `RUN/config.yaml`; `predict` reads it back, so a run folder is self-describing.
+
+The dataclass annotations are the schema: `Config.from_dict`, `Config.load`, `merge` and the
+command-line flags check every value against them with pydantic (types, ranges, option lists,
+unknown keys) plus the rules that relate two settings, and raise one `ConfigError` that lists
+every problem, one per line, with its key path, the value found and what is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal, Mapping, Sequence, Union
 
 import yaml
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Every smp encoder downsamples 32x at depth 5 (shallower ones divide it): image sides must be
+# multiples of it for the decoder's skip connections to line up.
+NETWORK_STRIDE = 32
+
+# The option lists, defined once: the schema checks against the Literal types, and the losses,
+# transforms, training loop and command line read the tuples.
+AdversarialMode = Literal["vanilla", "lsgan", "hinge"]
+InputGuard = Literal["none", "smooth", "noise"]
+AugmentPreset = Literal["none", "light", "medium", "heavy"]
+ResizeMode = Literal["resize", "crop"]
+Precision = Literal["32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"]
+InChannels = Literal[1, 3]
+ADVERSARIAL_MODES: tuple[str, ...] = typing.get_args(AdversarialMode)
+INPUT_GUARDS: tuple[str, ...] = typing.get_args(InputGuard)
+AUGMENT_PRESETS: tuple[str, ...] = typing.get_args(AugmentPreset)
+RESIZE_MODES: tuple[str, ...] = typing.get_args(ResizeMode)
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+IN_CHANNELS: tuple[int, ...] = typing.get_args(InChannels)
+
+
+class Allowed:
+    """Annotation metadata: how an error message words the values a setting allows, where the
+    wording derived from its type would not tell a user enough (e.g. "background first")."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _all_different(names: list[str]) -> list[str]:
+    if len(set(names)) != len(names):
+        raise ValueError("names repeat")
+    return names
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Colour = Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=3, max_length=3),
+                   Allowed("an [R, G, B] colour of three integers from 0 to 255")]
+ClassNames = Annotated[list[str], Field(min_length=2), AfterValidator(_all_different),
+                       Allowed("a list of at least 2 different class names, background first")]
+ImageSize = Annotated[int, Field(ge=NETWORK_STRIDE, multiple_of=NETWORK_STRIDE),
+                      Allowed(f"a multiple of the network stride {NETWORK_STRIDE}")]
+# left_to_right: "2" from the command line is a device count, not a device string.
+Devices = Annotated[int | list[int] | str, Field(union_mode="left_to_right"),
+                    Allowed("a device count, a list of device indices, or 'auto'")]
+
+# One set of parsing rules for every section. Lax mode converts what YAML and the command line
+# give as text ("3", "1e-3", which YAML 1.1 reads as a string); numbers become strings where a
+# name is expected (`train_split: 2012`); infinities and NaN are never a sensible setting.
+SCHEMA_RULES = ConfigDict(extra="forbid", coerce_numbers_to_str=True, allow_inf_nan=False)
 
 
 @dataclass
@@ -55,10 +120,12 @@ class DataConfig:
             are kept.
         colors: colour-coded masks: one [R, G, B] per class, in class order.
         ignore_color: colour-coded masks: the [R, G, B] of ignored pixels.
+        allow_unknown_values: binary/multi-class masks: pixels whose stored value the mask rule
+            cannot place are ignored (with a warning) instead of being an error.
 
     Reading and augmentation:
         in_channels: 1 (greyscale) or 3 (RGB); images are converted on reading.
-        size: training side length in pixels.
+        size: training side length in pixels, a multiple of the network stride (32).
         resize: "resize" scales every image to `size` x `size`; "crop" takes random `size` crops
             for training and validates at full resolution (padded to the network stride).
         augment: albumentations preset: none, light, medium or heavy.
@@ -70,10 +137,12 @@ class DataConfig:
         num_workers: DataLoader worker processes.
     """
 
+    __pydantic_config__ = SCHEMA_RULES
+
     root: str = ""
     train_split: str = "train"
     val_split: str | None = None
-    val_fraction: float = 0.2
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     split_seed: int = 0
     image_dir: str | None = None
     mask_dir: str | None = None
@@ -83,21 +152,24 @@ class DataConfig:
     roi_name: str = "{id}"
     pairs_file: str | None = None
     strip_prefix: str | None = None
-    classes: list[str] = field(default_factory=lambda: ["background", "foreground"])
+    classes: ClassNames = field(default_factory=lambda: ["background", "foreground"])
     ignore_index: int = 255
-    threshold: int = 127
+    # Below 255, so that a 0/255 mask always has a foreground.
+    threshold: Annotated[int, Field(ge=0, le=254)] = 127
     invert: bool = False
     value_map: dict[int, int] | None = None
-    colors: list[list[int]] | None = None
-    ignore_color: list[int] | None = None
-    in_channels: int = 3
-    size: int = 256
-    resize: str = "resize"
-    augment: str = "light"
+    colors: Annotated[list[Colour] | None,
+                      Allowed("a list of [R, G, B] colours of three integers from 0 to 255, or null")] = None
+    ignore_color: Colour | None = None
+    allow_unknown_values: bool = False
+    in_channels: InChannels = 3
+    size: ImageSize = 256
+    resize: ResizeMode = "resize"
+    augment: AugmentPreset = "light"
     rotations: bool = True
     mean: list[float] | None = None
-    std: list[float] | None = None
-    num_workers: int = 2
+    std: list[PositiveFloat] | None = None
+    num_workers: NonNegativeInt = 2
 
     @property
     def num_classes(self) -> int:
@@ -131,9 +203,11 @@ class GeneratorConfig:
             path to a local encoder state dict.
     """
 
+    __pydantic_config__ = SCHEMA_RULES
+
     arch: str = "unet"
     encoder_name: str = "resnet18"
-    encoder_depth: int = 5
+    encoder_depth: Annotated[int, Field(ge=3, le=5)] = 5
     encoder_weights: str | None = None
 
 
@@ -155,11 +229,13 @@ class DiscriminatorConfig:
         guard_strength: amount of smoothing or noise.
     """
 
-    base_channels: int = 16
-    n_layers: int = 3
+    __pydantic_config__ = SCHEMA_RULES
+
+    base_channels: PositiveInt = 16
+    n_layers: PositiveInt = 3
     spectral_norm: bool = True
-    input_guard: str = "smooth"
-    guard_strength: float = 0.1
+    input_guard: InputGuard = "smooth"
+    guard_strength: NonNegativeFloat = 0.1
 
 
 @dataclass
@@ -173,11 +249,13 @@ class LossConfig:
         adv_warmup_epochs: supervised-only epochs before the adversarial term starts.
     """
 
-    dice_weight: float = 1.0
-    ce_weight: float = 1.0
-    adv_mode: str = "vanilla"
-    adv_weight: float = 0.01
-    adv_warmup_epochs: int = 2
+    __pydantic_config__ = SCHEMA_RULES
+
+    dice_weight: NonNegativeFloat = 1.0
+    ce_weight: NonNegativeFloat = 1.0
+    adv_mode: AdversarialMode = "vanilla"
+    adv_weight: NonNegativeFloat = 0.01
+    adv_warmup_epochs: NonNegativeInt = 2
 
 
 @dataclass
@@ -192,25 +270,34 @@ class TrainConfig:
         weight_decay: generator weight decay.
         seed: seeds Python, NumPy, torch and the data split.
         accelerator: auto, cpu, gpu, ...
-        devices: number of devices, or "auto"; more than one runs DDP.
-        precision: Lightning precision string (32-true, 16-mixed, bf16-mixed).
+        devices: number of devices, a list of device indices, or "auto"; more than one runs DDP.
+        precision: Lightning precision string (32-true, 16-mixed, bf16-mixed, ...).
+        checkpoint_every_n_steps: also write last.ckpt every N training steps; None writes it at
+            the end of every epoch only.
         out: run folder.
     """
 
-    epochs: int = 20
-    batch_size: int = 8
-    lr: float = 1e-3
-    d_lr: float = 2e-4
-    weight_decay: float = 0.0
+    __pydantic_config__ = SCHEMA_RULES
+
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 8
+    lr: PositiveFloat = 1e-3
+    d_lr: PositiveFloat = 2e-4
+    weight_decay: NonNegativeFloat = 0.0
     seed: int = 0
     accelerator: str = "auto"
-    devices: Any = 1
-    precision: str = "32-true"
+    devices: Devices = 1
+    precision: Precision = "32-true"
+    checkpoint_every_n_steps: PositiveInt | None = None
     out: str = "weights/run"
 
 
 @dataclass
 class Config:
+    """All settings of a run, one section per part (see each section's class for its settings)."""
+
+    __pydantic_config__ = SCHEMA_RULES
+
     data: DataConfig = field(default_factory=DataConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
@@ -222,91 +309,241 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "Config":
+        """The defaults with `values` ({section: {key: value}}) on top; see `merge`."""
         return merge(cls(), values)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        from .atomic import atomic_write
+        atomic_write(path, yaml.safe_dump(self.to_dict(), sort_keys=False).encode())
 
     @classmethod
     def load(cls, path: str | Path) -> "Config":
+        """Reads a YAML config: every section and key is optional, missing ones keep their defaults.
+
+        Raises:
+            FileNotFoundError: no file at `path`.
+            ConfigError: the file is not YAML, or its values break the schema (every problem listed).
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:
-            raise ValueError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of sections (data, generator, ...)")
+            raise ConfigError([f"not valid YAML: {str(error).splitlines()[0]}"], f"cannot read {path}") from None
         try:
             return cls.from_dict(values)
-        except (KeyError, TypeError) as error:
-            raise ValueError(f"{path}: {error}") from None
+        except ConfigError as error:
+            raise ConfigError(error.problems, f"invalid config in {path}") from None
+
+
+class ConfigError(ValueError):
+    """Settings that break the schema, all of them: one line per problem, each starting with the
+    setting's key path (`train.epochs: expected an integer >= 1, got 'ten'`).
+
+    Attributes:
+        problems: the lines: settings invalid on their own in section and key order, then
+            unknown keys, then settings that contradict each other.
+        context: what was being checked ("invalid config in run/config.yaml").
+    """
+
+    def __init__(self, problems: Sequence[str], context: str = "invalid config") -> None:
+        self.problems = list(problems)
+        self.context = context
+        super().__init__(f"{context}:\n  " + "\n  ".join(self.problems))
+
+    def __reduce__(self):
+        # An exception pickles as its class and `args` (here the message alone), which this
+        # __init__ would misread; DDP and DataLoader workers pickle exceptions.
+        return type(self), (self.problems, self.context)
+
+
+# {section name: its dataclass}, in the order of `Config`'s fields.
+SECTIONS: dict[str, type] = typing.get_type_hints(Config)
 
 
 def merge(config: Config, values: Mapping[str, Any]) -> Config:
     """Returns a copy of `config` with `values` ({section: {key: value}}) applied on top.
 
-    Unknown sections or keys raise KeyError naming them, so a typo in a YAML file is caught.
+    Every value is checked against the schema, together with `config`'s own.
+
+    Raises:
+        ConfigError: listing every unknown section or key (with the nearest known name), every
+            value of the wrong type or out of range, and every pair of settings that contradict
+            each other.
     """
-    sections = {}
-    for section in dataclasses.fields(config):
-        current = getattr(config, section.name)
-        updates = dict(values.get(section.name) or {})
-        known = {f.name for f in dataclasses.fields(current)}
-        unknown = set(updates) - known
-        if unknown:
-            raise KeyError(f"unknown setting(s) {sorted(unknown)} in section '{section.name}'; "
-                           f"known: {sorted(known)}")
-        sections[section.name] = dataclasses.replace(current, **updates)
-    unknown_sections = set(values) - set(sections)
-    if unknown_sections:
-        raise KeyError(f"unknown config section(s) {sorted(unknown_sections)}; "
-                       f"known: {sorted(sections)}")
-    return Config(**sections)
+    if not isinstance(values, Mapping):
+        raise ConfigError([f"expected a mapping of sections ({', '.join(SECTIONS)}), got {values!r}"])
+    merged: dict[str, Any] = config.to_dict()
+    for section, updates in values.items():
+        if section in SECTIONS and isinstance(updates, Mapping):
+            merged[section] = {**merged[section], **updates}
+        elif section in SECTIONS and updates is None:
+            continue  # an empty section in YAML (`train:`) changes nothing
+        else:
+            merged[section] = updates
+    return _checked(merged)
+
+
+def check_setting(section: str, key: str, value: Any) -> Any:
+    """Returns `value` as setting `section.key` holds it (the command line's "3" becomes 3).
+
+    Raises:
+        ConfigError: the value breaks the setting's type or range, with the message a config
+            file would get.
+    """
+    try:
+        return _value_adapter(section, key).validate_python(value)
+    except ValidationError as error:
+        raise ConfigError([_value_problem(section, key, value, error.errors())]) from None
 
 
 def validate(config: Config) -> None:
-    """Raises ValueError naming every setting that cannot work, before any data is read or any
-    step is taken (a stride that does not divide the image size fails here, not after an hour)."""
-    from .losses import ADVERSARIAL_MODES
-    from .transforms import PRESETS
-    data, generator, train, loss = config.data, config.generator, config.train, config.loss
-    problems = []
-    if not data.root:
-        problems.append("no dataset: set data.root (--data DIR)")
-    if len(data.classes) < 2 or len(set(data.classes)) != len(data.classes):
-        problems.append(f"data.classes needs at least two different names, background first; got {data.classes}")
-    elif 0 <= data.ignore_index < len(data.classes):
-        problems.append(f"data.ignore_index {data.ignore_index} is also class '{data.classes[data.ignore_index]}'; "
-                        f"use a value of {len(data.classes)} or more (255 is usual)")
-    if data.in_channels not in (1, 3):
-        problems.append(f"data.in_channels must be 1 (greyscale) or 3 (RGB), got {data.in_channels}")
-    if not 3 <= generator.encoder_depth <= 5:
-        problems.append(f"generator.encoder_depth must be 3, 4 or 5, got {generator.encoder_depth}")
-    stride = 2 ** 5  # every smp encoder downsamples 32x at depth 5; shallower ones divide it
-    if data.size < stride or data.size % stride:
-        nearest = max(stride, round(data.size / stride) * stride)
-        problems.append(f"data.size {data.size} is not a multiple of the network stride {stride}; use {nearest}")
-    if data.resize not in ("resize", "crop"):
-        problems.append(f"data.resize must be resize or crop, got {data.resize}")
-    if data.augment not in PRESETS:
-        problems.append(f"data.augment must be one of {list(PRESETS)}, got {data.augment}")
-    if not 0.0 < data.val_fraction < 1.0:
-        problems.append(f"data.val_fraction must be between 0 and 1, got {data.val_fraction}")
-    if not 0 <= data.threshold < 255:
-        problems.append(f"data.threshold must be 0-254, got {data.threshold}")
-    if loss.adv_mode not in ADVERSARIAL_MODES:
-        problems.append(f"loss.adv_mode must be one of {list(ADVERSARIAL_MODES)}, got {loss.adv_mode}")
-    if loss.adv_weight < 0 or loss.adv_warmup_epochs < 0:
-        problems.append("loss.adv_weight and loss.adv_warmup_epochs must not be negative")
-    if train.epochs < 1 or train.batch_size < 1:
-        problems.append(f"train.epochs and train.batch_size must be at least 1, got {train.epochs}, {train.batch_size}")
-    if train.lr <= 0 or train.d_lr <= 0:
-        problems.append(f"train.lr and train.d_lr must be positive, got {train.lr}, {train.d_lr}")
+    """Raises ConfigError naming every setting that cannot work, before any data is read or any
+    step is taken (a stride that does not divide the image size fails here, not after an hour).
+
+    The schema's checks run again (code may have changed the dataclasses since they were built),
+    and training needs a dataset.
+    """
+    problems = [] if config.data.root else ["data.root: no dataset; set data.root (--data DIR)"]
     try:
-        data.normalization()
-    except ValueError as error:
-        problems.append(str(error))
+        _checked(config.to_dict())
+    except ConfigError as error:
+        problems += error.problems
     if problems:
-        raise ValueError("the config cannot work:\n  " + "\n  ".join(problems))
+        raise ConfigError(problems, "the config cannot work")
+
+
+def _checked(values: dict[str, Any]) -> Config:
+    """The `Config` that `values` describe, or ConfigError with every problem."""
+    try:
+        return _relations_checked(_config_adapter().validate_python(values), invalid=set())
+    except ValidationError as error:
+        problems, invalid = _problems(values, error.errors())
+    # Relations between settings are checked too, among the settings that are valid on their own;
+    # the invalid ones fall back to their defaults for that.
+    valid = {section: {key: value for key, value in settings.items() if f"{section}.{key}" not in invalid}
+             for section, settings in values.items()
+             if section in SECTIONS and isinstance(settings, Mapping) and f"{section}.*" not in invalid}
+    try:
+        _relations_checked(_config_adapter().validate_python(valid), invalid)
+    except ConfigError as relations:
+        problems += relations.problems
+    raise ConfigError(problems)
+
+
+def _relations_checked(config: Config, invalid: set[str]) -> Config:
+    """`config`, or ConfigError naming settings that are valid alone but contradict each other;
+    rules that involve a setting in `invalid` ("section.key") are skipped."""
+    data, problems = config.data, []
+    if invalid.isdisjoint({"data.classes", "data.ignore_index"}) and 0 <= data.ignore_index < data.num_classes:
+        problems.append(f"data.ignore_index: {data.ignore_index} is also class '{data.classes[data.ignore_index]}'; "
+                        f"use a value of {data.num_classes} or more (255 is usual)")
+    for name in ("mean", "std"):
+        values = getattr(data, name)
+        if invalid.isdisjoint({f"data.{name}", "data.in_channels"}) and values is not None \
+                and len(values) != data.in_channels:
+            problems.append(f"data.{name}: expected {data.in_channels} value(s), one per input channel "
+                            f"(data.in_channels is {data.in_channels}), got {values}")
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _problems(values: Mapping[str, Any], errors: list[dict[str, Any]]) -> tuple[list[str], set[str]]:
+    """One line per setting named in pydantic's `errors`, and the settings ("section.key", or
+    "section.*" for a whole section) that they make invalid."""
+    problems, invalid = [], set()
+    for error in errors:
+        section, key = error["loc"][0], error["loc"][1] if len(error["loc"]) > 1 else None
+        unknown = error["type"] in ("unexpected_keyword_argument", "extra_forbidden")
+        path = f"{section}.*" if key is None else f"{section}.{key}"
+        if path in invalid:
+            continue  # one line per setting, however many parts of its value are wrong
+        invalid.add(path)
+        if key is None and unknown:
+            problems.append(f"{section}: unknown section{_nearest(section, SECTIONS)}; known: {', '.join(SECTIONS)}")
+        elif key is None:
+            problems.append(f"{section}: expected a mapping of settings, got {values[section]!r}")
+        elif unknown:
+            known = [setting.name for setting in dataclasses.fields(SECTIONS[section])]
+            problems.append(f"{section}.{key}: unknown setting{_nearest(key, known)}; known: {', '.join(known)}")
+        else:
+            problems.append(_value_problem(section, key, values[section][key], [error]))
+    return problems, invalid
+
+
+def _value_problem(section: str, key: str, value: Any, errors: list[dict[str, Any]]) -> str:
+    annotation = _annotations(SECTIONS[section])[key]
+    problem = f"{section}.{key}: expected {_describe(annotation)}, got {value!r}"
+    multiple = _constraints(annotation).get("multiple_of")
+    if multiple and any(error["type"] in ("multiple_of", "greater_than_equal") for error in errors):
+        # Only numbers reach these checks, but from the command line as text ("100").
+        problem += f"; use {max(multiple, round(float(value) / multiple) * multiple)}"
+    return problem
+
+
+def _nearest(name: Any, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(name), known, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _describe(annotation: Any, plural: bool = False) -> str:
+    """What a type allows, in words: "an integer >= 1", "one of 'resize', 'crop'", ..."""
+    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        allowed = [item.text for item in arguments[1:] if isinstance(item, Allowed)]
+        if allowed:
+            return allowed[0]
+        return _describe(arguments[0], plural) + _bounds(_constraints(annotation))
+    if origin in (Union, types.UnionType):
+        options = [option for option in arguments if option is not type(None)]
+        text = " or ".join(_describe(option, plural) for option in options)
+        return text + " or null" if len(options) < len(arguments) else text
+    if origin is Literal:
+        return "one of " + ", ".join(repr(option) for option in arguments)
+    if origin is list:
+        return "a list of " + _describe(arguments[0], plural=True)
+    if origin is dict:
+        return f"a mapping of {_describe(arguments[0], plural=True)} to {_describe(arguments[1], plural=True)}"
+    singular, many = {int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings"),
+                      bool: ("true or false", "true or false")}.get(annotation, ("any value", "any values"))
+    return many if plural else singular
+
+
+def _bounds(constraints: dict[str, Any]) -> str:
+    """" >= 1", " from 3 to 5", " > 0 and < 1", or "" for no bounds."""
+    if "ge" in constraints and "le" in constraints:
+        return f" from {constraints['ge']} to {constraints['le']}"
+    symbols = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    parts = [f"{symbols[name]} {constraints[name]}" for name in symbols if name in constraints]
+    return " " + " and ".join(parts) if parts else ""
+
+
+def _constraints(annotation: Any) -> dict[str, Any]:
+    """The numeric constraints (ge, gt, le, lt, multiple_of) of an Annotated type's metadata."""
+    if typing.get_origin(annotation) is not Annotated:
+        return {}
+    constraints = {}
+    for item in typing.get_args(annotation)[1:]:
+        for constraint in item.metadata if isinstance(item, FieldInfo) else [item]:
+            for name in ("ge", "gt", "le", "lt", "multiple_of"):
+                if getattr(constraint, name, None) is not None:
+                    constraints[name] = getattr(constraint, name)
+    return constraints
+
+
+@functools.cache
+def _annotations(section_type: type) -> dict[str, Any]:
+    return typing.get_type_hints(section_type, include_extras=True)
+
+
+@functools.cache
+def _config_adapter() -> TypeAdapter:
+    # Built on first use: it costs tens of milliseconds that `segan --help` need not pay.
+    return TypeAdapter(Config)
+
+
+@functools.cache
+def _value_adapter(section: str, key: str) -> TypeAdapter:
+    return TypeAdapter(_annotations(SECTIONS[section])[key], config=SCHEMA_RULES)

@@ -4,6 +4,10 @@ Files pair by their path relative to each folder, without the suffix (`a/b.png` 
 `a/b.jpg`). Every ground-truth mask needs a prediction unless `allow_missing` is set: an
 evaluation that silently drops images would report the wrong figures. Predictions without ground
 truth are listed and left out. The figures and their definitions are `segan.metrics.report`.
+
+Mask values are never guessed (see `MaskEncoding`): a prediction or ground truth holding a value
+its encoding cannot place, a size mismatch or an unreadable file stops the evaluation before any
+figure is computed, with every such file listed.
 """
 
 from __future__ import annotations
@@ -21,14 +25,28 @@ import numpy as np
 import torch
 
 from . import metrics
-from .data.encoding import MaskEncoding, read_mask, read_roi
-from .data.io import IMAGE_SUFFIXES
+from .data.encoding import MaskEncoding, MaskValueError, format_counts, read_mask, read_mask_with_unknown, read_roi
+from .data.io import IMAGE_SUFFIXES, ImageReadError
+from .text import name_list as _names
 
 log = logging.getLogger(__name__)
 
 
 class EvaluationError(ValueError):
-    """Folders that cannot be evaluated: nothing pairs, missing predictions, sizes that differ."""
+    """Folders that cannot be evaluated: nothing pairs, missing predictions, sizes that differ,
+    mask values that cannot be placed.
+
+    Attributes:
+        problems: one line per file (or pair) that could not be scored; empty for errors about
+            the folders as a whole.
+    """
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = list(problems)
+
+    def __reduce__(self):
+        return type(self), (str(self), self.problems)
 
 
 @dataclass
@@ -45,6 +63,7 @@ class EvaluationResult:
     pred_dir: Path
     gt_dir: Path
     roi_dir: Path | None = None
+    threshold_sweep: dict | None = None  # how the binary threshold was chosen on val, when it was
     unmatched_predictions: list[str] = field(default_factory=list)  # predictions without ground truth
     missing_predictions: list[str] = field(default_factory=list)  # ground truth without prediction (allow_missing)
     roi_files: list[Path | None] = field(default_factory=list)
@@ -118,16 +137,11 @@ def _resolve(folder: str | Path, what: str) -> Path:
     return folder
 
 
-def _names(keys: Sequence[str], limit: int = 10) -> str:
-    keys = list(keys)
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
 def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, num_classes: int | None = None,
                      class_names: Sequence[str] | None = None, ignore_index: int | None = 255,
                      roi_dir: str | Path | None = None, allow_missing: bool = False,
-                     only: Sequence[str] | None = None, encoding: MaskEncoding | None = None) -> EvaluationResult:
+                     only: Sequence[str] | None = None, encoding: MaskEncoding | None = None,
+                     allow_unknown_values: bool = False) -> EvaluationResult:
     """Scores the predicted masks in `pred_dir` against the ground truth in `gt_dir`.
 
     Args:
@@ -137,13 +151,20 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, num_classes: int 
             images/ + masks/ works too.
         num_classes: class count; default len(class_names), or 2 (binary).
         class_names: class names, background first; default background/foreground or class_<i>.
-        ignore_index: ground-truth value that is not scored (multi-class masks; binary 0/255
-            masks are thresholded at 127 as in training, so they have no ignore value).
+        ignore_index: ground-truth value that is not scored (multi-class masks; binary masks
+            follow `MaskEncoding`'s binary rule, 0/1 or 0/255 thresholded at 127 as in training,
+            so they have no ignore value).
         roi_dir: optional masks of the same layout; pixels where the ROI is 0 are not scored.
         allow_missing: score only the ground truth that has a prediction instead of failing.
         only: score exactly these ground-truth stems (e.g. a held-out split of a folder).
         encoding: how ground-truth values become classes (a dataset's `MaskEncoding`); default
             binary 0/1 or 0/255 for two classes, else class indices with `ignore_index`.
+        allow_unknown_values: ground-truth values the encoding cannot place are not scored (a
+            warning names the files) instead of failing; predictions must always place.
+
+    Raises:
+        EvaluationError: before anything is scored, listing every file with values that cannot
+            be placed, every size mismatch and every unreadable file.
     """
     if class_names is not None:
         class_names = [str(name) for name in class_names]
@@ -196,6 +217,8 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, num_classes: int 
             raise EvaluationError(f"{len(without_roi)} images have no region-of-interest mask in {roi_dir}: "
                                   f"{_names(without_roi)}")
     encoding = encoding or MaskEncoding(num_classes, ignore_index)
+    if allow_unknown_values and not encoding.allow_unknown_values:
+        encoding = dataclasses.replace(encoding, allow_unknown_values=True)
     items = [(name, preds[name], truths[name], roi_files.get(name)) for name in names]
     return score_pairs(items, class_names, encoding, pred_dir=pred_dir, gt_dir=gt_dir, roi_dir=roi_dir,
                        unmatched_predictions=unmatched, missing_predictions=missing if allow_missing else [])
@@ -205,47 +228,97 @@ def score_pairs(items: Sequence[tuple[str, Path, Path, Path | None]], class_name
                 encoding: MaskEncoding, **where) -> EvaluationResult:
     """Scores (name, prediction, ground truth, region of interest or None) files.
 
-    Predictions are segan's own encoding (0/255 or 0/1 binary, class-index or palette PNGs);
-    ground truth is decoded with `encoding`, the dataset's. `where` fills the result's folder fields.
+    Predictions are segan's own encoding (binary 0/1 or 0/255 by `MaskEncoding`'s binary rule,
+    class-index or palette PNGs); ground truth is decoded with `encoding`, the dataset's. `where`
+    fills the result's folder fields.
+
+    Raises:
+        EvaluationError: listing every pair that cannot be scored (unplaceable values, unreadable
+            files, sizes that differ), after reading them all and before any figure is computed.
     """
     num_classes = len(class_names)
     ignore_index = encoding.ignore_index
-    prediction_encoding = MaskEncoding(num_classes, ignore_index)
+    # Predictions never carry an ignore value and never have unknown values ignored: every pixel
+    # must hold a class, or the figures would leave out what the prediction got wrong.
+    prediction_encoding = MaskEncoding(num_classes, None)
     confusions = torch.zeros(len(items), num_classes, num_classes, dtype=torch.long)
+    problems: list[str] = []
+    ignored: list[str] = []  # ground truth whose unplaceable values allow_unknown_values left out
     for i, (name, pred_path, gt_path, roi_path) in enumerate(items):
-        truth = read_mask(gt_path, encoding)
-        pred = read_mask(pred_path, prediction_encoding)
+        truth = pred = None
+        try:
+            truth, unknown = read_mask_with_unknown(gt_path, encoding)
+            if unknown:
+                ignored.append(f"{gt_path} ({format_counts(unknown)})")
+        except ImageReadError as error:
+            problems.append(f"ground truth {error}")
+        try:
+            pred = read_mask(pred_path, prediction_encoding)
+        except MaskValueError as error:
+            problems.append(_prediction_problem(pred_path, error, num_classes))
+        except ImageReadError as error:
+            problems.append(f"prediction {error}")
+        if truth is None or pred is None:
+            continue
         if pred.shape != truth.shape:
-            raise EvaluationError(f"prediction {pred_path} is {pred.shape[1]}x{pred.shape[0]} (WxH) but ground "
-                                  f"truth {gt_path} is {truth.shape[1]}x{truth.shape[0]}; predict at the "
-                                  "ground truth's size")
-        if int(pred.max(initial=0)) >= num_classes:
-            values = np.unique(pred[pred >= num_classes])[:10].tolist()
-            raise EvaluationError(f"prediction {pred_path} has values {values} that are not class indices "
-                                  f"(0-{num_classes - 1}); a prediction must give every pixel a class")
+            problems.append(f"prediction {pred_path} is {pred.shape[1]}x{pred.shape[0]} (WxH) but ground truth "
+                            f"{gt_path} is {truth.shape[1]}x{truth.shape[0]}; predict at the ground truth's size")
+            continue
         target = torch.from_numpy(truth).long()
         if roi_path is not None:
-            inside = read_roi(roi_path)
+            try:
+                inside = read_roi(roi_path)
+            except ImageReadError as error:
+                problems.append(f"region of interest {error}")
+                continue
             if inside.shape != truth.shape:
-                raise EvaluationError(f"region of interest {roi_path} is {inside.shape[1]}x{inside.shape[0]} "
-                                      f"but ground truth {gt_path} is {truth.shape[1]}x{truth.shape[0]}")
+                problems.append(f"region of interest {roi_path} is {inside.shape[1]}x{inside.shape[0]} but ground "
+                                f"truth {gt_path} is {truth.shape[1]}x{truth.shape[0]}")
+                continue
             target[torch.from_numpy(~inside)] = -1  # confusion_matrix leaves out targets outside 0..C-1
         confusions[i] = metrics.confusion_matrix(torch.from_numpy(pred).long()[None], target[None],
                                                  num_classes, ignore_index)[0]
+    if problems:
+        raise EvaluationError(f"{len(problems)} problem(s) in {len(items)} prediction/ground-truth pairs; nothing "
+                              "was scored:\n" + "\n".join(f"  - {problem}" for problem in problems), problems)
+    if ignored:
+        log.warning("%d ground-truth masks hold values the mask encoding cannot place; allow_unknown_values leaves "
+                    "those pixels unscored: %s", len(ignored), "; ".join(ignored))
     binary = num_classes == 2
     return EvaluationResult(
         names=[item[0] for item in items], pred_files=[item[1] for item in items],
         gt_files=[item[2] for item in items], roi_files=[item[3] for item in items], encoding=encoding,
         confusions=confusions, class_names=list(class_names),
-        # binary masks are thresholded as in training, so they have no ignore value unless remapped
-        ignore_index=ignore_index if not binary or encoding.value_map else None,
+        # binary masks follow the binary rule, so they have no ignore value unless remapped or allowed unknowns
+        ignore_index=ignore_index if not binary or encoding.value_map or encoding.allow_unknown_values else None,
         report=metrics.report(confusions, list(class_names), binary=binary), **where)
 
 
-def write_report(result: EvaluationResult, out_dir: str | Path) -> dict[str, Path]:
+def _prediction_problem(path: Path, error: MaskValueError, num_classes: int) -> str:
+    """What is wrong with a prediction's values, in a prediction's terms (the encoding's own
+    message is about a dataset's masks and points at data.value_map)."""
+    values, counts = list(error.values), format_counts(error.values)
+    if num_classes == 2:
+        return (f"prediction {path}: values {values} cannot be placed ({counts}); a binary prediction is 0/1, or "
+                "0/255 thresholded at 127 (segan predict writes 0/255); if the predictions are multi-class, give "
+                "--classes with one name per class")
+    return (f"prediction {path}: values {values} are not class indices ({counts}); a prediction must give every "
+            f"pixel a class index (0-{num_classes - 1})")
+
+
+def refuse_earlier_report(out_dir: Path, overwrite: bool) -> None:
+    """Refuses to replace an earlier evaluation's metrics.json unless `overwrite` says so."""
+    if (Path(out_dir) / "metrics.json").is_file() and not overwrite:
+        raise EvaluationError(f"{out_dir} already holds an evaluation (metrics.json); nothing was written. Write this "
+                              "one elsewhere with --out NEW_FOLDER, or replace it with --overwrite")
+
+
+def write_report(result: EvaluationResult, out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
     """Writes `metrics.json` (the report with definitions; null where undefined) and `per_image.csv`
-    (one row per image, worst headline IoU first; empty cells where undefined) into `out_dir`."""
+    (one row per image, worst headline IoU first; empty cells where undefined) into `out_dir`;
+    an earlier report there is replaced only with `overwrite`."""
     out_dir = Path(out_dir)
+    refuse_earlier_report(out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path, csv_path = out_dir / "metrics.json", out_dir / "per_image.csv"
     metrics_path.write_text(json.dumps(metrics.json_safe(result.to_dict()), indent=2, allow_nan=False) + "\n")
@@ -273,6 +346,8 @@ def format_table(result: EvaluationResult, worst: int = 5) -> str:
     lines = []
     if result.binary:
         ignored = "; masks 0/1 or 0/255, thresholded at 127"
+        if result.encoding is not None and result.encoding.allow_unknown_values:
+            ignored += "; ground-truth values the binary rule cannot place not scored"
     else:
         ignored = f"; ground-truth value {result.ignore_index} not scored" if result.ignore_index is not None else ""
     roi = "; only pixels inside the region of interest" if result.roi_dir else ""
@@ -310,7 +385,8 @@ def format_table(result: EvaluationResult, worst: int = 5) -> str:
 def evaluate_model(run: str | Path, data_root: str | Path | None = None, split: str = "val",
                    out: str | Path | None = None, tta: bool = False, device: str = "auto", batch_size: int = 8,
                    num_workers: int = 2, progress: bool = True, threshold: float = 0.5,
-                   save_probs: bool = False) -> EvaluationResult:
+                   save_probs: bool = False, overwrite: bool = False,
+                   sweep_threshold_on_val: bool = False) -> EvaluationResult:
     """Segments a dataset split with a trained run and scores it.
 
     Runs exactly `segan predict` (same code: scale, padding or tiling, TTA, written PNG masks) into
@@ -325,19 +401,32 @@ def evaluate_model(run: str | Path, data_root: str | Path | None = None, split: 
         out: where predictions/, metrics.json and per_image.csv go; default RUN/evaluation/SPLIT.
         threshold: binary foreground threshold (see `sweep_threshold` to choose one on validation).
         save_probs: also keep the probability maps (predictions/probs/*.npy).
+        overwrite: replace an earlier evaluation in `out`; without it one is refused before any work.
+        sweep_threshold_on_val: binary tasks: choose the threshold of best Dice on the validation
+            split first (`sweep_threshold`, written beside `out` in val/), then score `split` with it;
+            refused for split "val", so the threshold is never chosen on the split it scores.
     """
     from .batch_predict import collect_inputs, predict_folder
     from .data.pairs import find_split
     from .inference import Predictor
 
+    out = Path(out) if out else Path(run) / "evaluation" / split
+    refuse_earlier_report(out, overwrite)
+    sweep = None
+    if sweep_threshold_on_val:
+        if split == "val":
+            raise EvaluationError("--sweep-threshold chooses the threshold on val, so it cannot also score val; "
+                                  "give --split test (or another held-out split)")
+        sweep = sweep_threshold(run, data_root, out.parent / "val", tta=tta, device=device)
+        sweep["file"] = str(out.parent / "val" / "threshold_sweep.json")
+        threshold = sweep["best_threshold"]
     predictor = Predictor.from_pretrained(run, device=device, tta=tta, threshold=threshold)
     config = predictor.config
     data = dataclasses.replace(config.data, root=str(data_root or config.data.root))
     pairs = find_split(data, split)
-    out = Path(out) if out else Path(run) / "evaluation" / split
     predictions = out / "predictions"
     summary = predict_folder(predictor, [pair.image for pair in pairs], predictions, batch_size=batch_size,
-                             num_workers=num_workers, progress=progress, save_probs=save_probs)
+                             num_workers=num_workers, progress=progress, save_probs=save_probs, overwrite=True)
     if summary.failed:
         raise EvaluationError(f"{summary.failed} images of the {split} split could not be segmented: "
                               f"{_names(summary.failures, 5)}")
@@ -348,7 +437,8 @@ def evaluate_model(run: str | Path, data_root: str | Path | None = None, split: 
     result = score_pairs(items, config.data.classes, MaskEncoding.from_config(data),
                          pred_dir=predictions / "masks", gt_dir=pairs[0].mask.parent,
                          roi_dir=Path(roi_dirs.pop()) if len(roi_dirs) == 1 else None)
-    write_report(result, out)
+    result.threshold_sweep = sweep
+    write_report(result, out, overwrite=True)
     return result
 
 
@@ -368,7 +458,7 @@ def sweep_threshold(run: str | Path, data_root: str | Path | None = None, out: s
     if criterion not in ("dice", "iou"):
         raise ValueError(f"criterion must be dice or iou, got {criterion}")
     out = Path(out) if out else Path(run) / "evaluation" / "val"
-    result = evaluate_model(run, data_root, "val", out, save_probs=True, **predict_args)
+    result = evaluate_model(run, data_root, "val", out, save_probs=True, overwrite=True, **predict_args)
     if not result.binary:
         raise EvaluationError("a threshold sweep is for binary tasks; multi-class masks take the argmax")
     foreground = np.zeros(steps, np.int64)  # truth-foreground pixels per probability bin

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from .config import Config, DataConfig
-from .data.io import to_channels
+from .data.io import to_channels, to_uint8
 from .models import output_channels
-from .transforms import STRIDE
+from .preprocess import labels_from_probabilities, pad_multiple, pad_to_multiple, prepare_image, probabilities
 
 
 class RunFolderError(ValueError):
@@ -28,19 +28,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
     return torch.device(device)
-
-
-def prepare(image: np.ndarray, data: DataConfig) -> np.ndarray:
-    """uint8 HxWxC (in the run's channel count) to a normalised float32 CxHxW array at the scale the
-    model trained at: resized to the training size (resize mode), or native (crop mode)."""
-    if data.resize == "resize":
-        image = cv2.resize(image, (data.size, data.size), interpolation=cv2.INTER_LINEAR)
-        if image.ndim == 2:
-            image = image[:, :, None]
-    mean, std = data.normalization()
-    mean = np.asarray(mean, np.float32) * 255
-    std = np.asarray(std, np.float32) * 255
-    return np.ascontiguousarray(((image.astype(np.float32) - mean) / std).transpose(2, 0, 1))
 
 
 def _window(size: int) -> np.ndarray:
@@ -69,7 +56,7 @@ class Predictor:
         tile_overlap: fraction of a tile shared with its neighbour.
         tta: average the probabilities over flips (and 90-degree rotations when the run says
             they keep labels valid).
-        threshold: foreground probability above which a binary pixel is foreground.
+        threshold: a binary pixel is foreground where its probability is at least this.
     """
 
     def __init__(self, model: torch.nn.Module, config: Config, device: str | torch.device = "cpu",
@@ -78,7 +65,8 @@ class Predictor:
         self.device = torch.device(device) if isinstance(device, str) else device
         self.model = model.to(self.device).eval()
         self.config = config
-        self.tile_size = max(STRIDE, tile_size // STRIDE * STRIDE)
+        stride = pad_multiple(self.model)
+        self.tile_size = max(stride, tile_size // stride * stride)
         self.tile_overlap = tile_overlap
         self.tta = tta
         if not 0.0 < threshold < 1.0:
@@ -118,7 +106,7 @@ class Predictor:
     # --- preprocessing ------------------------------------------------------------------------
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
-        return prepare(image, self.config.data)
+        return prepare_image(image, self.config.data)
 
     def restore(self, probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Probabilities at model scale (C, h, w) back to the original image size."""
@@ -146,20 +134,16 @@ class Predictor:
             view = torch.rot90(batch, turns, dims=(2, 3)) if turns else batch
             view = view.flip(3) if flip else view
             logits = self.model(view)
-            probs = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+            probs = probabilities(logits)
             probs = probs.flip(3) if flip else probs
             probs = torch.rot90(probs, -turns, dims=(2, 3)) if turns else probs
             total = probs if total is None else total + probs
         return (total / len(views)).float()
 
     def _padded_forward(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
-        """Runs same-shaped CxHxW arrays as one batch, reflect-padded to the stride, cropped back."""
+        """Runs same-shaped CxHxW arrays as one batch, padded to the stride, cropped back."""
         _, height, width = arrays[0].shape
-        pad_h, pad_w = (-height) % STRIDE, (-width) % STRIDE
-        batch = torch.from_numpy(np.stack(arrays))
-        if pad_h or pad_w:
-            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-            batch = F.pad(batch, (0, pad_w, 0, pad_h), mode=mode)
+        batch = pad_to_multiple(torch.from_numpy(np.stack(arrays)), pad_multiple(self.model))
         probs = self.forward(batch)[:, :, :height, :width]
         return list(probs.cpu())
 
@@ -215,11 +199,10 @@ class Predictor:
         return self.labels(torch.from_numpy(self.predict_proba(image)))
 
     def labels(self, probs: torch.Tensor) -> np.ndarray:
-        if probs.shape[0] == 1:
-            return (probs[0] > self.threshold).numpy().astype(np.uint8)
-        return probs.argmax(dim=0).numpy().astype(np.uint8)
+        """uint8 HxW class indices from (C, H, W) probabilities (binary: probability >= threshold)."""
+        return labels_from_probabilities(probs[None], self.threshold)[0].numpy().astype(np.uint8)
 
     def _channels(self, image: np.ndarray) -> np.ndarray:
-        if image.dtype == np.uint16:
-            image = (image >> 8).astype(np.uint8)
-        return to_channels(image, self.config.data.in_channels)
+        """An in-memory image as uint8 in the run's channel count, by the same rules as `read_image`
+        (16-bit scaled by the range of its bit depth: `segan.data.io.to_uint8`)."""
+        return to_channels(to_uint8(image), self.config.data.in_channels)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.losses import DiceLoss
 from torch import nn
 
-ADVERSARIAL_MODES = ("vanilla", "lsgan", "hinge")
+from .config import ADVERSARIAL_MODES  # the option list lives in the config schema
 
 
 class SegmentationLoss(nn.Module):

@@ -5,35 +5,43 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
 from . import metrics
+from .atomic import atomic_write
 from .checkpointing import AtomicCheckpointIO, CheckpointError, load_checkpoint
 from .config import Config, validate
-from .data import MaskEncoding, SegmentationDataset, find_splits
+from .data import EpochSampler, MaskEncoding, SegmentationDataset, find_splits
 from .losses import AdversarialLoss, SegmentationLoss
-from .models import build_discriminator, build_generator, labels, one_hot, output_channels, probabilities
-from .transforms import build_eval_transform, build_train_transform, seed_worker
+from .models import build_discriminator, build_generator, one_hot, output_channels
+from .preprocess import EvalTransform, labels, padded_logits, probabilities
+from .transforms import build_train_transform
 
 log = logging.getLogger(__name__)
 
-INPUT_GUARDS = ("none", "smooth", "noise")
 # Consecutive batches with a non-finite loss that are skipped before the run is stopped.
 NONFINITE_PATIENCE = 10
-# The discriminator "wins outright" when its loss, averaged over recent steps, falls below this
-# (vanilla BCE: both sides classified with > 95% confidence). Its steps are then skipped until G
-# catches up, since a perfect D gives G gradients that only push it off the data.
-D_COLLAPSE_LOSS = 0.05
+# The discriminator "wins outright" when its loss, averaged over recent steps, falls below the
+# figure of its loss for "both sides told apart with 95% confidence": vanilla BCE -log(0.95);
+# LSGAN (1 - 0.95)^2; hinge has no probabilities, and 0.05 means nearly every patch is beyond its
+# margin. Its steps are then skipped until G catches up, since a perfect D gives G gradients that
+# only push it off the data.
+D_COLLAPSE_LOSS = {"vanilla": 0.05, "lsgan": 0.0025, "hinge": 0.05}
 D_LOSS_MOMENTUM = 0.9
 
 
@@ -50,8 +58,6 @@ class SeganModule(L.LightningModule):
         self.save_hyperparameters({"config": config})
         self.config = Config.from_dict(config)
         data, loss = self.config.data, self.config.loss
-        if self.config.discriminator.input_guard not in INPUT_GUARDS:
-            raise ValueError(f"unknown input_guard '{self.config.discriminator.input_guard}'; choose one of {INPUT_GUARDS}")
         self.automatic_optimization = False
         self.mask_channels = output_channels(data.num_classes)
         self.generator = build_generator(self.config.generator, data.in_channels, data.num_classes)
@@ -118,7 +124,8 @@ class SeganModule(L.LightningModule):
                 if self.d_loss_average is not None:
                     average = D_LOSS_MOMENTUM * self.d_loss_average + (1 - D_LOSS_MOMENTUM) * average
                 self.d_loss_average = average
-                collapsed = self.trainer.strategy.reduce_boolean_decision(average < D_COLLAPSE_LOSS, all=False)
+                collapsed = self.trainer.strategy.reduce_boolean_decision(
+                    average < D_COLLAPSE_LOSS[self.config.loss.adv_mode], all=False)
                 opt_d.zero_grad()
                 if collapsed:
                     self.d_steps_skipped += 1
@@ -163,16 +170,45 @@ class SeganModule(L.LightningModule):
             log.error(self.stop_reason)
             self.trainer.should_stop = True
 
-    def on_train_epoch_end(self) -> None:
-        for scheduler in self.lr_schedulers():
-            scheduler.step()
+    def on_train_epoch_start(self) -> None:
+        # The learning rate is a function of the epoch alone (cosine from lr to 0 over
+        # train.epochs), not a scheduler's state: a resumed run gets exactly the rate the
+        # uninterrupted one had, and one resumed with more epochs gets the schedule of the new end.
+        factor = 0.5 * (1 + math.cos(math.pi * self.current_epoch / max(1, self.config.train.epochs)))
+        for optimizer in self.optimizers():
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * factor
+        # Order and augmentation are functions of (seed, epoch): told here, not counted, so a
+        # resumed run sees the batches of the uninterrupted one. Under DDP Lightning wraps the
+        # sampler and tells only the wrapper its epoch.
+        sampler = getattr(self.trainer.train_dataloader, "sampler", None)
+        sampler = getattr(getattr(sampler, "dataset", None), "_sampler", sampler)
+        if isinstance(sampler, EpochSampler):
+            sampler.set_epoch(self.current_epoch)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Everything besides weights and optimiser state that shapes the rest of the run.
+        checkpoint["segan"] = {
+            "counters": {"nonfinite_in_a_row": self.nonfinite_in_a_row, "nonfinite_skipped": self.nonfinite_skipped,
+                         "d_steps_skipped": self.d_steps_skipped, "d_loss_average": self.d_loss_average},
+            "rng": rng_states(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
+            return  # re-scoring the best checkpoint takes its weights, not its counters
+        saved = checkpoint.get("segan", {})
+        for name, value in saved.get("counters", {}).items():
+            setattr(self, name, value)
+        if "rng" in saved:  # Lightning's sanity check, which comes next, restores its own RNG use
+            set_rng_states(saved["rng"])
 
     def on_validation_epoch_start(self) -> None:
         classes = self.config.data.num_classes
         self.val_confusion = torch.zeros(classes, classes, dtype=torch.long, device=self.device)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self.generator(batch["image"])
+        logits = padded_logits(self.generator, batch["image"])  # what segan predict does
         loss = self.segmentation_loss(logits, batch["mask"])
         self.log("val/loss", loss, sync_dist=True, batch_size=len(batch["image"]))
         confusion = metrics.confusion_matrix(labels(logits), batch["mask"], self.config.data.num_classes,
@@ -193,9 +229,30 @@ class SeganModule(L.LightningModule):
         opt_g = torch.optim.Adam(self.generator.parameters(), lr=train.lr, weight_decay=train.weight_decay)
         # beta1 = 0.5 as in pix2pix/DCGAN: momentum destabilises the adversarial game.
         opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=train.d_lr, betas=(0.5, 0.999))
-        epochs = max(1, train.epochs)
-        schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs) for opt in (opt_g, opt_d)]
-        return [opt_g, opt_d], schedulers
+        for optimizer in (opt_g, opt_d):
+            for group in optimizer.param_groups:
+                group["initial_lr"] = group["lr"]  # the schedule's base (see on_train_epoch_start)
+        return [opt_g, opt_d]
+
+
+def rng_states() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU and CUDA) random states as tensors and plain data, so that a
+    checkpoint holding them still loads with `weights_only=True`."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    states = {"python": random.getstate(), "torch": torch.get_rng_state(),
+              "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached)}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(tuple(item if not isinstance(item, list) else tuple(item) for item in states["python"]))
+    torch.set_rng_state(states["torch"])
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def build_dataloaders(config: Config) -> tuple[DataLoader, DataLoader]:
@@ -205,18 +262,15 @@ def build_dataloaders(config: Config) -> tuple[DataLoader, DataLoader]:
     splits = find_splits(data)
     train_set = SegmentationDataset(
         splits["train"],
-        build_train_transform(data.augment, data.size, data.resize, mean, std, data.rotations, data.ignore_index,
-                              seed=train.seed),
-        data.in_channels, encoding)
-    val_set = SegmentationDataset(
-        splits["val"], build_eval_transform(data.size, data.resize, mean, std, data.ignore_index),
-        data.in_channels, encoding)
-    loader_args = dict(num_workers=data.num_workers, persistent_workers=data.num_workers > 0,
-                       worker_init_fn=seed_worker)
+        build_train_transform(data.augment, data.size, data.resize, mean, std, data.rotations, data.ignore_index),
+        data.in_channels, encoding, augment_seed=train.seed)
+    val_set = SegmentationDataset(splits["val"], EvalTransform(data), data.in_channels, encoding)
+    loader_args = dict(num_workers=data.num_workers, persistent_workers=data.num_workers > 0)
     # Crop mode validates whole images, whose sizes may differ: one per batch.
     val_batch = train.batch_size if data.resize == "resize" else 1
     drop_last = len(train_set) > train.batch_size
-    return (DataLoader(train_set, batch_size=train.batch_size, shuffle=True, drop_last=drop_last, **loader_args),
+    sampler = EpochSampler(len(train_set), train.seed)
+    return (DataLoader(train_set, batch_size=train.batch_size, sampler=sampler, drop_last=drop_last, **loader_args),
             DataLoader(val_set, batch_size=val_batch, shuffle=False, **loader_args))
 
 
@@ -243,19 +297,78 @@ class TrainingInterrupted(RuntimeError):
     """Ctrl-C during training: the state was saved to last.ckpt."""
 
 
-class SaveOnException(Callback):
-    """Saves the training state at the batch where Ctrl-C or an error stopped the run, to `path`
-    (Lightning's OnExceptionCheckpoint deletes its file at teardown; this one is for resuming)."""
+class RunExistsError(ValueError):
+    """`train.out` already holds a run that a new run would overwrite."""
 
-    def __init__(self, path: Path) -> None:
+
+class ResumeError(ValueError):
+    """A resume that cannot continue the run as it was; nothing in the run folder was changed."""
+
+
+# What a resume may change: how long and on what the run goes on, and where its data now lies.
+# Anything else (model, classes, losses, augmentation, optimiser) would make it another run.
+RESUMABLE_SETTINGS = frozenset({"train.epochs", "train.accelerator", "train.devices", "train.out",
+                                "train.checkpoint_every_n_steps", "data.num_workers", "data.root"})
+
+
+class LastCheckpoint(Callback):
+    """Keeps `last.ckpt` current: after every epoch whatever its score, every `every_n_steps`
+    batches when set, and at the batch where Ctrl-C or an error stopped the run. Written through
+    the trainer's `AtomicCheckpointIO`, so a kill at any moment leaves a whole file."""
+
+    def __init__(self, path: Path, every_n_steps: int | None = None) -> None:
         self.path = path
+        self.every_n_steps = every_n_steps
+        self.trained_this_session = False
+        self.epochs_saved = 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        self.trained_this_session = True
+        done = trainer.fit_loop.epoch_loop.batch_progress.total.processed
+        if self.every_n_steps and done % self.every_n_steps == 0:
+            trainer.save_checkpoint(self.path, weights_only=False)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)
+        self.epochs_saved += 1
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
-        trainer.save_checkpoint(self.path)
-        log.warning("training state saved to %s", self.path)
+        # Before this session's first batch the state on disk is already the latest one; saving
+        # now would write a model that has not been restored yet over it.
+        if self.trained_this_session:
+            trainer.save_checkpoint(self.path, weights_only=False)
+            log.warning("training state saved to %s", self.path)
 
 
-def _trainer(config: Config, run_dir: Path, checkpoint: ModelCheckpoint) -> L.Trainer:
+class BestCheckpoint(ModelCheckpoint):
+    """`best.ckpt` by validation IoU, whose saved state names files relative to the run folder, so
+    that a moved or copied run resumes with its best score and file (Lightning stores absolute
+    paths and forgets the best score when the folder changed)."""
+
+    PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+    def __init__(self, dirpath: Path) -> None:
+        super().__init__(dirpath=dirpath, filename="best", monitor="val/iou", mode="max", save_top_k=1,
+                         save_last=False, enable_version_counter=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.update({key: Path(state[key]).name if state[key] else "" for key in self.PATHS})
+        state["best_k_models"] = {Path(path).name: score for path, score in state["best_k_models"].items()}
+        state["dirpath"] = "."
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Every file lives in the checkpoint folder: its name is enough, wherever the run was.
+        def here(path: str) -> str:
+            return os.path.join(self.dirpath, Path(path).name) if path else ""
+        state = dict(state_dict, dirpath=self.dirpath)
+        state.update({key: here(state.get(key, "")) for key in self.PATHS})
+        state["best_k_models"] = {here(path): score for path, score in state.get("best_k_models", {}).items()}
+        super().load_state_dict(state)
+
+
+def _trainer(config: Config, run_dir: Path, callbacks: list[Callback]) -> L.Trainer:
     train = config.train
     strategy: Any = "auto"
     devices = train.devices
@@ -270,8 +383,7 @@ def _trainer(config: Config, run_dir: Path, checkpoint: ModelCheckpoint) -> L.Tr
         devices=devices,
         strategy=strategy,
         precision=train.precision,
-        # On Ctrl-C or any error, the state at that batch goes to last.ckpt, so --resume loses nothing.
-        callbacks=[checkpoint, SaveOnException(Path(checkpoint.dirpath) / "last.ckpt")],
+        callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         # One CSV per session (Lightning deletes an existing metrics.csv); `merge_metrics` joins them.
         logger=[CSVLogger(str(run_dir), name="logs"),
@@ -282,23 +394,78 @@ def _trainer(config: Config, run_dir: Path, checkpoint: ModelCheckpoint) -> L.Tr
     )
 
 
-def train(config: Config, resume: bool = False) -> TrainResult:
+def holds_run(folder: Path) -> bool:
+    """Whether `folder` holds (part of) a segan run: its config or its checkpoints."""
+    return (folder / "config.yaml").is_file() or (folder / "checkpoints").is_dir() or (folder / "generator").is_dir()
+
+
+def _flatten(values: dict[str, Any]) -> dict[str, Any]:
+    return {f"{section}.{key}": value for section, entries in values.items() for key, value in entries.items()}
+
+
+def epochs_done(checkpoint: dict[str, Any]) -> int:
+    """Whole epochs a checkpoint has trained (a mid-epoch one does not count its partial epoch)."""
+    try:
+        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError):
+        return int(checkpoint.get("epoch", 0))
+
+
+def check_resume(config: Config, run_dir: Path) -> dict[str, Any]:
+    """Everything a resume needs, read and checked before anything is written; returns last.ckpt.
+
+    Raises:
+        ResumeError: no checkpoint, an unreadable config.yaml, settings that would change the
+            run (each named with its value in the run and the value given), or nothing left to train.
+        CheckpointError: a damaged or foreign last.ckpt.
+    """
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise ResumeError(f"cannot resume: {last} does not exist (was the run started with --out {run_dir}?)")
+    try:
+        saved = Config.load(run_dir / "config.yaml")
+    except (OSError, ValueError) as error:
+        raise ResumeError(f"cannot resume {run_dir}: its config.yaml cannot be read ({error}); the run folder was "
+                          "not changed") from None
+    saved.data.mean, saved.data.std = saved.data.normalization()
+    given = Config.from_dict(config.to_dict())
+    given.data.mean, given.data.std = given.data.normalization()
+    before, after = _flatten(saved.to_dict()), _flatten(given.to_dict())
+    changed = sorted(key for key in before if key not in RESUMABLE_SETTINGS and before[key] != after.get(key))
+    if changed:
+        details = "; ".join(f"{key}: {before[key]!r} in the run, {after.get(key)!r} given" for key in changed)
+        raise ResumeError(f"cannot resume {run_dir} with other settings ({details}). A resume continues the run "
+                          f"as it was configured; only {', '.join(sorted(RESUMABLE_SETTINGS))} may change. Drop "
+                          "those flags, or start a new run with --out NEW_FOLDER. The run folder was not changed")
+    checkpoint = load_checkpoint(last)  # a damaged file is reported here, by name, not deep inside Lightning
+    done = epochs_done(checkpoint)
+    if done >= config.train.epochs:
+        raise ResumeError(f"{run_dir} has already trained {done} of {config.train.epochs} epochs: nothing to resume. "
+                          f"To train it longer, give --epochs with more than {done} (the learning-rate schedule is "
+                          "rebuilt for the new end)")
+    return checkpoint
+
+
+def train(config: Config, resume: bool = False, overwrite: bool = False) -> TrainResult:
     """Trains a GAN segmenter and writes the run folder `config.train.out`.
 
     The run folder holds `config.yaml`, `checkpoints/{best,last}.ckpt` (full training state),
     `generator/` (the best generator, loadable by `segmentation_models_pytorch.from_pretrained`),
-    `metrics.csv`, TensorBoard logs and `summary.json`.
+    `metrics.csv`, TensorBoard logs and `summary.json`. Every check (settings, data, resume,
+    existing run) runs before the first file is written.
 
     Args:
         config: all settings; `config.data.root` and `config.train.out` must be set.
-        resume: continue from `out/checkpoints/last.ckpt` (epochs, steps, optimiser state).
+        resume: continue from `out/checkpoints/last.ckpt` (weights, optimiser states, counters,
+            random states, epoch); only `RESUMABLE_SETTINGS` may differ from the run's config.
+        overwrite: replace a run already in `out`. The old run is set aside and restored if the
+            new one fails before its first epoch ends; after that it is deleted.
+
+    Raises:
+        RunExistsError: `out` holds a run and neither `resume` nor `overwrite` was given.
+        ResumeError, CheckpointError: a resume that cannot go on (the run folder is unchanged).
     """
     run_dir = Path(config.train.out)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if resume and not last.is_file():
-        raise FileNotFoundError(f"cannot resume: {last} does not exist (was the run started with --out {run_dir}?)")
-    if resume:
-        load_checkpoint(last)  # a damaged file is reported here, by name, not deep inside Lightning
     if config.data.mean is None and config.data.std is None:
         from .models.pretrained import normalization
         weights_normalization = normalization(config.generator.encoder_name, config.generator.encoder_weights,
@@ -306,35 +473,58 @@ def train(config: Config, resume: bool = False) -> TrainResult:
         if weights_normalization is not None:  # the pretrained encoder's own, before anything reads data
             config.data.mean, config.data.std = weights_normalization
     validate(config)
+    checkpoint_state = check_resume(config, run_dir) if resume else None
+    # Under DDP Lightning starts the other ranks by running this command again, after rank 0 has
+    # begun writing the run: the run folder is rank 0's alone.
+    first_rank = rank_zero_only.rank == 0
+    if first_rank and not resume and holds_run(run_dir) and not overwrite:
+        raise RunExistsError(
+            f"{run_dir} already holds a run (config.yaml, checkpoints/); nothing was changed. Continue it with "
+            f"--resume --out {run_dir}, write the new run elsewhere with --out NEW_FOLDER, or replace it with "
+            "--overwrite (the old run is kept until the new one has finished its first epoch)")
     preflight(config)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     train_loader, val_loader = build_dataloaders(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
     # Record the normalisation actually used: prediction must apply the same.
     config.data.mean, config.data.std = config.data.normalization()
-    config.save(run_dir / "config.yaml")
-
     module = SeganModule(config.to_dict())
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/iou", mode="max",
-                                 save_last=True, save_top_k=1, enable_version_counter=False)
-    trainer = _trainer(config, run_dir, checkpoint)
+    if checkpoint_state is not None:
+        try:  # in memory only: a checkpoint of another model is refused before anything is written
+            module.load_state_dict(checkpoint_state["state_dict"])
+        except RuntimeError as error:
+            raise CheckpointError(f"{run_dir / 'checkpoints' / 'last.ckpt'} was written for another model than "
+                                  f"{run_dir / 'config.yaml'} describes (architecture, encoder or class count "
+                                  f"differ): {str(error).splitlines()[0]}. The run folder was not changed") from None
+        del checkpoint_state
+
+    aside = _set_aside(run_dir) if first_rank and overwrite and holds_run(run_dir) else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if first_rank and (not resume or Config.load(run_dir / "config.yaml").train.epochs != config.train.epochs):
+        config.save(run_dir / "config.yaml")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    best_checkpoint = BestCheckpoint(run_dir / "checkpoints")
+    last_checkpoint = LastCheckpoint(last, config.train.checkpoint_every_n_steps)
+    trainer = _trainer(config, run_dir, [best_checkpoint, last_checkpoint])
     started = time.perf_counter()
     try:
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None, weights_only=True)
-    except SystemExit:
-        if trainer.interrupted:  # Lightning saved the state (OnExceptionCheckpoint) and exits on Ctrl-C
+    except BaseException as error:
+        if aside is not None and not last_checkpoint.epochs_saved:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            os.replace(aside, run_dir)
+            log.warning("the new run failed before its first epoch ended; the earlier run in %s is restored", run_dir)
+            aside = None
+        if isinstance(error, SystemExit) and trainer.interrupted:  # Lightning exits on Ctrl-C after on_exception
             raise TrainingInterrupted(f"training interrupted at epoch {trainer.current_epoch}, step "
                                       f"{trainer.global_step}; state saved to {last}. Continue with: segan train "
                                       f"--resume --out {run_dir}") from None
         raise
-    except RuntimeError as error:
-        if "state_dict" in str(error) or "size mismatch" in str(error):
-            raise CheckpointError(f"{last} was written for another model than {run_dir / 'config.yaml'} describes "
-                                  f"(architecture, encoder or class count differ): {str(error).splitlines()[0]}") from None
-        raise
+    finally:
+        if aside is not None and last_checkpoint.epochs_saved:
+            shutil.rmtree(aside, ignore_errors=True)
     wall = time.perf_counter() - started
 
-    best_path = Path(checkpoint.best_model_path or last)
+    best_path = Path(best_checkpoint.best_model_path or last)
     # Re-score the best checkpoint: its IoU and Dice come from one and the same pass.
     scores = trainer.validate(module, val_loader, ckpt_path=str(best_path), weights_only=True, verbose=False)[0]
     # ^ also the last row of metrics.csv, under best/iou and best/dice
@@ -356,8 +546,18 @@ def train(config: Config, resume: bool = False) -> TrainResult:
     if trainer.is_global_zero:
         merge_metrics(run_dir)
         export_generator(config, best["state_dict"], run_dir / "generator")
-        (run_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        atomic_write(run_dir / "summary.json", (json.dumps(result.to_dict(), indent=2) + "\n").encode())
     return result
+
+
+def _set_aside(run_dir: Path) -> Path:
+    """Moves a run that `--overwrite` replaces beside it, to be restored if the new run fails early."""
+    aside = run_dir.with_name(f".{run_dir.name}.replaced")
+    if aside.exists():
+        raise RunExistsError(f"{aside} is left from an earlier --overwrite that did not finish; it holds the run "
+                             f"that was to be replaced. Move it back to {run_dir} or delete it, then try again")
+    os.replace(run_dir, aside)
+    return aside
 
 
 def preflight(config: Config) -> None:

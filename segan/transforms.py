@@ -9,8 +9,7 @@ from __future__ import annotations
 import albumentations as A
 import cv2
 
-PRESETS = ("none", "light", "medium", "heavy")
-STRIDE = 32
+from .config import AUGMENT_PRESETS as PRESETS, RESIZE_MODES  # the option lists live in the config schema
 
 
 def _geometry(preset: str, rotations: bool) -> list:
@@ -55,7 +54,7 @@ def build_train_transform(preset: str, size: int, resize: str, mean, std, rotati
         rotations: whether vertical flips and 90-degree rotations keep labels valid.
         ignore_index: fill value for padded mask pixels.
         seed: albumentations keeps its own random state, deaf to global seeds: this seeds it.
-            DataLoader workers reseed it with `seed_worker`.
+            Training reseeds it per sample (see `segan.data.EpochSampler`).
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown augmentation preset '{preset}'; choose one of {PRESETS}")
@@ -65,27 +64,6 @@ def build_train_transform(preset: str, size: int, resize: str, mean, std, rotati
         sizing = [A.PadIfNeeded(size, size, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index),
                   A.RandomCrop(size, size)]
     else:
-        raise ValueError(f"unknown resize mode '{resize}'; choose 'resize' or 'crop'")
+        raise ValueError(f"unknown resize mode '{resize}'; choose one of {RESIZE_MODES}")
     return A.Compose(sizing + _geometry(preset, rotations) + _photometric(preset) + [_normalize(mean, std)],
                      seed=seed)
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: seeds the worker's augmentation from torch's worker seed, which
-    the seeded main process chooses, so workers differ from each other and runs repeat."""
-    import torch
-    info = torch.utils.data.get_worker_info()
-    transform = getattr(info.dataset, "transform", None)
-    if hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(torch.initial_seed() % 2 ** 32)
-
-
-def build_eval_transform(size: int, resize: str, mean, std, ignore_index: int = 255) -> A.Compose:
-    """Evaluation pipeline: resize to `size` (resize mode) or pad to the network stride (crop mode)."""
-    if resize == "resize":
-        sizing = [A.Resize(size, size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST)]
-    else:
-        sizing = [A.PadIfNeeded(min_height=None, min_width=None, pad_height_divisor=STRIDE,
-                                pad_width_divisor=STRIDE, position="top_left", border_mode=cv2.BORDER_CONSTANT,
-                                fill=0, fill_mask=ignore_index)]
-    return A.Compose(sizing + [_normalize(mean, std)])

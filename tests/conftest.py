@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from segan.config import Config, merge
 from segan.data import make_demo_dataset
@@ -62,3 +65,26 @@ def make_run(folder: Path, classes=("background", "foreground"), in_channels=3, 
     config.save(folder / "config.yaml")
     generator.eval().save_pretrained(str(folder / "generator"))
     return folder
+
+
+def write(path: Path, array, palette: list[int] | None = None) -> Path:
+    """Writes `array` as an image file at `path`, creating its folder; returns `path`.
+
+    uint8 and uint16 arrays are written as they are; anything else (nested lists, float zeros,
+    booleans) as uint8, so a mask can be typed as `[[0, 255]]`. GIF goes through PIL, which OpenCV
+    cannot write. With `palette` (flat RGB values), the array is written as the indices of a
+    palette (mode P) PNG, as VOC and `segan predict` store multi-class masks.
+    """
+    array = np.asarray(array)
+    if array.dtype not in (np.uint8, np.uint16):
+        array = array.astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if palette is not None:
+        image = Image.fromarray(array)  # mode L; putpalette turns it into P, keeping the values as indices
+        image.putpalette(palette)
+        image.save(path)
+    elif path.suffix.lower() == ".gif":
+        Image.fromarray(array).save(path)
+    else:
+        assert cv2.imwrite(str(path), array), path
+    return path

@@ -10,15 +10,9 @@ from segan.cli import main
 from segan.config import Config, DataConfig
 from segan.data.check import check_dataset
 
-from conftest import shared_dataset
+from conftest import shared_dataset, write
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
-
-
-def write(path, array):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), array)
-    return path
 
 
 def good_dataset(root, n=4, size=(16, 16), values=(0, 255)):
@@ -72,6 +66,67 @@ def test_blocking_problems_name_the_files_and_exit_1(tmp_path, capsys, case, exp
     assert re.search(expected, out), out
     report = json.loads((tmp_path / "r.json").read_text())
     assert not report["ok"] and any(re.search(expected, e) for e in report["errors"])
+
+
+def binary_dataset_with_odd_values(root):
+    """Four 0/1 masks; 1.png also holds 7 (6 pixels) and 2.png stores its foreground as 2 (64 pixels)."""
+    good_dataset(root, values=(0, 1))
+    odd = np.zeros((16, 16), np.uint8); odd[:4] = 1; odd[10, :6] = 7
+    write(root / "masks" / "1.png", odd)
+    two = np.zeros((16, 16), np.uint8); two[:4] = 2
+    write(root / "masks" / "2.png", two)
+    return root
+
+
+def test_every_binary_mask_with_unplaceable_values_is_an_error_naming_file_values_counts(tmp_path, capsys):
+    root = binary_dataset_with_odd_values(tmp_path / "d")
+    report = check_dataset(DataConfig(root=str(root), val_fraction=0.25), progress=False)
+    assert not report.ok
+    files = sorted((entry["file"], entry["values"], entry["ignored"]) for entry in report.unknown_values)
+    assert files == [(str(root / "masks" / "1.png"), {7: 6}, False), (str(root / "masks" / "2.png"), {2: 64}, False)]
+    odd = sorted(e for e in report.errors if "cannot be placed" in e)
+    assert len(odd) == 2
+    assert odd[0].startswith(f"{root / 'masks' / '1.png'}: mask values [7] cannot be placed (7: 6 pixels): ")
+    assert odd[1].startswith(f"{root / 'masks' / '2.png'}: mask values [2] cannot be placed (2: 64 pixels): ")
+
+    assert main(["data", "check", str(root), "--no-progress", "--report", str(tmp_path / "r.json")]) == 1
+    out = capsys.readouterr().out
+    assert "mask values [7] cannot be placed (7: 6 pixels)" in out and "mask values [2]" in out
+    saved = json.loads((tmp_path / "r.json").read_text())["unknown_values"]
+    assert sorted((e["file"], e["values"]) for e in saved) == [(str(root / "masks" / "1.png"), {"7": 6}),
+                                                             (str(root / "masks" / "2.png"), {"2": 64})]
+
+
+def test_allow_unknown_values_turns_the_errors_into_one_warning_per_split(tmp_path):
+    root = binary_dataset_with_odd_values(tmp_path / "d")
+    report = check_dataset(DataConfig(root=str(root), val_fraction=0.25, allow_unknown_values=True), progress=False)
+    assert report.ok, report.errors
+    assert sorted((e["file"], e["values"], e["ignored"]) for e in report.unknown_values) == [
+        (str(root / "masks" / "1.png"), {7: 6}, True), (str(root / "masks" / "2.png"), {2: 64}, True)]
+    expected = []
+    for split in report.splits:
+        files = [e for e in report.unknown_values if e["split"] == split.name]
+        if files:
+            pixels = sum(n for e in files for n in e["values"].values())
+            listed = "; ".join(f"{e['file']} ({v}: {n} pixels)" for e in files for v, n in e["values"].items())
+            expected.append(f"[{split.name}] {len(files)} masks hold values the mask encoding cannot place; "
+                            f"allow_unknown_values ignores their {pixels} pixels (as 255): {listed}")
+    assert [w for w in report.warnings if "allow_unknown_values" in w] == expected
+    assert sum(split.class_pixels[-1] for split in report.splits) == 6 + 64  # counted as ignored
+
+
+def test_training_preflight_lists_every_file_with_unplaceable_values(tmp_path):
+    from segan.config import Config
+    from segan.data import DatasetLayoutError
+    from segan.training import preflight
+
+    root = binary_dataset_with_odd_values(tmp_path / "d")
+    config = Config()
+    config.data.root, config.data.val_fraction = str(root), 0.25
+    with pytest.raises(DatasetLayoutError) as caught:
+        preflight(config)
+    assert f"{root / 'masks' / '1.png'}: mask values [7] cannot be placed (7: 6 pixels)" in str(caught.value)
+    assert f"{root / 'masks' / '2.png'}: mask values [2] cannot be placed (2: 64 pixels)" in str(caught.value)
 
 
 def test_non_image_file_is_a_warning_not_an_error(tmp_path, capsys):

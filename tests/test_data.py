@@ -6,13 +6,11 @@ import torch
 from segan.config import DataConfig
 from segan.data import (DatasetLayoutError, ImageReadError, MaskEncoding, SegmentationDataset, find_splits,
                         make_demo_dataset, read_image, read_mask)
-from segan.transforms import PRESETS, build_eval_transform, build_train_transform
+from segan.data.io import bit_depth, to_uint8
+from segan.preprocess import EvalTransform
+from segan.transforms import PRESETS, build_train_transform
 
-
-def write(path, array):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), array)
-    return path
+from conftest import write
 
 
 def make_pairs(root, names, split=None):
@@ -55,7 +53,35 @@ def test_read_image_converts_channels(tmp_path):
     assert read_image(grey, 3).shape == (5, 7, 3)
     assert read_image(rgba, 3)[0, 0].tolist() == [30, 20, 10]  # BGR on disk, RGB in memory
     assert read_image(rgba, 1).shape == (5, 7, 1)
-    assert read_image(sixteen, 1)[0, 0, 0] == 40000 >> 8
+    assert read_image(sixteen, 1)[0, 0, 0] == 156  # 16-bit: round(40000 * 255 / 65535) = round(155.64)
+
+
+def test_sixteen_bit_values_are_scaled_by_the_range_of_their_bit_depth():
+    twelve = np.array([[0, 16, 1000], [2047, 2048, 4095]], np.uint16)  # 12-bit camera: max 4095
+    # round(v * 255 / 4095): 0.996 -> 1, 62.27 -> 62, 127.47 -> 127, 127.53 -> 128, 255
+    assert to_uint8(twelve).tolist() == [[0, 1, 62], [127, 128, 255]]
+    sixteen = np.array([[0, 257, 32768], [40000, 65534, 65535]], np.uint16)
+    # round(v * 255 / 65535): 257 is exactly 1, 127.502 -> 128, 155.64 -> 156, 254.996 -> 255
+    assert to_uint8(sixteen).tolist() == [[0, 1, 128], [156, 255, 255]]
+    assert to_uint8(sixteen).dtype == np.uint8
+    # 8-bit values in a 16-bit container stay as they are; 4096 is past 12 bits, so 14-bit.
+    assert to_uint8(np.array([[0, 7, 255]], np.uint16)).tolist() == [[0, 7, 255]]
+    assert to_uint8(np.array([[4096]], np.uint16)).tolist() == [[64]]  # 4096 * 255 / 16383 = 63.76
+    maxima = [0, 255, 256, 1023, 1024, 4095, 4096, 16383, 16384, 65535]
+    assert [bit_depth(np.array([m], np.uint16)) for m in maxima] == [8, 8, 10, 10, 12, 12, 14, 14, 16, 16]
+
+
+def test_twelve_bit_png_round_trip(tmp_path):
+    """12-bit microscopy in a 16-bit PNG reads back at full brightness, colour channels in RGB order."""
+    eight = np.array([[0, 1, 2, 100], [127, 128, 254, 255]], np.uint8)
+    twelve = np.rint(eight.astype(np.float64) * 4095 / 255).astype(np.uint16)  # 255 -> 4095
+    path = write(tmp_path / "twelve.png", twelve)
+    assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED).dtype == np.uint16  # really stored as 16 bits
+    assert np.array_equal(read_image(path, 1)[:, :, 0], eight)
+    colour = np.dstack([twelve, twelve // 2, np.zeros_like(twelve)])  # B, G, R as OpenCV writes them
+    rgb = read_image(write(tmp_path / "colour.png", colour), 3)
+    assert rgb[1, 3].tolist() == [0, 127, 255]  # R 0, G 4095 // 2 = 2047 -> 127.47 -> 127, B 4095 -> 255
+    assert np.array_equal(rgb[:, :, 2], eight)
 
 
 @pytest.mark.parametrize("content", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n\x00\x00"])
@@ -106,7 +132,7 @@ def test_dataset_yields_normalised_tensors_and_checks_sizes(tmp_path):
     write(tmp_path / "train" / "masks" / "a.png", np.zeros((8, 8), np.uint8))  # wrong size
     make_pairs(tmp_path, ["b"], "train")
     pairs = find_splits(DataConfig(root=str(tmp_path), val_fraction=0.5))  # no validation split beside train: train is divided
-    transform = build_eval_transform(32, "resize", [0.5] * 3, [0.25] * 3)
+    transform = EvalTransform(DataConfig(size=32, resize="resize", mean=[0.5] * 3, std=[0.25] * 3))
     dataset = SegmentationDataset(pairs["train"] + pairs["val"], transform)
     by_name = {dataset.pairs[i].image.stem: i for i in range(len(dataset))}
     sample = dataset[by_name["b"]]

@@ -8,23 +8,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from segan.cli import main
 from segan.evaluation import EvaluationError, evaluate_folders, format_table, write_report
 
+from conftest import write
 
-def write(path, mask):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), np.asarray(mask, np.uint8))
-
-
-def write_palette(path, mask):
-    """Like segan predict's multi-class output: class indices in a palette PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.fromarray(np.asarray(mask, np.uint8), mode="P")
-    image.putpalette([0, 0, 0, 230, 25, 75, 60, 180, 75] + [255] * (256 * 3 - 9))
-    image.save(path)
+# Like segan predict's multi-class output: class indices in a palette PNG.
+PALETTE = [0, 0, 0, 230, 25, 75, 60, 180, 75] + [255] * (256 * 3 - 9)
 
 
 @pytest.fixture
@@ -43,9 +34,9 @@ def multiclass_folders(tmp_path):
     """3 classes, ignore 255 in truth, predictions as palette PNGs in a sub-folder."""
     pred, gt = tmp_path / "pred", tmp_path / "gt"
     write(gt / "sub" / "x.png", [[0, 1, 1, 255], [2, 2, 0, 0]])
-    write_palette(pred / "sub" / "x.png", [[0, 1, 2, 1], [2, 0, 0, 0]])
+    write(pred / "sub" / "x.png", [[0, 1, 2, 1], [2, 0, 0, 0]], palette=PALETTE)
     write(gt / "y.png", [[0, 0, 1, 1], [255, 255, 1, 0]])
-    write_palette(pred / "y.png", [[0, 1, 1, 1], [2, 2, 1, 0]])
+    write(pred / "y.png", [[0, 1, 1, 1], [2, 2, 1, 0]], palette=PALETTE)
     return pred, gt
 
 
@@ -147,6 +138,75 @@ def test_duplicate_stems_and_bad_prediction_values_fail(tmp_path):
     write(pred / "a.png", [[0, 255]])
     with pytest.raises(EvaluationError, match="not class indices"):
         evaluate_folders(pred, gt, num_classes=3)
+
+
+# --- mask values are never guessed (issue 20) -----------------------------------------------------
+
+
+def test_binary_prediction_storing_foreground_as_2_fails_naming_file_and_value(binary_folders, tmp_path, capsys):
+    pred, gt = binary_folders
+    guess = np.zeros((4, 4)); guess[:2, :3] = 2  # a's prediction with foreground stored as 2, not 255
+    write(pred / "a.png", guess)
+    with pytest.raises(EvaluationError) as caught:
+        evaluate_folders(pred, gt)
+    assert caught.value.problems == [
+        f"prediction {pred / 'a.png'}: values [2] cannot be placed (2: 6 pixels); a binary prediction is 0/1, or "
+        "0/255 thresholded at 127 (segan predict writes 0/255); if the predictions are multi-class, give "
+        "--classes with one name per class"]
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("segan: error: 1 problem(s) in 2 prediction/ground-truth pairs; nothing was scored:")
+    assert f"prediction {pred / 'a.png'}: values [2] cannot be placed (2: 6 pixels)" in err
+    assert not out.exists()  # no report of IoU 0.0 is written
+
+
+def test_every_unplaceable_file_and_size_mismatch_is_listed_at_once(tmp_path):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    for name in "abcdef":
+        write(gt / f"{name}.png", [[0, 255], [0, 0]]); write(pred / f"{name}.png", [[0, 255], [0, 0]])
+    write(pred / "a.png", [[0, 2], [2, 0]])
+    write(pred / "b.png", [[0, 5], [7, 7]])
+    write(gt / "c.png", [[0, 1], [7, 0]])  # ground truth: 0/1 with a stray 7
+    write(pred / "d.png", np.zeros((3, 2)))
+    write(gt / "e.png", np.zeros((2, 5)))
+    with pytest.raises(EvaluationError) as caught:
+        evaluate_folders(pred, gt)
+    problems = caught.value.problems
+    assert len(problems) == 5
+    assert problems[0].startswith(f"prediction {pred / 'a.png'}: values [2] cannot be placed (2: 2 pixels); ")
+    assert problems[1].startswith(f"prediction {pred / 'b.png'}: values [5, 7] cannot be placed "
+                                  "(5: 1 pixel, 7: 2 pixels); ")
+    assert problems[2].startswith(f"ground truth {gt / 'c.png'}: mask values [7] cannot be placed (7: 1 pixel): ")
+    assert "--allow-unknown-values" in problems[2]
+    assert problems[3] == (f"prediction {pred / 'd.png'} is 2x3 (WxH) but ground truth {gt / 'd.png'} is 2x2; "
+                           "predict at the ground truth's size")
+    assert problems[4] == (f"prediction {pred / 'e.png'} is 2x2 (WxH) but ground truth {gt / 'e.png'} is 5x2; "
+                           "predict at the ground truth's size")
+    assert all(problem in str(caught.value) for problem in problems)
+
+
+def test_multiclass_prediction_holding_the_ignore_value_is_refused(multiclass_folders):
+    pred, gt = multiclass_folders
+    write(pred / "y.png", [[0, 1, 255, 1], [2, 9, 1, 0]], palette=PALETTE)
+    with pytest.raises(EvaluationError) as caught:
+        evaluate_folders(pred, gt, class_names=["bg", "road", "car"])
+    assert caught.value.problems == [f"prediction {pred / 'y.png'}: values [9, 255] are not class indices "
+                                     "(9: 1 pixel, 255: 1 pixel); a prediction must give every pixel a class "
+                                     "index (0-2)"]
+
+
+def test_allow_unknown_values_leaves_those_truth_pixels_unscored_and_warns(binary_folders, caplog):
+    pred, gt = binary_folders
+    truth = np.zeros((4, 4)); truth[:2, :2] = 1; truth[3, :] = 7  # a 0/1 truth with a row of 7
+    write(gt / "a.png", truth)
+    with pytest.raises(EvaluationError, match=r"mask values \[7\] cannot be placed \(7: 4 pixels\)"):
+        evaluate_folders(pred, gt)
+    with caplog.at_level("WARNING", logger="segan.evaluation"):
+        result = evaluate_folders(pred, gt, allow_unknown_values=True)
+    assert result.report["scored_pixels"] == 32 - 4 and result.ignore_index == 255
+    assert result.confusions[0].tolist() == [[6, 2], [0, 4]]  # row 3 (4 pixels) left out
+    assert f"{gt / 'a.png'} (7: 4 pixels)" in caplog.text and "allow_unknown_values" in caplog.text
 
 
 # --- the command line ---------------------------------------------------------------------------
@@ -277,16 +337,34 @@ def test_evaluate_model_equals_predict_then_evaluate_on_kvasir(tmp_path):
 
 def test_threshold_sweep_is_chosen_on_val_and_matches_a_real_evaluation(tmp_path):
     from conftest import make_run
-    from segan.data import make_demo_dataset
+    from segan.data import make_demo_dataset, read_mask
     from segan.evaluation import evaluate_model, sweep_threshold
 
     data = make_demo_dataset(tmp_path / "demo", n_train=2, n_val=6, size=64, seed=3)
     (data / "test").symlink_to(data / "validation", target_is_directory=True)
     run = make_run(tmp_path / "run", resize="resize", size=64)
     sweep = sweep_threshold(run, data, device="cpu", num_workers=0, progress=False)
-    assert (run / "evaluation" / "val" / "threshold_sweep.json").is_file()
-    assert sweep["best"]["dice"] >= sweep["at_0.5"]["dice"]
-    assert len(sweep["thresholds"]) == 99
+    out = run / "evaluation" / "val"
+    assert json.loads((out / "threshold_sweep.json").read_text()) == sweep
+
+    # Every row by brute force from the saved probability maps: a pixel is foreground at k/100
+    # when its probability is at least k/100, counted image by image (the sweep uses histograms).
+    scaled = {p.stem: np.load(p)[0].astype(np.float32) * 100 for p in (out / "predictions" / "probs").glob("*.npy")}
+    truths = {p.stem: read_mask(p) for p in (data / "validation" / "masks").glob("*.png")}
+    assert sorted(scaled) == sorted(truths) and len(truths) == 6
+    expected = []
+    for k in range(1, 100):
+        tp = fp = fn = 0
+        for stem, truth in truths.items():
+            foreground = scaled[stem] >= k
+            tp += int((foreground & (truth == 1)).sum())
+            fp += int((foreground & (truth == 0)).sum())
+            fn += int((~foreground & (truth == 1)).sum())
+        expected.append({"threshold": k / 100, "iou": tp / (tp + fp + fn), "dice": 2 * tp / (2 * tp + fp + fn)})
+    assert sweep["thresholds"] == expected
+    chosen = max(expected, key=lambda row: row["dice"])  # the first of equal best rows
+    assert sweep["best"] == chosen and sweep["best_threshold"] == chosen["threshold"]
+    assert sweep["at_0.5"] == expected[49]
     best = sweep["best_threshold"]
     scored = evaluate_model(run, data, "val", tmp_path / "check", threshold=best, device="cpu", num_workers=0,
                             progress=False)

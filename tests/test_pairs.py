@@ -1,25 +1,14 @@
 """Layouts and pairing rules: each published layout is found, and every bad case names its files."""
 
-import cv2
 import numpy as np
 import pytest
-from PIL import Image
 
 from segan.config import DataConfig
 from segan.data import DatasetLayoutError, MaskEncoding, SegmentationDataset, detect_layout, find_split, find_splits
 from segan.data.pairs import name_key, read_pairs_file
-from segan.transforms import build_eval_transform
+from segan.preprocess import EvalTransform
 
-from conftest import shared_dataset
-
-
-def write(path, array):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".gif":
-        Image.fromarray(array).save(path)
-    else:
-        assert cv2.imwrite(str(path), array)
-    return path
+from conftest import shared_dataset, write
 
 
 def image(value=100, size=(16, 16)):
@@ -96,10 +85,40 @@ def test_regex_keys_pair_drive_names_and_roi_is_ignored_in_the_loss(tmp_path):
         assert pair.mask.name == f"{number}_manual1.gif" and pair.roi.name == f"{number}_training_mask.gif"
     test = find_split(drive_config(tmp_path), "test")  # a split with other names pairs by the same keys
     assert [p.mask.name for p in test] == ["1_manual1.gif", "2_manual1.gif"]
-    sample = SegmentationDataset(pairs, build_eval_transform(8, "crop", [0.0] * 3, [1.0] * 3))[0]
+    transform = EvalTransform(DataConfig(size=8, resize="crop", mean=[0.0] * 3, std=[1.0] * 3))
+    sample = SegmentationDataset(pairs, transform)[0]
     labels = sample["mask"].numpy()
     assert (labels[:, :3] == 255).all()  # outside the field of view: ignored
     assert labels[2:5, 3:6].tolist() == [[1] * 3] * 3 and labels[0, 5] == 0
+
+
+def test_list_file_pairs_get_their_regions_of_interest_by_the_image_key(tmp_path):
+    """--roi-dir with --pairs-file: each listed image gets the ROI whose key is its own, as folders pair."""
+    drive_like(tmp_path)
+    lines = [f"training/images/{n}_training.tif training/1st_manual/{n}_manual1.gif" for n in (21, 22)]
+    lines.append("training/images/23_training.tif training/1st_manual/23_manual1.gif "
+                 "training/mask/21_training_mask.gif")
+    (tmp_path / "training.txt").write_text("\n".join(lines) + "\n")
+    data = DataConfig(root=str(tmp_path), train_split="training", pairs_file="{split}.txt", roi_dir="{split}/mask",
+                      image_name=r"^(?P<id>\d+)_", roi_name=r"^(?P<id>\d+)_", val_fraction=0.34)
+    assert detect_layout(data).describe() == "list file {split}.txt, regions of interest {split}/mask/"
+    splits = find_splits(data)
+    named = sorted((p.image.name, p.mask.name, p.roi.name) for p in splits["train"] + splits["val"])
+    assert named == [("21_training.tif", "21_manual1.gif", "21_training_mask.gif"),
+                     ("22_training.tif", "22_manual1.gif", "22_training_mask.gif"),
+                     ("23_training.tif", "23_manual1.gif", "21_training_mask.gif")]  # named on its line: kept
+
+    (tmp_path / "training" / "mask" / "22_training_mask.gif").unlink()
+    matching = read_pairs_file(tmp_path / "training.txt", tmp_path, roi_dir=tmp_path / "training" / "mask",
+                               image_name=r"^(?P<id>\d+)_", roi_name=r"^(?P<id>\d+)_")
+    assert [p.image.name for p in matching.pairs] == ["21_training.tif", "23_training.tif"]
+    assert matching.missing_roi == [tmp_path / "training" / "images" / "22_training.tif"]
+    with pytest.raises(DatasetLayoutError, match=r"training\.txt \+ \S+mask: 1 image\(s\) without a "
+                                                 r"region-of-interest mask \(22_training\.tif\)"):
+        find_splits(data)
+    with pytest.raises(DatasetLayoutError, match=r"folder not found: \S+nowhere"):
+        find_splits(DataConfig(root=str(tmp_path), train_split="training", pairs_file="{split}.txt",
+                               roi_dir="nowhere"))
 
 
 def test_name_templates():
@@ -215,6 +234,6 @@ def test_camvid_list_files_match_its_folders():
     assert by_list == by_folder
     assert len(by_folder["train"]) == 367 and len(by_folder["val"]) == 101
     encoding = MaskEncoding(11, ignore_index=11)
-    dataset = SegmentationDataset(by_folder["val"][:2], build_eval_transform(64, "resize", [0.0] * 3, [1.0] * 3),
-                                  encoding=encoding)
+    transform = EvalTransform(DataConfig(size=64, resize="resize", mean=[0.0] * 3, std=[1.0] * 3))
+    dataset = SegmentationDataset(by_folder["val"][:2], transform, encoding=encoding)
     assert set(dataset[0]["mask"].unique().tolist()) <= set(range(11)) | {11}

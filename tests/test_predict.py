@@ -66,18 +66,46 @@ def test_tiled_prediction_agrees_with_whole_image(binary_run):
 
 
 @pytest.mark.parametrize("classes, rotations", [(("bg", "fg"), True), (("a", "b", "c"), True), (("a", "b", "c"), False)])
-def test_tta_keeps_shapes_and_is_a_proper_average(tmp_path, classes, rotations):
+def test_tta_is_the_average_of_the_views_undone(tmp_path, classes, rotations):
+    import segmentation_models_pytorch as smp
     run = make_run(tmp_path / "run", classes=classes, rotations=rotations)
     plain = Predictor.from_pretrained(run, device="cpu")
     tta = Predictor.from_pretrained(run, device="cpu", tta=True)
-    assert len(tta._views()) == (8 if rotations else 2)
-    image = smooth_image(70, 100, seed=2)  # not square, not a stride multiple
-    a, b = plain.predict_proba(image), tta.predict_proba(image)
-    assert a.shape == b.shape == (1 if len(classes) == 2 else len(classes), 70, 100)
-    if len(classes) > 2:
-        np.testing.assert_allclose(b.sum(axis=0), 1.0, atol=1e-4)
-    assert not np.allclose(a, b)  # the extra views really ran
-    assert tta.predict(image).shape == (70, 100)
+    channels = 1 if len(classes) == 2 else len(classes)
+    odd = smooth_image(70, 100, seed=2)  # not square, not a stride multiple
+    assert plain.predict_proba(odd).shape == tta.predict_proba(odd).shape == (channels, 70, 100)
+    assert tta.predict(odd).shape == (70, 100)
+
+    # By hand, on sides that need no padding: turn and/or mirror the normalised image, run the
+    # network, undo the turn and mirror on the probabilities, average.
+    image = smooth_image(64, 96, seed=2)
+    x = ((image.astype(np.float32) - 0.5 * 255) / (0.25 * 255)).transpose(2, 0, 1)  # make_run's mean, std
+    model = smp.from_pretrained(str(run / "generator")).eval()
+    views = [(turns, flip) for turns in (range(4) if rotations else [0]) for flip in (False, True)]
+    undone = []
+    for turns, flip in views:
+        view = np.rot90(x, turns, axes=(1, 2))
+        view = view[:, :, ::-1] if flip else view
+        with torch.no_grad():
+            logits = model(torch.from_numpy(np.ascontiguousarray(view))[None])[0]
+        probs = (torch.sigmoid(logits) if channels == 1 else torch.softmax(logits, dim=0)).numpy()
+        probs = probs[:, :, ::-1] if flip else probs
+        undone.append(np.rot90(probs, -turns, axes=(1, 2)))
+    assert len(undone) == (8 if rotations else 2)
+    np.testing.assert_allclose(plain.predict_proba(image), undone[0], atol=1e-5)
+    np.testing.assert_allclose(tta.predict_proba(image), np.mean(undone, axis=0), atol=1e-5)
+    # The views disagree, so the average is not the plain map: the test could tell them apart.
+    assert np.abs(np.mean(undone, axis=0) - undone[0]).max() > 0.01
+
+
+def test_sixteen_bit_arrays_are_scaled_like_files(binary_run):
+    """A 12-bit image in a uint16 array predicts exactly as its 8-bit equivalent (4095 is full scale)."""
+    predictor = Predictor.from_pretrained(binary_run, device="cpu")
+    eight = smooth_image(40, 48, seed=3)
+    eight[0, 0] = 255  # full scale, so the 12-bit copy reaches 4095
+    twelve = np.rint(eight.astype(np.float64) * 4095 / 255).astype(np.uint16)
+    assert twelve.max() == 4095
+    assert np.array_equal(predictor.predict_proba(twelve), predictor.predict_proba(eight))
 
 
 def write_formats(folder: Path) -> dict[str, tuple[int, int]]:

@@ -5,16 +5,14 @@ import shutil
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
-from PIL import Image
 
 from segan.config import Config
 from segan.data import find_split, find_splits, read_mask
 from segan.data.encoding import MaskEncoding
 
-from conftest import shared_dataset
+from conftest import shared_dataset, write
 
 DATASETS = Path(__file__).resolve().parents[1] / "datasets"
 RECIPES = sorted(p.parent.name for p in DATASETS.glob("*/config.yaml"))
@@ -41,16 +39,8 @@ def test_every_known_dataset_has_a_recipe_and_a_fetch_entry():
         MaskEncoding.from_config(Config.load(DATASETS / name / "config.yaml").data)  # encodings are valid
 
 
-def write(path, array):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.parent.name == "SegmentationClass":  # VOC: palette PNGs
-        palette = Image.frombytes("P", (array.shape[1], array.shape[0]), array.tobytes())
-        palette.putpalette([(i * 53) % 256 for i in range(768)])
-        palette.save(path)
-    elif path.suffix == ".gif":
-        Image.fromarray(array).save(path)
-    else:
-        assert cv2.imwrite(str(path), array)
+# VOC stores its class masks as palette PNGs.
+VOC_PALETTE = [(i * 53) % 256 for i in range(768)]
 
 
 def test_voc2012_recipe_after_fetch_prepare(tmp_path):
@@ -63,7 +53,7 @@ def test_voc2012_recipe_after_fetch_prepare(tmp_path):
             write(root / "JPEGImages" / f"{i}.jpg", np.zeros((6, 8, 3), np.uint8))
             labels = np.zeros((6, 8), np.uint8)
             labels[1:3, 1:3], labels[0, :] = 15, 255  # person, void border
-            write(root / "SegmentationClass" / f"{i}.png", labels)
+            write(root / "SegmentationClass" / f"{i}.png", labels, palette=VOC_PALETTE)
     write(root / "JPEGImages" / "2008_999999.jpg", np.zeros((6, 8, 3), np.uint8))  # detection-only image
     load_fetch().prepare_voc2012(tmp_path)
     data = recipe("voc2012", root)

@@ -2,12 +2,12 @@
 documented in docs/reliability.md."""
 
 import json
+import math
 import os
 import signal
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -26,71 +26,144 @@ from segan.inference import Predictor, RunFolderError
 
 from conftest import make_run, tiny_config
 
-STEPS_PER_EPOCH = 20  # 40 training images, batch 2
+STEPS_PER_EPOCH = 4  # 16 training images, batch 4
+EPOCHS = 3
+
+# Runs `segan train ARGS...` in a fresh process, stopped by a signal of its own at a chosen batch
+# (no sleeps: where the run stops never depends on timing). SEGAN_TEST_PLATEAU makes validation
+# IoU fall every epoch, so no epoch after the first is a new best.
+TRAIN_SCRIPT = r"""
+import os, signal, sys
+import segan.training as training
+from segan.cli import main
+stop_at, how = int(os.environ.get("STOP_AT", 0)), os.environ.get("STOP_HOW", "")
+
+def on_train_batch_end(self, outputs, batch, batch_idx):
+    if self.trainer.fit_loop.epoch_loop.batch_progress.total.processed == stop_at:
+        os.kill(os.getpid(), signal.SIGKILL if how == "kill" else signal.SIGINT)
+
+training.SeganModule.on_train_batch_end = on_train_batch_end
+if os.environ.get("SEGAN_TEST_PLATEAU"):
+    scores = training.SeganModule.on_validation_epoch_end
+    def on_validation_epoch_end(self):
+        if not self.trainer.training and not self.trainer.sanity_checking and self.trainer.state.fn == "fit":
+            return self.log_dict({"val/iou": 0.9 - 0.1 * self.current_epoch, "val/dice": 0.5}, prog_bar=True)
+        return scores(self)
+    training.SeganModule.on_validation_epoch_end = on_validation_epoch_end
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 @pytest.fixture(scope="module")
 def interrupt_data(tmp_path_factory):
-    return make_demo_dataset(tmp_path_factory.mktemp("interrupt"), n_train=40, n_val=4, size=64, seed=1)
+    return make_demo_dataset(tmp_path_factory.mktemp("interrupt"), n_train=16, n_val=4, size=64, seed=1)
 
 
-def tiny_yaml(path: Path, data: Path, out: Path, epochs: int = 4) -> Path:
-    config = tiny_config(data, out, train={"epochs": epochs, "batch_size": 2})
+def tiny_yaml(path: Path, data: Path, out: Path, epochs: int = EPOCHS) -> Path:
+    config = tiny_config(data, out, train={"epochs": epochs, "batch_size": 4}, data={"augment": "medium"},
+                         loss={"adv_mode": "lsgan", "adv_weight": 0.1})
     config.save(path)
     return path
 
 
-def start_training(config: Path, resume_out: Path | None = None) -> subprocess.Popen:
-    args = ["--resume", "--out", str(resume_out)] if resume_out else ["--config", str(config)]
-    return subprocess.Popen([sys.executable, "-m", "segan", "train", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def run_training(*args: str, stop_at: int = 0, how: str = "", plateau: bool = False) -> subprocess.CompletedProcess:
+    env = dict(os.environ, STOP_AT=str(stop_at), STOP_HOW=how)
+    if plateau:
+        env["SEGAN_TEST_PLATEAU"] = "1"
+    return subprocess.run([sys.executable, "-c", TRAIN_SCRIPT, "train", *args], capture_output=True, text=True,
+                          env=env, timeout=600)
 
 
-def wait_for(path: Path, process: subprocess.Popen, timeout: float = 240) -> None:
-    deadline = time.time() + timeout
-    while not path.is_file():
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        assert time.time() < deadline, f"{path} did not appear"
-        time.sleep(0.05)
+def folder_hashes(folder: Path) -> dict[str, str]:
+    import hashlib
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def resume_to_the_end(out: Path) -> dict:
-    done = subprocess.run([sys.executable, "-m", "segan", "train", "--resume", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
+def generator_weights(run: Path) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in load_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"].items()
+            if k.startswith(("generator.", "discriminator."))}
+
+
+@pytest.mark.parametrize("plateau", [True, False], ids=["plateau", "improving"])
+def test_kill_9_resumes_from_the_last_epoch_and_ends_with_the_same_weights(tmp_path, interrupt_data, plateau):
+    """kill -9 in the middle of epoch 2: last.ckpt holds epoch 1 whatever its validation score, and
+    the resumed run ends with the weights of a run that was never interrupted."""
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    done = run_training("--config", str(tiny_yaml(tmp_path / "a.yaml", interrupt_data, straight)), plateau=plateau)
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads((out / "summary.json").read_text())
+    killed = run_training("--config", str(tiny_yaml(tmp_path / "b.yaml", interrupt_data, broken)), plateau=plateau,
+                          stop_at=2 * STEPS_PER_EPOCH + 2, how="kill")
+    assert killed.returncode == -signal.SIGKILL
+    saved = load_checkpoint(broken / "checkpoints" / "last.ckpt")  # whole, written atomically
+    assert training.epochs_done(saved) == 2 and saved["epoch"] == 1
+    if plateau:  # the best epoch was the first: last.ckpt was written all the same
+        assert load_checkpoint(broken / "checkpoints" / "best.ckpt")["epoch"] == 0
+    resumed = run_training("--resume", "--out", str(broken), plateau=plateau)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((broken / "summary.json").read_text())
+    assert summary["epochs"] == EPOCHS and summary["steps"] == EPOCHS * STEPS_PER_EPOCH
+    assert summary == {**json.loads((straight / "summary.json").read_text()), "run_dir": str(broken),
+                       "wall_time_s": summary["wall_time_s"]}
+    expected, got = generator_weights(straight), generator_weights(broken)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
 
 
-def test_kill_9_mid_epoch_then_resume_finishes_with_the_same_steps(tmp_path, interrupt_data):
+def test_ctrl_c_at_a_chosen_batch_saves_that_batch_and_resume_completes(tmp_path, interrupt_data):
     out = tmp_path / "run"
-    process = start_training(tiny_yaml(tmp_path / "c.yaml", interrupt_data, out))
-    last = out / "checkpoints" / "last.ckpt"
-    wait_for(last, process)  # end of epoch 0
-    time.sleep(0.5)  # into epoch 1
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
-    saved = load_checkpoint(last)  # written atomically: whole, whatever the moment of the kill
-    assert saved["global_step"] > 0
-    summary = resume_to_the_end(out)
-    assert summary["epochs"] == 4 and summary["steps"] == 4 * STEPS_PER_EPOCH
-    final = load_checkpoint(last)
-    assert final["global_step"] == 2 * 4 * STEPS_PER_EPOCH  # Lightning counts the G and the D step
+    stopped = run_training("--config", str(tiny_yaml(tmp_path / "c.yaml", interrupt_data, out)),
+                           stop_at=STEPS_PER_EPOCH + 2, how="int")
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert f"--resume --out {out}" in stopped.stderr and "interrupted" in stopped.stderr
+    saved = load_checkpoint(out / "checkpoints" / "last.ckpt")
+    # the state at the interrupted batch, not the end of the epoch before it
+    assert saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["processed"] == STEPS_PER_EPOCH + 2
+    resumed = run_training("--resume", "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["epochs"] == EPOCHS
 
 
-def test_ctrl_c_saves_the_state_at_that_batch_and_resume_completes(tmp_path, interrupt_data):
+def test_a_refused_resume_changes_no_byte_of_the_run(tmp_path, interrupt_data):
     out = tmp_path / "run"
-    process = start_training(tiny_yaml(tmp_path / "c.yaml", interrupt_data, out))
-    last = out / "checkpoints" / "last.ckpt"
-    wait_for(last, process)
-    time.sleep(0.5)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr[-3000:]
-    assert "--resume" in stderr and "interrupted" in stderr
-    interrupted_at = load_checkpoint(last)["global_step"]
-    assert interrupted_at >= 2 * STEPS_PER_EPOCH
-    summary = resume_to_the_end(out)
-    assert summary["steps"] == 4 * STEPS_PER_EPOCH
+    done = run_training("--config", str(tiny_yaml(tmp_path / "c.yaml", interrupt_data, out, epochs=1)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    before = folder_hashes(out)
+    other_model = run_training("--resume", "--out", str(out), "--encoder", "resnet34", "--epochs", "2")
+    assert other_model.returncode == 2 and "Traceback" not in other_model.stderr
+    assert "generator.encoder_name: 'resnet18' in the run, 'resnet34' given" in other_model.stderr
+    finished = run_training("--resume", "--out", str(out))
+    assert finished.returncode == 2 and "already trained 1 of 1 epochs" in finished.stderr
+    assert folder_hashes(out) == before
+    (out / "config.yaml").write_text("train: [unclosed")
+    before = folder_hashes(out)
+    broken_config = run_training("--resume", "--out", str(out), "--epochs", "2")
+    assert broken_config.returncode == 2 and "config.yaml" in broken_config.stderr
+    assert "not valid YAML" in broken_config.stderr and "Traceback" not in broken_config.stderr
+    assert folder_hashes(out) == before
+
+
+def test_resume_with_more_epochs_rebuilds_the_schedule_and_a_moved_run_keeps_its_best(tmp_path, interrupt_data):
+    first = tmp_path / "first"
+    done = run_training("--config", str(tiny_yaml(tmp_path / "c.yaml", interrupt_data, first, epochs=2)),
+                        plateau=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    moved = tmp_path / "moved"
+    import shutil
+    shutil.copytree(first, moved)
+    before = folder_hashes(first)
+    longer = run_training("--resume", "--out", str(moved), "--epochs", "4", plateau=True)
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert folder_hashes(first) == before  # nothing written to where the run came from
+    last = load_checkpoint(moved / "checkpoints" / "last.ckpt")
+    assert training.epochs_done(last) == 4
+    # cosine over the new end: the last epoch (3 of 0-3) ran at lr * (1 + cos(3 pi / 4)) / 2
+    lr = Config.load(moved / "config.yaml").train.lr
+    assert last["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(lr * (1 + math.cos(3 * math.pi / 4)) / 2)
+    state = next(v for k, v in last["callbacks"].items() if k.startswith("BestCheckpoint"))
+    assert state["best_model_path"] == "best.ckpt" and float(state["best_model_score"]) == pytest.approx(0.9)
+    assert load_checkpoint(moved / "checkpoints" / "best.ckpt")["epoch"] == 0  # the plateau's best, kept
 
 
 def test_atomic_checkpoint_write_never_leaves_half_a_file(tmp_path, monkeypatch):
@@ -140,7 +213,11 @@ def test_resume_from_a_truncated_checkpoint_names_it(tmp_path, demo_root):
 def test_resume_with_a_checkpoint_of_another_model_is_a_clear_error(tmp_path, demo_root):
     config = tiny_config(demo_root, tmp_path / "run")
     training.train(config)
-    other = tiny_config(demo_root, tmp_path / "run", data={"classes": ["a", "b", "c"]})
+    other = tiny_config(demo_root, tmp_path / "run", data={"classes": ["a", "b", "c"]}, train={"epochs": 2})
+    with pytest.raises(training.ResumeError, match=r"data.classes: \['background', 'foreground'\] in the run"):
+        training.train(other, resume=True)
+    # a config.yaml edited behind segan's back no longer fits the checkpoint: refused before any write
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(other.to_dict()))
     with pytest.raises(CheckpointError, match="another model"):
         training.train(other, resume=True)
 
@@ -167,7 +244,7 @@ def test_nan_loss_is_skipped_then_stops_and_keeps_the_best_checkpoint(tmp_path, 
 
 
 def test_a_discriminator_that_wins_outright_stops_stepping(tmp_path, demo_root, monkeypatch):
-    monkeypatch.setattr(training, "D_COLLAPSE_LOSS", 1e9)  # every D loss counts as collapsed
+    monkeypatch.setitem(training.D_COLLAPSE_LOSS, "vanilla", 1e9)  # every D loss counts as collapsed
     config = tiny_config(demo_root, tmp_path / "run")
     result = training.train(config)
     assert result.d_steps_skipped == result.steps > 0
@@ -176,15 +253,15 @@ def test_a_discriminator_that_wins_outright_stops_stepping(tmp_path, demo_root, 
     assert state == {}
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"data": {"size": 100}}, "use 96"),
-    ({"data": {"classes": ["only"]}}, "at least two"),
-    ({"data": {"ignore_index": 1}}, "also class 'foreground'"),
-    ({"data": {"augment": "extreme"}}, "data.augment"),
-    ({"train": {"lr": 0}}, "must be positive"),
-])
-def test_configs_that_cannot_work_fail_before_reading_data(tmp_path, overrides, message):
-    config = tiny_config(tmp_path / "no-data-needed", tmp_path / "run", **overrides)
+@pytest.mark.parametrize("section, key, value, message", [
+    ("data", "size", 100, "use 96"), ("data", "classes", ["only"], "at least 2 different class names"),
+    ("data", "ignore_index", 1, "also class 'foreground'"), ("data", "augment", "extreme", "data.augment"),
+    ("train", "lr", 0, r"train\.lr: expected a number > 0")])
+def test_configs_that_cannot_work_fail_before_reading_data(tmp_path, section, key, value, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(tmp_path / "no-data-needed", tmp_path / "run", **{section: {key: value}})
+    config = tiny_config(tmp_path / "no-data-needed", tmp_path / "run")
+    setattr(getattr(config, section), key, value)  # a config changed after it was built is caught too
     with pytest.raises(ValueError, match=message):
         validate(config)
     with pytest.raises(ValueError, match=message):
@@ -287,7 +364,7 @@ def test_full_disk_during_predict_reports_and_keeps_what_was_written(tmp_path, m
     inputs.mkdir()
     for i in range(5):
         cv2.imwrite(str(inputs / f"{i}.png"), np.full((16, 16, 3), 40 * i, np.uint8))
-    original, written = batch_predict._atomic_write, []
+    original, written = batch_predict.atomic_write, []
 
     def fills_up(path, data):
         if path.suffix == ".png" and len(written) >= 2:
@@ -295,7 +372,7 @@ def test_full_disk_during_predict_reports_and_keeps_what_was_written(tmp_path, m
         original(path, data)
         written.append(path)
 
-    monkeypatch.setattr(batch_predict, "_atomic_write", fills_up)
+    monkeypatch.setattr(batch_predict, "atomic_write", fills_up)
     code = main(["predict", "--model", str(run), "--input", str(inputs), "--output", str(tmp_path / "out"),
                  "--num-workers", "0", "--no-progress", "--device", "cpu", "--batch-size", "1"])
     assert code == 1

@@ -130,8 +130,10 @@ def test_resume_continues_steps_and_optimizer_state(tmp_path, demo_root):
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, demo_root):
-    with pytest.raises(FileNotFoundError, match="last.ckpt"):
+    from segan.training import ResumeError
+    with pytest.raises(ResumeError, match=r"cannot resume: .*nothing/checkpoints/last.ckpt does not exist"):
         train(tiny_config(demo_root, tmp_path / "nothing"), resume=True)
+    assert not (tmp_path / "nothing").exists()
 
 
 def test_run_folder_and_exported_generator_reload_in_plain_smp(tmp_path, demo_root):
@@ -206,18 +208,41 @@ def test_input_guards_hide_exact_truth_values(tmp_path, demo_root, classes):
 
 def test_greyscale_multiclass_run_records_its_normalisation(tmp_path, demo_root):
     """1 input channel and 3 classes (the demo's 0/1 masks are valid class indices; class 2 never occurs)."""
+    import numpy as np
     import yaml
+    from segan import metrics
+    from segan.config import Config
+    from segan.data import MaskEncoding, read_image, read_mask
     config = tiny_config(demo_root, tmp_path / "run", data={"in_channels": 1, "classes": ["bg", "shape", "other"]})
     result = train(config)
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]
     assert len(saved["mean"]) == len(saved["std"]) == 1
-    assert 0.0 <= result.best_val_iou <= 1.0
     model = smp.from_pretrained(str(tmp_path / "run" / "generator")).eval()
     assert model(torch.randn(1, 1, 64, 64)).shape == (1, 3, 64, 64)
 
+    # The reported scores, recomputed from the exported (best) generator on the validation images:
+    # 64 x 64 demo images at size 64 need no resize or padding, so this is the model's own view.
+    data = Config.load(tmp_path / "run" / "config.yaml").data
+    mean, std = (np.asarray(v, np.float32) * 255 for v in data.normalization())
+    confusion = torch.zeros(3, 3, dtype=torch.long)
+    images = sorted((demo_root / "validation" / "images").glob("*.png"))
+    assert len(images) == 4
+    for path in images:
+        x = (read_image(path, 1).astype(np.float32) - mean) / std
+        with torch.no_grad():
+            predicted = model(torch.from_numpy(x.transpose(2, 0, 1))[None]).argmax(dim=1)
+        truth = torch.from_numpy(read_mask(demo_root / "validation" / "masks" / path.name,
+                                           MaskEncoding.from_config(data)))[None]
+        confusion += metrics.confusion_matrix(predicted, truth, 3, data.ignore_index)[0]
+    scores = metrics.summary(confusion, binary=False)
+    # Lightning logs float32; the summary rounds to 4 decimals.
+    assert result.best_val_iou == round(float(np.float32(scores["iou"])), 4)
+    assert result.best_val_dice == round(float(np.float32(scores["dice"])), 4)
+
 
 def test_mismatched_normalisation_is_refused_before_training(tmp_path, demo_root):
-    config = tiny_config(demo_root, tmp_path / "run", data={"in_channels": 1, "mean": [0.5, 0.5, 0.5]})
+    config = tiny_config(demo_root, tmp_path / "run", data={"in_channels": 1})
+    config.data.mean = [0.5, 0.5, 0.5]
     with pytest.raises(ValueError, match="one per input channel"):
         train(config)
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -4,6 +4,10 @@ Reads every file once (in threads: OpenCV releases the GIL while decoding) and r
 found, pairs and unmatched files per split, unreadable files, image/mask size mismatches, the
 stored mask values against the declared encoding, class pixel frequencies, and the data config
 that training would use. Problems that would stop training are errors; the rest are warnings.
+
+Every mask holding values its encoding cannot place (see `MaskEncoding`: a binary mask storing 2,
+a class index beyond the class list) is its own error naming the file, the values and their pixel
+counts, so one run lists them all; with `allow_unknown_values` they are warnings instead.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .encoding import MaskEncoding, colour_keys, read_roi
+from .encoding import MaskEncoding, MaskValueError, colour_keys, format_counts, read_roi
 from .io import ImageReadError, read_image, read_raw_mask
 from .pairs import DatasetLayoutError, Matching, Pair, detect_layout, hold_out, match_split, val_split_name
 
 MAX_VALUES_SHOWN = 12
+MAX_FILES_WARNED = 10  # files named in one warning about ignored unknown values; the JSON report has all
 
 
 @dataclass
@@ -53,6 +58,9 @@ class CheckReport:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     config: dict = field(default_factory=dict)  # the data section training would use
+    # masks holding values the encoding cannot place: {"file", "split", "values": {value: pixels},
+    # "ignored"}; ignored is True where allow_unknown_values turned them into the ignore index
+    unknown_values: list[dict] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -61,7 +69,9 @@ class CheckReport:
     def to_dict(self) -> dict:
         return {"root": self.root, "ok": self.ok, "layout": self.layout, "encoding": self.encoding,
                 "classes": self.classes, "splits": [s.to_dict() for s in self.splits], "errors": self.errors,
-                "warnings": self.warnings, "config": {"data": self.config}}
+                "warnings": self.warnings, "config": {"data": self.config},
+                "unknown_values": [{**entry, "values": {str(k): n for k, n in entry["values"].items()}}
+                                   for entry in self.unknown_values]}
 
     def format(self) -> str:
         import yaml
@@ -125,10 +135,16 @@ def _inspect(pair: Pair, encoding: MaskEncoding, in_channels: int) -> dict:
                                 f"{pair.mask} is {mask_size[0]}x{mask_size[1]}; image and mask must have the same size")
         return result
     try:
-        labels = encoding.decode(raw, pair.mask)
+        labels, ignored = encoding.decode_with_unknown(raw, pair.mask)
+    except MaskValueError as error:
+        result["errors"].append(str(error))
+        result["unknown"] = error.values
+        return result
     except ImageReadError as error:
         result["errors"].append(str(error))
         return result
+    if ignored:
+        result["ignored_unknown"] = ignored
     if pair.roi is not None:
         try:
             inside = read_roi(pair.roi)
@@ -197,6 +213,12 @@ def check_dataset(data, workers: int = 4, progress: bool = True) -> CheckReport:
             if job_split != name:
                 continue
             report.errors.extend(result["errors"])
+            if "unknown" in result:
+                report.unknown_values.append({"file": str(pair.mask), "split": name, "values": result["unknown"],
+                                              "ignored": False})
+            if "ignored_unknown" in result:
+                report.unknown_values.append({"file": str(pair.mask), "split": name,
+                                              "values": result["ignored_unknown"], "ignored": True})
             if "size" in result:
                 split.image_sizes[result["size"]] += 1
             split.stored_values.update(result.get("values", {}))
@@ -204,6 +226,7 @@ def check_dataset(data, workers: int = 4, progress: bool = True) -> CheckReport:
             for c, n in enumerate(result.get("classes", [])):
                 split.class_pixels[c] += n
         report.splits.append(split)
+        report.warnings.extend(_ignored_unknown_warnings(report.unknown_values, name, encoding))
         report.warnings.extend(_encoding_warnings(split, encoding, data.classes))
 
     config = dataclasses.asdict(data)
@@ -214,6 +237,18 @@ def check_dataset(data, workers: int = 4, progress: bool = True) -> CheckReport:
     return report
 
 
+def _ignored_unknown_warnings(entries: list[dict], split: str, encoding: MaskEncoding) -> list[str]:
+    """One warning per split naming the masks whose unplaceable values allow_unknown_values ignored."""
+    ignored = [entry for entry in entries if entry["split"] == split and entry["ignored"]]
+    if not ignored:
+        return []
+    total = sum(sum(entry["values"].values()) for entry in ignored)
+    shown = "; ".join(f"{entry['file']} ({format_counts(entry['values'])})" for entry in ignored[:MAX_FILES_WARNED])
+    more = f"; ... {len(ignored) - MAX_FILES_WARNED} more files" if len(ignored) > MAX_FILES_WARNED else ""
+    return [f"[{split}] {len(ignored)} masks hold values the mask encoding cannot place; allow_unknown_values "
+            f"ignores their {total} pixels (as {encoding.ignore_index}): {shown}{more}"]
+
+
 def _encoding_warnings(split: SplitReport, encoding: MaskEncoding, classes: list[str]) -> list[str]:
     """Signs that the declared encoding does not fit the stored values."""
     warnings = []
@@ -222,7 +257,8 @@ def _encoding_warnings(split: SplitReport, encoding: MaskEncoding, classes: list
         return warnings
     if encoding.kind == "binary" and not encoding.value_map:
         numeric = [k for k in split.stored_values if isinstance(k, int)]
-        if len(numeric) > 2:
+        # Only 0/255 masks are thresholded; other extra values are errors (or ignored) per file.
+        if len(numeric) > 2 and 255 in split.stored_values:
             near = sum(n for k, n in split.stored_values.items() if isinstance(k, int) and 15 < k < 240)
             share = near / sum(split.stored_values.values())
             warnings.append(f"[{split.name}] binary masks hold {len(numeric)} distinct values (JPEG noise or "

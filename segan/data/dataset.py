@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from .encoding import MaskEncoding, read_mask, read_roi
 from .io import read_image
@@ -23,19 +23,30 @@ class SegmentationDataset(Dataset):
         in_channels: 1 or 3.
         encoding: how mask values become class indices (default binary). Pixels outside a
             pair's region of interest become `encoding.ignore_index`.
+        augment_seed: with an `EpochSampler`, which asks for `(index, epoch)`, the transform is
+            seeded from (augment_seed, epoch, index): each sample's augmentation is then the same
+            whichever worker process draws it and whether or not the run was resumed.
     """
 
     def __init__(self, pairs: Sequence[Pair], transform: Callable, in_channels: int = 3,
-                 encoding: MaskEncoding | None = None) -> None:
+                 encoding: MaskEncoding | None = None, augment_seed: int = 0) -> None:
         self.pairs = list(pairs)
         self.transform = transform
         self.in_channels = in_channels
         self.encoding = encoding or MaskEncoding()
+        self.augment_seed = augment_seed
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        if isinstance(item, tuple):
+            index, epoch = item
+            if hasattr(self.transform, "set_random_seed"):  # albumentations keeps its own generators
+                seed = np.random.SeedSequence([self.augment_seed, epoch, index]).generate_state(1)[0]
+                self.transform.set_random_seed(int(seed))
+        else:
+            index = item
         pair = self.pairs[index]
         image = read_image(pair.image, self.in_channels)
         mask = read_mask(pair.mask, self.encoding)
@@ -52,3 +63,28 @@ class SegmentationDataset(Dataset):
         image = torch.from_numpy(np.ascontiguousarray(sample["image"].transpose(2, 0, 1)))
         mask = torch.from_numpy(np.ascontiguousarray(sample["mask"])).long()
         return dict(image=image, mask=mask, name=pair.image.stem)
+
+
+class EpochSampler(Sampler):
+    """Shuffles `size` samples in an order that depends on (seed, epoch) alone, and yields
+    `(index, epoch)` so the dataset can seed each sample's augmentation the same way.
+
+    A resumed run, or one whose workers start anew, then sees exactly the batches an
+    uninterrupted run would have. The trainer calls `set_epoch` before each epoch.
+    """
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
+        for index in torch.randperm(self.size, generator=generator).tolist():
+            yield index, self.epoch

@@ -1,8 +1,9 @@
 """Reading images and masks from disk into NumPy arrays.
 
-Images come back as uint8 HxWxC with the channel count the model expects; masks as their stored
-values (`segan.data.encoding` turns those into class indices). Every failure raises `ImageReadError` naming the file, so callers can report and
-skip one bad file instead of dying inside OpenCV.
+Images come back as uint8 HxWxC with the channel count the model expects (16-bit ones scaled by
+the range of their bit depth, `to_uint8`); masks as their stored values (`segan.data.encoding`
+turns those into class indices). Every failure raises `ImageReadError` naming the file, so callers
+can report and skip one bad file instead of dying inside OpenCV.
 """
 
 from __future__ import annotations
@@ -75,11 +76,45 @@ def _decode(path: Path, flags: int) -> np.ndarray:
     return array
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
+# Bit depths a camera or scanner stores in a 16-bit container (12-bit microscopy, 14-bit sensors, ...).
+BIT_DEPTHS = (8, 10, 12, 14, 16)
+
+
+def bit_depth(array: np.ndarray) -> int:
+    """The smallest of `BIT_DEPTHS` whose range holds every value of a uint8 or uint16 array.
+
+    The file does not record how many of a 16-bit container's bits a camera filled, so the values
+    decide: an image with maximum 4095 is 12-bit, one with maximum 4096 is 14-bit.
+    """
+    top = int(array.max()) if array.size else 0
+    return next((bits for bits in BIT_DEPTHS if top < 2 ** bits), BIT_DEPTHS[-1])
+
+
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """An image's pixel values as uint8, for the model: the one rule for files and in-memory arrays.
+
+    uint8 is returned as it is. uint16 is scaled by the range of its bit depth b (`bit_depth`, the
+    smallest of 8, 10, 12, 14, 16 with max < 2**b): value * 255 / (2**b - 1), rounded to the
+    nearest integer. So 12-bit microscopy in a 16-bit file maps 4095 to 255 (shifting right by 8
+    would leave it nearly black), a full 16-bit image maps 65535 to 255, and 8-bit values stored
+    in 16 bits stay as they are. One b serves all channels, so colours keep their balance. The
+    rule cannot tell a dim 16-bit image whose values all stay below 4096 from a 12-bit one: it is
+    read as 12-bit. Any other type (float, signed) is stretched from its minimum to its maximum.
+
+    Args:
+        array: HxW or HxWxC pixel values.
+
+    Returns:
+        uint8 array of the same shape.
+    """
     if array.dtype == np.uint8:
         return array
     if array.dtype == np.uint16:
-        return (array >> 8).astype(np.uint8)
+        full = 2 ** bit_depth(array) - 1
+        # Integer round-half-up of value * 255 / full (exact, no float error at the top value), as a
+        # table of at most 65536 entries: one lookup per pixel, no full-size uint32 temporaries.
+        table = ((np.arange(full + 1, dtype=np.uint32) * 510 + full) // (2 * full)).astype(np.uint8)
+        return table[array]
     array = array.astype(np.float32)
     low, high = float(array.min()), float(array.max())
     scale = 255.0 / (high - low) if high > low else 0.0
@@ -89,9 +124,9 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
 def read_image(path: str | Path, in_channels: int = 3) -> np.ndarray:
     """Reads an image as uint8 HxWxC RGB (C=3) or greyscale (C=1).
 
-    16-bit images keep their top 8 bits; alpha is dropped.
+    16-bit images are scaled by the range of their bit depth (see `to_uint8`); alpha is dropped.
     """
-    return to_channels(_to_uint8(_decode(Path(path), cv2.IMREAD_UNCHANGED)), in_channels, bgr=True)
+    return to_channels(to_uint8(_decode(Path(path), cv2.IMREAD_UNCHANGED)), in_channels, bgr=True)
 
 
 def to_channels(array: np.ndarray, in_channels: int, bgr: bool = False) -> np.ndarray:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..text import name_list
 from .io import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -65,9 +66,9 @@ class Layout:
         return self.path(self.image_dir, split).is_dir()
 
     def describe(self) -> str:
-        if self.pairs_file:
-            return f"list file {self.pairs_file}"
         roi = f", regions of interest {self.roi_dir}/" if self.roi_dir else ""
+        if self.pairs_file:
+            return f"list file {self.pairs_file}{roi}"
         return f"images {self.image_dir}/, masks {self.mask_dir}/{roi}"
 
 
@@ -87,19 +88,21 @@ class Matching:
     def problems(self) -> list[str]:
         """Blocking problems, each naming files and what to do."""
         found = []
-        if not self.pairs and not (self.unmatched_images or self.unmatched_masks or self.missing_files):
+        if not self.pairs and not (self.unmatched_images or self.unmatched_masks or self.missing_files
+                                   or self.missing_roi):
             found.append(f"{self.source}: no images ({', '.join(IMAGE_SUFFIXES)})")
         if self.unmatched_images or self.unmatched_masks:
             found.append(
-                f"{self.source}: {len(self.unmatched_images)} image(s) without a mask {_names(self.unmatched_images)}, "
-                f"{len(self.unmatched_masks)} mask(s) without an image {_names(self.unmatched_masks)}. Give every "
-                "image a mask, remove the extra files, or set data.image_name/data.mask_name when names differ.")
+                f"{self.source}: {len(self.unmatched_images)} image(s) without a mask "
+                f"{name_list(self.unmatched_images, parens=True)}, {len(self.unmatched_masks)} mask(s) without an "
+                f"image {name_list(self.unmatched_masks, parens=True)}. Give every image a mask, remove the extra "
+                "files, or set data.image_name/data.mask_name when names differ.")
         if self.missing_roi:
             found.append(f"{self.source}: {len(self.missing_roi)} image(s) without a region-of-interest mask "
-                         f"{_names(self.missing_roi)}")
+                         f"{name_list(self.missing_roi, parens=True)}")
         if self.missing_files:
             found.append(f"{self.source}: {len(self.missing_files)} listed file(s) not found "
-                         f"{_names(self.missing_files)}; fix the paths or set data.strip_prefix")
+                         f"{name_list(self.missing_files, parens=True)}; fix the paths or set data.strip_prefix")
         if self.duplicates:
             found.append(f"{self.source}: several files share a pairing key: {'; '.join(self.duplicates[:5])}")
         return found
@@ -108,7 +111,7 @@ class Matching:
         if not self.non_images:
             return []
         return [f"{self.source}: {len(self.non_images)} file(s) that are not images were ignored "
-                f"{_names(self.non_images)}"]
+                f"{name_list(self.non_images, parens=True)}"]
 
     def require(self) -> list[Pair]:
         """The pairs, or `DatasetLayoutError` with every blocking problem."""
@@ -118,11 +121,6 @@ class Matching:
         for warning in self.warnings():
             log.warning(warning)
         return self.pairs
-
-
-def _names(paths: list, limit: int = 5) -> str:
-    shown = [Path(p).name if isinstance(p, Path) else str(p) for p in paths[:limit]]
-    return "(" + ", ".join(shown) + (f", ... {len(paths) - limit} more" if len(paths) > limit else "") + ")" if paths else ""
 
 
 def name_key(pattern: str) -> Callable[[str], str | None]:
@@ -195,17 +193,26 @@ def match_folders(image_dir: Path, mask_dir: Path, roi_dir: Path | None = None, 
     return matching
 
 
-def read_pairs_file(list_file: Path, root: Path, strip_prefix: str | None = None) -> Matching:
+def read_pairs_file(list_file: Path, root: Path, strip_prefix: str | None = None, roi_dir: Path | None = None,
+                    image_name: str = "{id}", roi_name: str = "{id}") -> Matching:
     """Pairs from a list file: `image mask [roi]` per line, whitespace- or comma-separated.
 
     Paths are relative to `root` (or to the list file's folder), or absolute. An absolute path
     that does not exist (a list written on another machine, like CamVid's `/SegNet/CamVid/...`)
     has `strip_prefix` removed, or else the shortest leading part whose removal makes it exist
     under `root`; the prefix found is then used for every line.
+
+    With `roi_dir`, a line without a third path gets the region of interest in `roi_dir` whose
+    key (by `roi_name`) is its image's key (by `image_name`), as `match_folders` pairs them; an
+    image without one is reported in `missing_roi`.
     """
     if not list_file.is_file():
         raise DatasetLayoutError(f"list file not found: {list_file}")
-    matching = Matching(source=str(list_file))
+    if roi_dir is not None and not roi_dir.is_dir():
+        raise DatasetLayoutError(f"folder not found: {roi_dir}")
+    matching = Matching(source=f"{list_file} + {roi_dir}" if roi_dir else str(list_file))
+    rois = _keyed(list_folder(roi_dir)[0], roi_name, "regions of interest", matching.duplicates)[0] if roi_dir else {}
+    image_key = name_key(image_name)
     found_prefix: list[int] = []  # path parts to drop, once detected
 
     def resolve(text: str) -> Path | None:
@@ -244,6 +251,12 @@ def read_pairs_file(list_file: Path, root: Path, strip_prefix: str | None = None
         if missing:
             matching.missing_files.extend(f"line {number}: {m}" for m in missing)
             continue
+        if roi_dir is not None and len(resolved) == 2:  # a region of interest named on the line is kept
+            roi = rois.get(image_key(resolved[0].stem))  # a stem that does not fit image_name has no key
+            if roi is None:
+                matching.missing_roi.append(resolved[0])
+                continue
+            resolved.append(roi)
         matching.pairs.append(Pair(*resolved))
     return matching
 
@@ -278,9 +291,10 @@ def detect_layout(data, split: str | None = None) -> Layout:
 
 def match_split(data, layout: Layout, split: str) -> Matching:
     """Pairs one split's files (for a layout without `{split}`, the whole dataset)."""
-    if layout.pairs_file:
-        return read_pairs_file(layout.path(layout.pairs_file, split), layout.root, data.strip_prefix)
     roi = layout.path(layout.roi_dir, split) if layout.roi_dir else None
+    if layout.pairs_file:
+        return read_pairs_file(layout.path(layout.pairs_file, split), layout.root, data.strip_prefix, roi,
+                               data.image_name, data.roi_name)
     return match_folders(layout.path(layout.image_dir, split), layout.path(layout.mask_dir, split), roi,
                          data.image_name, data.mask_name, data.roi_name)
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..config import GeneratorConfig
+from ..preprocess import labels, probabilities  # noqa: F401  (re-exported: the one threshold rule)
 
 ARCHITECTURES = tuple(smp.MODEL_ARCHITECTURES_MAPPING)
 # Architectures whose decoder has one block per encoder stage and needs `decoder_channels` to match.
@@ -102,16 +103,6 @@ def _load_checked(module: nn.Module, state: dict[str, torch.Tensor], source: str
                          f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
                          f"{len(wrong)} of another shape (e.g. {wrong[:3]})")
     module.load_state_dict(state)
-
-
-def probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """Sigmoid for one channel (binary), softmax over channels otherwise."""
-    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
-
-
-def labels(logits: torch.Tensor) -> torch.Tensor:
-    """Class index per pixel (B, H, W): logit > 0 for binary, argmax otherwise."""
-    return (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(dim=1)
 
 
 def one_hot(mask: torch.Tensor, channels: int) -> torch.Tensor:
