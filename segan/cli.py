@@ -239,6 +239,9 @@ def _train(args: argparse.Namespace) -> int:
             raise ResumeError("--resume needs --out RUN (the run folder to continue)")
         if args.config:
             raise ResumeError("--resume continues with the run's own OUT/config.yaml; leave out --config")
+        if not (Path(args.out) / "config.yaml").exists():
+            raise ResumeError(f"cannot resume {args.out}: it holds no segan run (no config.yaml); was the run "
+                              f"started with --out {args.out}?")
         try:
             base = Config.load(Path(args.out) / "config.yaml")
         except (OSError, ValueError) as error:

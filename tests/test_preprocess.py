@@ -1,0 +1,79 @@
+"""The one preprocessing path and the one threshold rule, shared by validation, evaluate and predict."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from segan.config import DataConfig
+from segan.evaluation import evaluate_model
+from segan.inference import Predictor
+from segan.preprocess import (EvalTransform, labels, labels_from_probabilities, pad_multiple, pad_to_multiple,
+                              padded_logits, prepare_image)
+from segan.training import train
+
+from conftest import make_run, tiny_config
+
+
+@pytest.mark.parametrize("resize", ["resize", "crop"])
+def test_validation_iou_in_summary_equals_evaluate_model_on_the_same_split(tmp_path, demo_root, resize):
+    """Training's validation and `segan evaluate --model` segment and score the same images the
+    same way (images at the training size, so resize mode scales nothing either)."""
+    run = tmp_path / "run"
+    train(tiny_config(demo_root, run, data={"resize": resize}, train={"epochs": 2}))
+    summary = json.loads((run / "summary.json").read_text())
+    result = evaluate_model(run, split="val", device="cpu", num_workers=0, progress=False)
+    headline = result.report["headline"]
+    assert (round(headline["iou"], 4), round(headline["dice"], 4)) == (summary["best_val_iou"],
+                                                                       summary["best_val_dice"])
+
+
+def test_a_probability_of_exactly_the_threshold_is_foreground_everywhere():
+    zero_logits = torch.zeros(1, 1, 2, 3)
+    assert labels(zero_logits).tolist() == [[[1, 1, 1], [1, 1, 1]]]  # sigmoid(0) = 0.5 >= 0.5
+    probs = torch.tensor([[[[0.5, 0.4999, 0.7]]]])
+    assert labels_from_probabilities(probs, 0.5).tolist() == [[[1, 0, 1]]]
+    assert labels_from_probabilities(probs, 0.7).tolist() == [[[0, 0, 1]]]
+
+
+class ZeroNet(torch.nn.Module):
+    """Answers logit 0 everywhere: every pixel sits exactly on the binary boundary."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :1] * 0
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_predict_and_tta_put_the_boundary_on_the_same_side_as_training(tmp_path, tta):
+    run = make_run(tmp_path / "run")
+    predictor = Predictor.from_pretrained(run, device="cpu", tta=tta)
+    predictor.model = ZeroNet()
+    image = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    assert (predictor.predict(image) == 1).all()
+    assert np.array_equal(predictor.predict_proba(image), np.full((1, 20, 30), 0.5, np.float32))
+
+
+def test_padding_mirrors_the_image_and_the_output_is_cropped_back(tmp_path):
+    run = make_run(tmp_path / "run")  # a depth-3 U-Net: stride 8
+    model = Predictor.from_pretrained(run, device="cpu").model
+    assert pad_multiple(model) == 8
+    batch = torch.arange(2 * 3 * 10 * 13, dtype=torch.float32).reshape(2, 3, 10, 13)
+    padded = pad_to_multiple(batch, 8)
+    assert padded.shape == (2, 3, 16, 16)
+    assert torch.equal(padded[..., :10, :13], batch)
+    assert torch.equal(padded[..., 10, :13], batch[..., 8, :])  # row 10 mirrors row 8 about row 9
+    with torch.no_grad():
+        assert padded_logits(model.eval(), batch).shape == (2, 1, 10, 13)
+
+
+def test_eval_transform_is_prepare_image_for_the_dataset():
+    data = DataConfig(size=32, resize="resize", mean=[0.5] * 3, std=[0.25] * 3)
+    image = np.full((40, 50, 3), 100, np.uint8)
+    mask = np.zeros((40, 50), np.uint8)
+    mask[:20] = 1
+    sample = EvalTransform(data)(image=image, mask=mask)
+    assert np.array_equal(sample["image"].transpose(2, 0, 1), prepare_image(image, data))
+    assert sample["image"].shape == (32, 32, 3) and sample["mask"].shape == (32, 32)
+    assert float(sample["image"][0, 0, 0]) == pytest.approx((100 / 255 - 0.5) / 0.25, abs=1e-6)
+    assert set(np.unique(sample["mask"]).tolist()) == {0, 1}  # nearest neighbour: no class invented
