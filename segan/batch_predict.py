@@ -255,8 +255,10 @@ def predict_folder(predictor: Predictor, inputs: Sequence[str | Path], output: s
                          height=size[0], width=size[1], message=message))
         if status == "failed":
             summary.failed += 1
-            summary.failures.append(f"{item.path}: {message}")
-            log.warning("skipped %s: %s", item.path, message)
+            # read errors already begin with the file's name
+            said = message if message.startswith(str(item.path)) else f"{item.path}: {message}"
+            summary.failures.append(said)
+            log.warning("skipped %s", said)
         bar.update(1)
 
     def write(item: InputItem, probs: torch.Tensor, image: np.ndarray | None) -> None:

@@ -80,7 +80,9 @@ class Predictor:
         for part in ("config.yaml", "generator/config.json", "generator/model.safetensors"):
             if not (run / part).is_file():
                 raise RunFolderError(f"{run} is not a complete segan run folder: {part} is missing "
-                                     "(train with `segan train --out RUN`, which writes it at the end)")
+                                     "(`segan train --out RUN` writes config.yaml when training starts and generator/ when it "
+                                     "ends; a run that was interrupted has none yet: finish it with segan train --resume "
+                                     "--out RUN)")
         config = Config.load(run / "config.yaml")
         try:
             saved = json.loads((run / "generator" / "config.json").read_text())

@@ -142,15 +142,20 @@ def test_bad_input_is_one_clear_message_and_changes_nothing(world, capsys, case,
     assert {name: digest for name, digest in after.items() if name in before} == before, case
 
 
-def test_the_advice_in_each_message_works(world, capsys):
+def test_the_advice_in_each_message_works(world, capsys, monkeypatch):
     """Run what the messages advise: --overwrite replaces, --skip-existing resumes, a raised
     --max-image-pixels (after the subcommand) lets the huge image through to decoding."""
+    from segan.data import io
+    # --max-image-pixels sets the limit for the process and its workers: restored afterwards
+    monkeypatch.setattr(io, "MAX_IMAGE_PIXELS", io.MAX_IMAGE_PIXELS)
+    monkeypatch.setenv("SEGAN_MAX_IMAGE_PIXELS", str(io.MAX_IMAGE_PIXELS))
     assert main(train_onto_the_finished_run(world) + ["--overwrite"]) == 0
     assert json.loads((world / "run" / "summary.json").read_text())["epochs"] == 1
     assert not (world / ".run.replaced").exists()
     assert main(predict_onto_earlier_predictions(world) + ["--skip-existing"]) == 0
     assert "2 already there" in capsys.readouterr().out
     assert main(evaluate_onto_an_earlier_evaluation(world) + ["--overwrite"]) == 0
+    assert main(training_mask_value_7(world) + ["--allow-unknown-values"]) == 0
     huge_image(world)
     assert main(huge_image(world) + ["--max-image-pixels", str(70_000 * 70_000), "--overwrite"]) == 1
     manifest = (world / "huge-out" / "manifest.csv").read_text()
