@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .config import (ADVERSARIAL_MODES, AUGMENT_PRESETS, IN_CHANNELS, INPUT_GUARDS, PRECISIONS, RESIZE_MODES, Config,
+from .config import (ADVERSARIAL_MODES, AUGMENT_PRESETS, IN_CHANNELS, INPUT_GUARDS, PRECISIONS, RESIZE_MODES, SEMI_MODES,
+                     Config,
                      ConfigError, check_setting, merge)
 
 # flag -> (config section, key): flags override the YAML config, which overrides the defaults.
@@ -51,6 +52,9 @@ TRAIN_FLAGS = {
     "adv_mode": ("loss", "adv_mode"),
     "adv_weight": ("loss", "adv_weight"),
     "warmup_epochs": ("loss", "adv_warmup_epochs"),
+    "unlabeled": ("data", "unlabeled"),
+    "labeled_fraction": ("data", "labeled_fraction"),
+    "semi": ("semi", "mode"),
     "epochs": ("train", "epochs"),
     "batch_size": ("train", "batch_size"),
     "lr": ("train", "lr"),
@@ -196,8 +200,8 @@ def _add_train(subparsers) -> None:
                                     "(e.g. a recipe: datasets/camvid/config.yaml)")
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoints/last.ckpt with OUT/config.yaml")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace a finished run in --out; nothing is moved until the new run has written its first "
-                        "checkpoint")
+                   help="replace a run in --out: it is set aside beside it and put back if the new run fails "
+                        "before its first epoch ends")
     _add_data_flags(p)
     g = p.add_argument_group("reading and augmentation")
     _add_config_flag(g, "--size", "training image side in pixels, a multiple of 32")
@@ -216,6 +220,14 @@ def _add_train(subparsers) -> None:
     _add_config_flag(g, "--adv-mode", "adversarial loss", choices=ADVERSARIAL_MODES)
     _add_config_flag(g, "--adv-weight", "adversarial weight; 0 = plain supervised")
     _add_config_flag(g, "--warmup-epochs", "supervised epochs before the adversarial term")
+    g = p.add_argument_group("unlabelled images (semi-supervised; more settings: semi section of --config)")
+    _add_config_flag(g, "--unlabeled", "folders, files, globs or list files of images without masks", nargs="+",
+                     metavar="PATH")
+    _add_config_flag(g, "--labeled-fraction", "keep this fraction of the training masks (chosen with --split-seed) "
+                                              "and use the other training images as unlabelled", metavar="F")
+    _add_config_flag(g, "--semi", "how the unlabelled images teach: self-training (confident pseudo-labels on "
+                                  "strong views), adversarial (the discriminator picks pseudo-labels), or both",
+                     choices=SEMI_MODES)
     g = p.add_argument_group("optimisation and hardware")
     _add_config_flag(g, "--epochs", "training epochs")
     _add_config_flag(g, "--batch-size", "images per step and device")

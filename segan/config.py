@@ -39,12 +39,14 @@ AugmentPreset = Literal["none", "light", "medium", "heavy"]
 ResizeMode = Literal["resize", "crop"]
 Precision = Literal["32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"]
 InChannels = Literal[1, 3]
+SemiMode = Literal["none", "self-training", "adversarial", "adversarial+self-training"]
 ADVERSARIAL_MODES: tuple[str, ...] = typing.get_args(AdversarialMode)
 INPUT_GUARDS: tuple[str, ...] = typing.get_args(InputGuard)
 AUGMENT_PRESETS: tuple[str, ...] = typing.get_args(AugmentPreset)
 RESIZE_MODES: tuple[str, ...] = typing.get_args(ResizeMode)
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 IN_CHANNELS: tuple[int, ...] = typing.get_args(InChannels)
+SEMI_MODES: tuple[str, ...] = typing.get_args(SemiMode)
 
 
 class Allowed:
@@ -162,6 +164,8 @@ class DataConfig:
                       Allowed("a list of [R, G, B] colours of three integers from 0 to 255, or null")] = None
     ignore_color: Colour | None = None
     allow_unknown_values: bool = False
+    unlabeled: list[str] | None = None
+    labeled_fraction: Annotated[float, Field(gt=0, le=1)] | None = None
     in_channels: InChannels = 3
     size: ImageSize = 256
     resize: ResizeMode = "resize"
@@ -259,6 +263,42 @@ class LossConfig:
 
 
 @dataclass
+class SemiConfig:
+    """Learning from unlabelled images (`data.unlabeled`, or the images `data.labeled_fraction`
+    leaves without their masks); see docs/semi-supervised.md.
+
+    Attributes:
+        mode: none; self-training (UniMatch-style: pseudo-labels from a weak view where the
+            prediction is at least `confidence` sure, learnt on a strong view with CutMix and on a
+            feature-perturbed view; no discriminator); adversarial (Hung et al.: the
+            discriminator's per-patch confidence selects the pseudo-labels of the prediction
+            itself, plus the adversarial term on unlabelled predictions); adversarial+self-training
+            (self-training whose pseudo-labels must also pass the discriminator once its gate opens).
+        confidence: self-training: least probability of the predicted class for a pixel to
+            become a pseudo-label.
+        d_confidence: adversarial modes: least discriminator probability of "real" (per patch,
+            upsampled to pixels) for a pixel to become a pseudo-label.
+        gate_warmup_epochs: adversarial modes: epochs before the discriminator gates anything
+            (an untrained one would pass everything).
+        unlabeled_weight: weight of the unlabelled loss against the supervised one.
+        cutmix: self-training: probability that a strong view gets a box pasted from another.
+        feature_dropout: self-training: Dropout2d rate on the encoder features of the perturbed view.
+        unlabeled_batch_size: unlabelled images per step; None = train.batch_size.
+    """
+
+    __pydantic_config__ = SCHEMA_RULES
+
+    mode: SemiMode = "none"
+    confidence: Annotated[float, Field(ge=0, le=1)] = 0.95
+    d_confidence: Annotated[float, Field(ge=0, le=1)] = 0.2
+    gate_warmup_epochs: NonNegativeInt = 2
+    unlabeled_weight: NonNegativeFloat = 1.0
+    cutmix: Annotated[float, Field(ge=0, le=1)] = 0.5
+    feature_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.5
+    unlabeled_batch_size: PositiveInt | None = None
+
+
+@dataclass
 class TrainConfig:
     """Optimisation and the Lightning trainer.
 
@@ -302,6 +342,7 @@ class Config:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -445,6 +486,15 @@ def _relations_checked(config: Config, invalid: set[str]) -> Config:
                 and len(values) != data.in_channels:
             problems.append(f"data.{name}: expected {data.in_channels} value(s), one per input channel "
                             f"(data.in_channels is {data.in_channels}), got {values}")
+    semi = config.semi
+    if invalid.isdisjoint({"semi.mode", "loss.adv_weight"}) and semi.mode.startswith("adversarial") \
+            and config.loss.adv_weight == 0:
+        problems.append(f"semi.mode: '{semi.mode}' needs a trained discriminator, but loss.adv_weight is 0; "
+                        "give loss.adv_weight > 0 (e.g. 0.01) or semi.mode self-training")
+    if invalid.isdisjoint({"semi.mode", "data.unlabeled", "data.labeled_fraction"}) and semi.mode != "none" \
+            and not data.unlabeled and data.labeled_fraction is None:
+        problems.append(f"semi.mode: '{semi.mode}' needs unlabelled images: give data.unlabeled (--unlabeled DIR) "
+                        "or data.labeled_fraction (--labeled-fraction F)")
     if problems:
         raise ConfigError(problems)
     return config

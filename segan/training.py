@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import CombinedLoader, rank_zero_only
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
@@ -26,11 +26,12 @@ from . import metrics
 from .atomic import atomic_write
 from .checkpointing import AtomicCheckpointIO, CheckpointError, load_checkpoint
 from .config import Config, validate
-from .data import EpochSampler, MaskEncoding, SegmentationDataset, find_splits
+from .data import DatasetLayoutError, EpochSampler, MaskEncoding, SegmentationDataset, find_splits
 from .losses import AdversarialLoss, SegmentationLoss
 from .models import build_discriminator, build_generator, one_hot, output_channels
 from .preprocess import EvalTransform, labels, padded_logits, probabilities
-from .transforms import build_train_transform
+from .semi import SemiSupervision, UnlabeledDataset, UnlabeledItem, find_unlabeled, split_labeled
+from .transforms import build_train_transform, build_weak_transform
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ class SeganModule(L.LightningModule):
         self.discriminator = build_discriminator(self.config.discriminator, data.in_channels, self.mask_channels)
         self.segmentation_loss = SegmentationLoss(data.num_classes, data.ignore_index, loss.dice_weight, loss.ce_weight)
         self.adversarial_loss = AdversarialLoss(loss.adv_mode)
+        self.semi = SemiSupervision(self.config, self.discriminate, self.adversarial_loss) \
+            if self.config.semi.mode != "none" else None
         self.val_confusion: torch.Tensor | None = None
         self.nonfinite_in_a_row = 0
         self.nonfinite_skipped = 0
@@ -102,7 +105,8 @@ class SeganModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
-        image, mask = batch["image"], batch["mask"]
+        labeled, unlabeled = (batch["labeled"], batch["unlabeled"]) if "labeled" in batch else (batch, None)
+        image, mask = labeled["image"], labeled["mask"]
         logits = self.generator(image)
         fake = probabilities(logits)
         seg_loss = self.segmentation_loss(logits, mask)
@@ -144,6 +148,13 @@ class SeganModule(L.LightningModule):
                 adv_loss = self.adversarial_loss(self.discriminate(image, fake), True, for_discriminator=False)
                 g_loss = seg_loss + self.config.loss.adv_weight * adv_loss
                 self.log("train/adv_loss", adv_loss.detach())
+            if unlabeled is not None:  # images without masks: see segan.semi
+                gate_open = self.current_epoch >= self.config.semi.gate_warmup_epochs
+                step = self.semi.step(self.generator, unlabeled, gate_open, self.config.data.ignore_index)
+                g_loss = g_loss + self.config.semi.unlabeled_weight * step.loss
+                self.log("semi/unlabeled_loss", step.loss.detach(), on_epoch=True)
+                self.log_dict({f"semi/{name}": value for name, value in step.stats.items()}, on_step=False,
+                              on_epoch=True)
             opt_g.zero_grad()
             if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(g_loss)), all=False):
                 self.skip_nonfinite(opt_g, opt_d, "generator")
@@ -181,10 +192,12 @@ class SeganModule(L.LightningModule):
         # Order and augmentation are functions of (seed, epoch): told here, not counted, so a
         # resumed run sees the batches of the uninterrupted one. Under DDP Lightning wraps the
         # sampler and tells only the wrapper its epoch.
-        sampler = getattr(self.trainer.train_dataloader, "sampler", None)
-        sampler = getattr(getattr(sampler, "dataset", None), "_sampler", sampler)
-        if isinstance(sampler, EpochSampler):
-            sampler.set_epoch(self.current_epoch)
+        loaders = self.trainer.train_dataloader
+        for loader in loaders.values() if isinstance(loaders, dict) else [loaders]:
+            sampler = getattr(loader, "sampler", None)
+            sampler = getattr(getattr(sampler, "dataset", None), "_sampler", sampler)
+            if isinstance(sampler, EpochSampler):
+                sampler.set_epoch(self.current_epoch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Everything besides weights and optimiser state that shapes the rest of the run.
@@ -255,11 +268,18 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def build_dataloaders(config: Config) -> tuple[DataLoader, DataLoader]:
+def build_dataloaders(config: Config) -> tuple[DataLoader | CombinedLoader, DataLoader]:
+    """The training loader (with `semi.mode`, a CombinedLoader of labelled and unlabelled batches,
+    as many of each per epoch as the labelled set gives) and the validation loader."""
     data, train = config.data, config.train
     mean, std = data.normalization()
     encoding = MaskEncoding.from_config(data)
     splits = find_splits(data)
+    hidden: list[UnlabeledItem] = []
+    if data.labeled_fraction is not None and data.labeled_fraction < 1:
+        splits["train"], hidden = split_labeled(splits["train"], data.labeled_fraction, data.split_seed)
+        log.info("labelled: %d of the training images (--labeled-fraction %s); the other %d have their masks "
+                 "hidden", len(splits["train"]), data.labeled_fraction, len(hidden))
     train_set = SegmentationDataset(
         splits["train"],
         build_train_transform(data.augment, data.size, data.resize, mean, std, data.rotations, data.ignore_index),
@@ -270,8 +290,26 @@ def build_dataloaders(config: Config) -> tuple[DataLoader, DataLoader]:
     val_batch = train.batch_size if data.resize == "resize" else 1
     drop_last = len(train_set) > train.batch_size
     sampler = EpochSampler(len(train_set), train.seed)
-    return (DataLoader(train_set, batch_size=train.batch_size, sampler=sampler, drop_last=drop_last, **loader_args),
-            DataLoader(val_set, batch_size=val_batch, shuffle=False, **loader_args))
+    train_loader = DataLoader(train_set, batch_size=train.batch_size, sampler=sampler, drop_last=drop_last,
+                              **loader_args)
+    val_loader = DataLoader(val_set, batch_size=val_batch, shuffle=False, **loader_args)
+    if config.semi.mode == "none":
+        return train_loader, val_loader
+    items = hidden + (find_unlabeled(data.unlabeled, data.root) if data.unlabeled else [])
+    if not items:
+        raise DatasetLayoutError("semi-supervised training needs unlabelled images: give --unlabeled DIR, or a "
+                                 "--labeled-fraction below 1")
+    unlabeled_set = UnlabeledDataset(
+        items, build_weak_transform(data.augment, data.size, data.resize, data.rotations, data.ignore_index),
+        data, encoding, augment_seed=train.seed)
+    batch_u = config.semi.unlabeled_batch_size or train.batch_size
+    # Cycles through the unlabelled images across epochs: each epoch takes as many batches as
+    # the labelled set gives, so step budgets compare with labelled-only training.
+    unlabeled_sampler = EpochSampler(len(unlabeled_set), train.seed + 1, length=len(train_loader) * batch_u)
+    unlabeled_loader = DataLoader(unlabeled_set, batch_size=batch_u, sampler=unlabeled_sampler, drop_last=True,
+                                  **loader_args)
+    log.info("unlabelled: %d images, %d per step", len(unlabeled_set), batch_u)
+    return CombinedLoader({"labeled": train_loader, "unlabeled": unlabeled_loader}, mode="min_size"), val_loader
 
 
 @dataclass
@@ -288,6 +326,9 @@ class TrainResult:
     stopped: str | None = None  # why training ended before its last epoch, if it did
     nonfinite_batches_skipped: int = 0
     d_steps_skipped: int = 0  # discriminator steps left out while it won outright
+    # last epoch's unlabelled figures (semi-supervised runs): pseudo-label share and precision,
+    # D's loss on unlabelled and labelled inputs, the unlabelled loss
+    semi: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -523,6 +564,11 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
         if aside is not None and last_checkpoint.epochs_saved:
             shutil.rmtree(aside, ignore_errors=True)
     wall = time.perf_counter() - started
+    semi_figures = {name.removeprefix("semi/").removesuffix("_epoch"): round(float(value), 4)
+                    for name, value in trainer.callback_metrics.items()
+                    if name.startswith("semi/") and not name.endswith("_step")}
+    if semi_figures and "train/d_loss" in trainer.callback_metrics:
+        semi_figures["d_loss_labeled"] = round(float(trainer.callback_metrics["train/d_loss"]), 4)
 
     best_path = Path(best_checkpoint.best_model_path or last)
     # Re-score the best checkpoint: its IoU and Dice come from one and the same pass.
@@ -542,6 +588,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
         stopped=module.stop_reason,
         nonfinite_batches_skipped=module.nonfinite_skipped,
         d_steps_skipped=module.d_steps_skipped,
+        semi=semi_figures or None,
     )
     if trainer.is_global_zero:
         merge_metrics(run_dir)

@@ -56,6 +56,18 @@ def build_train_transform(preset: str, size: int, resize: str, mean, std, rotati
         seed: albumentations keeps its own random state, deaf to global seeds: this seeds it.
             Training reseeds it per sample (see `segan.data.EpochSampler`).
     """
+    return A.Compose(_sizing(preset, size, resize, ignore_index) + _geometry(preset, rotations)
+                     + _photometric(preset) + [_normalize(mean, std)], seed=seed)
+
+
+def build_weak_transform(preset: str, size: int, resize: str, rotations: bool = True,
+                         ignore_index: int = 255) -> A.Compose:
+    """The weak view of an unlabelled image (see `segan.semi`): the training pipeline's sizing
+    and geometry, no colour change, no normalisation (uint8 out, for the strong view to perturb)."""
+    return A.Compose(_sizing(preset, size, resize, ignore_index) + _geometry(preset, rotations))
+
+
+def _sizing(preset: str, size: int, resize: str, ignore_index: int) -> list:
     if preset not in PRESETS:
         raise ValueError(f"unknown augmentation preset '{preset}'; choose one of {PRESETS}")
     if resize == "resize":
@@ -65,5 +77,4 @@ def build_train_transform(preset: str, size: int, resize: str, mean, std, rotati
                   A.RandomCrop(size, size)]
     else:
         raise ValueError(f"unknown resize mode '{resize}'; choose one of {RESIZE_MODES}")
-    return A.Compose(sizing + _geometry(preset, rotations) + _photometric(preset) + [_normalize(mean, std)],
-                     seed=seed)
+    return sizing

@@ -67,24 +67,35 @@ class SegmentationDataset(Dataset):
 
 class EpochSampler(Sampler):
     """Shuffles `size` samples in an order that depends on (seed, epoch) alone, and yields
-    `(index, epoch)` so the dataset can seed each sample's augmentation the same way.
+    `(index, epoch)` so the dataset can seed each sample's augmentation the same way. With
+    `length`, each epoch takes that many samples from an endless stream of seeded permutations.
 
     A resumed run, or one whose workers start anew, then sees exactly the batches an
     uninterrupted run would have. The trainer calls `set_epoch` before each epoch.
     """
 
-    def __init__(self, size: int, seed: int = 0) -> None:
+    def __init__(self, size: int, seed: int = 0, length: int | None = None) -> None:
         self.size = size
         self.seed = seed
+        self.length = size if length is None else length  # more than `size`: permutations follow each other
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.size
+        return self.length
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
-        for index in torch.randperm(self.size, generator=generator).tolist():
-            yield index, self.epoch
+        # Each epoch starts where the stream of permutations left off, so a long unlabelled set
+        # is walked through over the epochs rather than its first part every time.
+        start = self.epoch * self.length
+        cycle, offset = divmod(start, self.size)
+        yielded = 0
+        while yielded < self.length:
+            state = np.random.SeedSequence([self.seed, cycle]).generate_state(1)[0]
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(int(state))).tolist()
+            for index in order[offset:offset + self.length - yielded]:
+                yield index, self.epoch
+                yielded += 1
+            cycle, offset = cycle + 1, 0
