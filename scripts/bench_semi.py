@@ -42,7 +42,7 @@ PROTOCOLS = {
         "gpu": ["--size", "320", "--epochs", "80", "--batch-size", "8", "--augment", "medium"]},
     "isbi2012": {
         "labels": ["--labeled-fraction", "0.125", "--unlabeled", "test"],  # 3 of 24
-        "cpu": ["--size", "256", "--epochs", "40", "--batch-size", "3", "--augment", "medium"],
+        "cpu": ["--size", "256", "--epochs", "120", "--batch-size", "3", "--augment", "medium"],
         "gpu": ["--size", "512", "--epochs", "200", "--batch-size", "3", "--augment", "medium"]},
 }
 ROWS = {"labeled-only": ["--semi", "none"], "self-training": ["--semi", "self-training"],

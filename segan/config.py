@@ -265,10 +265,12 @@ class LossConfig:
 @dataclass
 class SemiConfig:
     """Learning from unlabelled images (`data.unlabeled`, or the images `data.labeled_fraction`
-    leaves without their masks); see docs/semi-supervised.md.
+    leaves without their masks); see docs/semi-supervised.md. Without unlabelled images nothing
+    here applies.
 
     Attributes:
-        mode: none; self-training (UniMatch-style: pseudo-labels from a weak view where the
+        mode: how unlabelled images teach, when there are any (the default is the mode that
+            measured best, BENCHMARKS.md): none (they are not used); self-training (UniMatch-style: pseudo-labels from a weak view where the
             prediction is at least `confidence` sure, learnt on a strong view with CutMix and on a
             feature-perturbed view; no discriminator); adversarial (Hung et al.: the
             discriminator's per-patch confidence selects the pseudo-labels of the prediction
@@ -288,7 +290,7 @@ class SemiConfig:
 
     __pydantic_config__ = SCHEMA_RULES
 
-    mode: SemiMode = "none"
+    mode: SemiMode = "adversarial+self-training"
     confidence: Annotated[float, Field(ge=0, le=1)] = 0.95
     d_confidence: Annotated[float, Field(ge=0, le=1)] = 0.2
     gate_warmup_epochs: NonNegativeInt = 2
@@ -487,14 +489,11 @@ def _relations_checked(config: Config, invalid: set[str]) -> Config:
             problems.append(f"data.{name}: expected {data.in_channels} value(s), one per input channel "
                             f"(data.in_channels is {data.in_channels}), got {values}")
     semi = config.semi
+    has_unlabeled = bool(data.unlabeled) or data.labeled_fraction is not None
     if invalid.isdisjoint({"semi.mode", "loss.adv_weight"}) and semi.mode.startswith("adversarial") \
-            and config.loss.adv_weight == 0:
+            and config.loss.adv_weight == 0 and has_unlabeled:
         problems.append(f"semi.mode: '{semi.mode}' needs a trained discriminator, but loss.adv_weight is 0; "
                         "give loss.adv_weight > 0 (e.g. 0.01) or semi.mode self-training")
-    if invalid.isdisjoint({"semi.mode", "data.unlabeled", "data.labeled_fraction"}) and semi.mode != "none" \
-            and not data.unlabeled and data.labeled_fraction is None:
-        problems.append(f"semi.mode: '{semi.mode}' needs unlabelled images: give data.unlabeled (--unlabeled DIR) "
-                        "or data.labeled_fraction (--labeled-fraction F)")
     if problems:
         raise ConfigError(problems)
     return config

@@ -26,7 +26,7 @@ from . import metrics
 from .atomic import atomic_write
 from .checkpointing import AtomicCheckpointIO, CheckpointError, load_checkpoint
 from .config import Config, validate
-from .data import DatasetLayoutError, EpochSampler, MaskEncoding, SegmentationDataset, find_splits
+from .data import EpochSampler, MaskEncoding, SegmentationDataset, find_splits
 from .losses import AdversarialLoss, SegmentationLoss
 from .models import build_discriminator, build_generator, one_hot, output_channels
 from .preprocess import EvalTransform, labels, padded_logits, probabilities
@@ -293,12 +293,9 @@ def build_dataloaders(config: Config) -> tuple[DataLoader | CombinedLoader, Data
     train_loader = DataLoader(train_set, batch_size=train.batch_size, sampler=sampler, drop_last=drop_last,
                               **loader_args)
     val_loader = DataLoader(val_set, batch_size=val_batch, shuffle=False, **loader_args)
-    if config.semi.mode == "none":
-        return train_loader, val_loader
     items = hidden + (find_unlabeled(data.unlabeled, data.root) if data.unlabeled else [])
-    if not items:
-        raise DatasetLayoutError("semi-supervised training needs unlabelled images: give --unlabeled DIR, or a "
-                                 "--labeled-fraction below 1")
+    if config.semi.mode == "none" or not items:
+        return train_loader, val_loader
     unlabeled_set = UnlabeledDataset(
         items, build_weak_transform(data.augment, data.size, data.resize, data.rotations, data.ignore_index),
         data, encoding, augment_seed=train.seed)

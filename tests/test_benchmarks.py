@@ -55,6 +55,27 @@ def test_bench_accuracy_refuses_missing_data(tmp_path):
     assert "camvid not found" in done.stderr
 
 
+def test_bench_semi_pairs_rows_with_labeled_only_and_measures_the_gap_closed(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    (data / "kvasir-seg").mkdir(parents=True)
+    runs = out / "cpu" / "kvasir-seg"
+    for split, (alone, semi, ceiling) in enumerate([(0.70, 0.75, 0.80), (0.60, 0.62, 0.70)]):
+        write_summary(runs / f"labeled-only-split{split}", alone, 0.5, 100)
+        write_summary(runs / f"self-training-split{split}", semi, 0.5, 200)
+        write_summary(runs / f"all-labels-split{split}", ceiling, 0.5, 90)
+    for path in runs.glob("*/summary.json"):
+        path.write_text(json.dumps({**json.loads(path.read_text()), "steps": 192, "semi": None}))
+
+    result = run_script("bench_semi.py", "--datasets", "kvasir-seg", "--splits", "0", "1", "--rows", "labeled-only",
+                        "self-training", "all-labels", "--data", str(data), "--out", str(out))
+
+    row = result["summary"]["kvasir-seg/self-training"]
+    assert row["dice_minus_labeled_only"] == [0.05, 0.02]
+    assert row["gap_closed"] == [0.5, 0.2]  # 0.05 of 0.10, 0.02 of 0.10
+    assert result["summary"]["kvasir-seg/all-labels"]["dice"]["mean"] == 0.75
+    assert json.loads((out / "cpu" / "results.json").read_text()) == result
+
+
 def patchgan_forward_flop(size: int, base: int, image_channels: int = 3, mask_channels: int = 1) -> int:
     """FLOPs of the default PatchGAN (3 stride-2 layers, then a stride-1 layer and the 1-channel head,
     all 4x4 with padding 1) on one size x size image: 2 x in x out x 16 per output pixel (torch's

@@ -113,11 +113,11 @@ def test_unknown_sections_and_keys_are_named(tmp_path):
     assert problems({"data": {"sizee": 3}}) == [
         f"data.sizee: unknown setting (did you mean 'size'?); known: {DATA_KEYS}"]
     assert problems({"optimiser": {}}) == [
-        "optimiser: unknown section; known: data, generator, discriminator, loss, train"]
+        "optimiser: unknown section; known: data, generator, discriminator, loss, semi, train"]
     assert problems({"trian": {"epochs": 3}}) == [
-        "trian: unknown section (did you mean 'train'?); known: data, generator, discriminator, loss, train"]
+        "trian: unknown section (did you mean 'train'?); known: data, generator, discriminator, loss, semi, train"]
     assert problems({"loss": 5}) == ["loss: expected a mapping of settings, got 5"]
-    assert problems([1, 2]) == ["expected a mapping of sections (data, generator, discriminator, loss, train), "
+    assert problems([1, 2]) == ["expected a mapping of sections (data, generator, discriminator, loss, semi, train), "
                                 "got [1, 2]"]
 
 
@@ -219,7 +219,7 @@ def test_yaml_that_is_not_a_config_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as caught:
         Config.load(tmp_path / "list.yaml")
     assert caught.value.problems == [
-        "expected a mapping of sections (data, generator, discriminator, loss, train), got ['data']"]
+        "expected a mapping of sections (data, generator, discriminator, loss, semi, train), got ['data']"]
     with pytest.raises(FileNotFoundError, match="config file not found"):
         Config.load(tmp_path / "missing.yaml")
 
