@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 
 from .config import Config, DataConfig, SemiConfig
 from .data import ImageReadError, MaskEncoding, Pair, read_image, read_mask
-from .preprocess import prepare_image, probabilities
+from .preprocess import labels_from_probabilities, prepare_image, probabilities
 
 log = logging.getLogger(__name__)
 
@@ -169,12 +169,12 @@ def feature_perturbed_logits(model: nn.Module, image: torch.Tensor, rate: float)
 
 
 def pseudo_labels(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(labels, confidence) per pixel: the predicted class and its probability."""
+    """(labels, confidence) per pixel: the predicted class, by the one threshold rule of
+    `labels_from_probabilities`, and its probability."""
+    labels = labels_from_probabilities(probs)
     if probs.shape[1] == 1:
-        foreground = probs[:, 0]
-        return (foreground >= 0.5).long(), torch.maximum(foreground, 1 - foreground)
-    confidence, labels = probs.max(dim=1)
-    return labels, confidence
+        return labels, torch.maximum(probs[:, 0], 1 - probs[:, 0])
+    return labels, probs.max(dim=1).values
 
 
 def pseudo_label_loss(logits: torch.Tensor, labels: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:

@@ -449,8 +449,9 @@ def epochs_done(checkpoint: dict[str, Any]) -> int:
         return int(checkpoint.get("epoch", 0))
 
 
-def check_resume(config: Config, run_dir: Path) -> dict[str, Any]:
-    """Everything a resume needs, read and checked before anything is written; returns last.ckpt.
+def check_resume(config: Config, run_dir: Path) -> tuple[dict[str, Any], Config]:
+    """Everything a resume needs, read and checked before anything is written; returns last.ckpt
+    and the run's own config.
 
     Raises:
         ResumeError: no checkpoint, an unreadable config.yaml, settings that would change the
@@ -481,7 +482,7 @@ def check_resume(config: Config, run_dir: Path) -> dict[str, Any]:
         raise ResumeError(f"{run_dir} has already trained {done} of {config.train.epochs} epochs: nothing to resume. "
                           f"To train it longer, give --epochs with more than {done} (the learning-rate schedule is "
                           "rebuilt for the new end)")
-    return checkpoint
+    return checkpoint, saved
 
 
 def train(config: Config, resume: bool = False, overwrite: bool = False) -> TrainResult:
@@ -511,7 +512,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
         if weights_normalization is not None:  # the pretrained encoder's own, before anything reads data
             config.data.mean, config.data.std = weights_normalization
     validate(config)
-    checkpoint_state = check_resume(config, run_dir) if resume else None
+    checkpoint_state, saved = check_resume(config, run_dir) if resume else (None, None)
     # Under DDP Lightning starts the other ranks by running this command again, after rank 0 has
     # begun writing the run: the run folder is rank 0's alone.
     first_rank = rank_zero_only.rank == 0
@@ -537,7 +538,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
 
     aside = _set_aside(run_dir) if first_rank and overwrite and holds_run(run_dir) else None
     run_dir.mkdir(parents=True, exist_ok=True)
-    if first_rank and (not resume or Config.load(run_dir / "config.yaml").train.epochs != config.train.epochs):
+    if first_rank and (saved is None or saved.train.epochs != config.train.epochs):
         config.save(run_dir / "config.yaml")
     last = run_dir / "checkpoints" / "last.ckpt"
     best_checkpoint = BestCheckpoint(run_dir / "checkpoints")
