@@ -3,7 +3,7 @@
 
     python scripts/bench_semi.py [--datasets kvasir-seg isbi2012] [--splits 0 1 2]
                                  [--rows labeled-only self-training adversarial adversarial+self-training all-labels]
-                                 [--protocol cpu|gpu] [--out DIR]
+                                 [--protocol cpu|gpu] [--jobs N] [--out DIR] [--markdown]
 
 Kvasir-SEG: 1/8 of the 800 training masks (100 images) kept, the other 700 images unlabelled,
 scored on the 100 validation images. ISBI 2012: 3 of the 24 training images kept (the 6 others
@@ -17,14 +17,17 @@ Rows: labeled-only (`--semi none`), the three `--semi` modes, and all-labels (th
 Per split: each row's paired difference to labeled-only, and the share of the gap to the ceiling
 that it closes. Runs go to OUT/PROTOCOL/DATASET/ROW-splitS and are not run again once their
 summary.json exists, so an interrupted benchmark continues where it stopped; runs are ordered
-split by split, so a partial benchmark has whole splits. Prints one JSON line; writes
-OUT/PROTOCOL/results.json.
+split by split, so a partial benchmark has whole splits. `--jobs N` trains N runs at once (a GPU
+has room for several of these small models; on the 2-core CPU keep 1). Prints one JSON line;
+writes OUT/PROTOCOL/results.json. `--markdown` trains nothing and prints the tables of
+BENCHMARKS.md from that file.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from concurrent.futures import ThreadPoolExecutor
 import platform
 import statistics
 import subprocess
@@ -39,11 +42,11 @@ PROTOCOLS = {
     "kvasir-seg": {
         "labels": ["--labeled-fraction", "0.125"],
         "cpu": ["--size", "128", "--epochs", "16", "--batch-size", "8", "--augment", "medium"],
-        "gpu": ["--size", "320", "--epochs", "80", "--batch-size", "8", "--augment", "medium"]},
+        "gpu": ["--size", "320", "--epochs", "60", "--batch-size", "8", "--augment", "medium"]},
     "isbi2012": {
         "labels": ["--labeled-fraction", "0.125", "--unlabeled", "test"],  # 3 of 24
         "cpu": ["--size", "256", "--epochs", "120", "--batch-size", "3", "--augment", "medium"],
-        "gpu": ["--size", "512", "--epochs", "200", "--batch-size", "3", "--augment", "medium"]},
+        "gpu": ["--size", "512", "--epochs", "400", "--batch-size", "3", "--augment", "medium"]},
 }
 ROWS = {"labeled-only": ["--semi", "none"], "self-training": ["--semi", "self-training"],
         "adversarial": ["--semi", "adversarial"],
@@ -66,8 +69,8 @@ def run_one(dataset: str, row: str, split: int, protocol: str, data: Path, out: 
         else:  # the ceiling trains as many steps over all the labels as the others over theirs
             command += ["--epochs", str(max(1, round(int(spec[protocol][spec[protocol].index("--epochs") + 1])
                                                     * float(spec["labels"][1]))))]
-        if protocol == "cpu":
-            command += ["--accelerator", "cpu", "--num-workers", "1"]
+        command += (["--accelerator", "cpu", "--num-workers", "1"] if protocol == "cpu"
+                    else ["--accelerator", "gpu", "--precision", "bf16-mixed", "--num-workers", "3"])
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
@@ -103,28 +106,60 @@ def summarise(runs: list[dict]) -> dict:
     return summary
 
 
+def markdown(result: dict) -> str:
+    """The BENCHMARKS.md tables of one protocol's results.json: one table per dataset."""
+    lines = []
+    for dataset in dict.fromkeys(r["dataset"] for r in result["runs"]):
+        mine = [r for r in result["runs"] if r["dataset"] == dataset]
+        splits = sorted({r["split"] for r in mine})
+        lines += [f"### {dataset}", "| row | " + " | ".join(f"split {s} Dice" for s in splits)
+                  + " | mean Dice | Dice − labelled-only, per split | gap to all-labels closed, per split"
+                  " | pseudo-labels used / precision (last epoch, mean) | wall time per run |",
+                  "|---" * (len(splits) + 6) + "|"]
+        for row in dict.fromkeys(r["row"] for r in mine):
+            chosen = {r["split"]: r for r in mine if r["row"] == row}
+            entry = result["summary"][f"{dataset}/{row}"]
+            semi = [r["semi"] for r in chosen.values() if r["semi"] and "pseudo_precision" in r["semi"]]
+            pseudo = (f"{statistics.fmean(s['pseudo_share'] for s in semi):.2f} / "
+                      f"{statistics.fmean(s['pseudo_precision'] for s in semi):.3f}") if semi else ""
+            lines.append(" | ".join([
+                f"| {row}", *(f"{chosen[s]['dice']:.4f}" if s in chosen else "" for s in splits),
+                f"{entry['dice']['mean']:.4f}",
+                ", ".join(f"{d:+.4f}" for d in entry.get("dice_minus_labeled_only", [])),
+                ", ".join(f"{g:.2f}" for g in entry.get("gap_closed", [])), pseudo,
+                f"{entry['wall_time_s']['mean']:.0f} s |"]))
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     parser.add_argument("--splits", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--protocol", default="cpu", choices=("cpu", "gpu"))
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--out", default=str(ROOT / "weights" / "bench-semi"))
+    parser.add_argument("--markdown", action="store_true", help="print OUT/PROTOCOL/results.json as tables")
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out) / args.protocol
+    if args.markdown:
+        print(markdown(json.loads((out / "results.json").read_text())))
+        return
     for dataset in args.datasets:
         if not (data / dataset).is_dir():
             raise SystemExit(f"{data / dataset} not found: this benchmark trains on ../shared/data")
     out.mkdir(parents=True, exist_ok=True)
+    # whole splits first: a partial benchmark still pairs its rows
+    order = [(dataset, row, split) for split in args.splits for dataset in args.datasets for row in args.rows]
     runs = []
-    for split in args.splits:  # whole splits first: a partial benchmark still pairs its rows
-        for dataset in args.datasets:
-            for row in args.rows:
-                runs.append(run_one(dataset, row, split, args.protocol, data, out))
-                result = {"benchmark": "semi", "protocol": args.protocol, "machine": platform.machine(),
-                          "splits": args.splits, "summary": summarise(runs), "runs": runs}
-                (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for run in pool.map(lambda job: run_one(*job, args.protocol, data, out), order):
+            runs.append(run)
+            result = {"benchmark": "semi", "protocol": args.protocol, "machine": platform.machine(),
+                      "splits": args.splits, "summary": summarise(runs), "runs": runs}
+            (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
 
 

@@ -290,7 +290,7 @@ class SemiConfig:
 
     __pydantic_config__ = SCHEMA_RULES
 
-    mode: SemiMode = "adversarial+self-training"
+    mode: SemiMode = "self-training"
     confidence: Annotated[float, Field(ge=0, le=1)] = 0.95
     d_confidence: Annotated[float, Field(ge=0, le=1)] = 0.2
     gate_warmup_epochs: NonNegativeInt = 2

@@ -152,8 +152,8 @@ def test_semi_settings_that_cannot_work_are_named(tmp_path):
                           "data": {"unlabeled": ["more"]}})
     assert "semi.mode: 'adversarial' needs a trained discriminator, but loss.adv_weight is 0" in str(error.value)
     # the measured best mode is the default; it applies only where there are unlabelled images
-    assert Config().semi.mode == "adversarial+self-training"
-    assert Config.from_dict({"loss": {"adv_weight": 0}}).semi.mode == "adversarial+self-training"
+    assert Config().semi.mode == "self-training"
+    assert Config.from_dict({"loss": {"adv_weight": 0}}).semi.mode == "self-training"
     with pytest.raises(ConfigError, match=r"data.labeled_fraction: expected"):
         Config.from_dict({"data": {"labeled_fraction": 1.5}})
 
