@@ -43,7 +43,9 @@ PROTOCOLS = {
 # `gan` is the default configuration; the others each change one thing against it.
 CONFIGS = {"gan": [], "plain": ["--adv-weight", "0"],
            "gan-d64": ["--d-channels", "64"],  # the textbook pix2pix discriminator width
-           "gan-w0.1": ["--adv-weight", "0.1"]}  # V-GAN's weight, 10x the default
+           "gan-w0.1": ["--adv-weight", "0.1"],  # V-GAN's weight, 10x the default
+           # the precision default (auto) against each of its choices, pinned
+           "gan-fp32": ["--precision", "32-true"], "gan-bf16": ["--precision", "bf16-mixed"]}
 
 
 def run_one(dataset: str, config: str, seed: int, protocol: str, data: Path, out: Path) -> dict:

@@ -12,11 +12,20 @@ Prints one JSON line. Uses `--model RUN` if given, else a run folder with an unt
 of the default architecture (speed does not depend on the weights).
 
     python scripts/bench_predict.py [--model RUN] [--size 256] [--images 200] [--device cpu]
+
+With `--backends`, instead: one row per inference backend and precision on a trained run's
+validation split (`--model RUN`, its own data unless `--data DIR`): `predict_folder` images/s
+(decode, preprocess, network, write PNGs; rows alternate for `--rounds` rounds, best kept), the
+ratio to v0.1's path (torch float32 in NCHW layout, no autocast), the share of mask pixels equal
+to v0.1's masks, and validation Dice with its change. Exports the run first if it has no export.
+
+    python scripts/bench_predict.py --backends --model RUN [--data DIR] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -35,7 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from segan.batch_predict import predict_folder  # noqa: E402
 from segan.config import Config, merge  # noqa: E402
 from segan.data.demo import make_sample  # noqa: E402
+from segan.hardware import cpu_has_bf16  # noqa: E402
 from segan.inference import Predictor  # noqa: E402
+from segan.preprocess import pad_multiple  # noqa: E402
 from segan.preprocess import prepare_image  # noqa: E402
 from segan.models import build_generator  # noqa: E402
 
@@ -94,6 +105,76 @@ def peak_memory(run: Path, images: Path, out: Path, device: str, batch: int, wor
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+class NchwNetwork:
+    """v0.1's inference: the generator in float32, in the NCHW layout smp builds, no autocast."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+        self.model = model.to(device).eval().to(memory_format=torch.contiguous_format)
+        self.device, self.precision, self.stride = device, "fp32", pad_multiple(model)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(batch.to(self.device).contiguous())
+
+
+# (row name, backend, precision); the first is the baseline
+BACKEND_ROWS = [("v0.1 torch fp32 NCHW", "v0.1", "fp32"), ("torch fp32", "torch", "fp32"),
+                ("torch bf16", "torch", "bf16"), ("onnxruntime fp32", "onnxruntime", "fp32"),
+                ("openvino fp32", "openvino", "fp32"), ("openvino bf16", "openvino", "bf16")]
+
+
+def backend_rows(args: argparse.Namespace) -> dict:
+    from segan.data import MaskEncoding
+    from segan.data.pairs import find_split
+    from segan.evaluation import evaluate_folders
+    from segan.export import export_run
+    run = Path(args.model)
+    if not (run / "export" / "openvino" / "model.xml").is_file():
+        export_run(run, "openvino")
+    predictors = {}
+    for name, backend, precision in BACKEND_ROWS:
+        if backend == "v0.1":
+            torch_predictor = Predictor.from_pretrained(run, device=args.device, precision="fp32")
+            predictors[name] = Predictor(NchwNetwork(torch_predictor.network.model, torch_predictor.device),
+                                         torch_predictor.config, torch_predictor.device)
+        else:
+            predictors[name] = Predictor.from_pretrained(run, device=args.device, backend=backend, precision=precision)
+    config = predictors[BACKEND_ROWS[0][0]].config
+    data = config.data if args.data is None else dataclasses.replace(config.data, root=args.data)
+    pairs = find_split(data, "val")
+    images = [pair.image for pair in pairs]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        times: dict[str, list[float]] = {name: [] for name in predictors}
+        for _ in range(args.rounds):
+            for name, predictor in predictors.items():
+                started = time.perf_counter()
+                summary = predict_folder(predictor, images, tmp / name, batch_size=args.batch_size,
+                                         num_workers=args.num_workers, progress=False, overwrite=True)
+                times[name].append(time.perf_counter() - started)
+                assert summary.written == len(images), summary
+        baseline = BACKEND_ROWS[0][0]
+        masks = {name: [cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+                        for path in sorted((tmp / name / "masks").rglob("*.png"))] for name in predictors}
+        rows = []
+        for name, backend, precision in BACKEND_ROWS:
+            result = evaluate_folders(tmp / name / "masks", pairs[0].mask.parent, class_names=list(config.data.classes),
+                                      encoding=MaskEncoding.from_config(data))
+            agreement = np.mean([(a == b).mean() for a, b in zip(masks[name], masks[baseline])])
+            rows.append({"row": name, "backend": backend, "precision": precision,
+                         "images_per_s": round(len(images) / min(times[name]), 2),
+                         "seconds": [round(t, 2) for t in times[name]],
+                         "ratio_to_v0.1": round(min(times[baseline]) / min(times[name]), 3),
+                         "mask_agreement_with_v0.1": round(float(agreement), 5),
+                         "dice": round(result.report["headline"]["dice"], 4)})
+        for row in rows:
+            row["dice_change"] = round(row["dice"] - rows[0]["dice"], 4)
+    return {"benchmark": "predict_backends", "model": str(run), "images": len(images),
+            "image_size": config.data.size, "resize": config.data.resize, "batch_size": args.batch_size,
+            "num_workers": args.num_workers, "rounds": args.rounds, "device": args.device,
+            "torch_threads": torch.get_num_threads(), "cpu_bf16": cpu_has_bf16(), "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="run folder (default: an untrained default-architecture run)")
@@ -105,7 +186,14 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds; the best of each is kept")
+    parser.add_argument("--backends", action="store_true", help="one row per backend and precision (needs --model)")
+    parser.add_argument("--data", help="with --backends: the dataset folder, if not the run's own data.root")
     args = parser.parse_args()
+    if args.backends:
+        if not args.model:
+            parser.error("--backends needs --model RUN: a trained run, so masks and Dice mean something")
+        print(json.dumps(backend_rows(args)))
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -5,7 +5,11 @@ Same model, same batch, same Lightning loop: `adv_weight 0` is exactly the plain
 step (tests/test_training.py checks this), so the ratio is the price of the adversarial term.
 Each configuration runs in turn for `--rounds` rounds of `--steps` steps, and the best round
 of each is kept, so a burst of other load does not land on one side only. The discriminator is
-timed at several widths (`--d-channels`) to show what the default costs.
+timed at several widths (`--d-channels`) to show what the default costs, and the plain and
+default GAN steps again under each further `--precisions` entry (bf16-mixed: Lightning's bf16
+autocast, as `train.precision: auto` chooses on CPUs with native bf16), and once more as v0.1
+ran them: float32 in the NCHW layout smp builds (segan now trains in NHWC), the baseline of the
+`*_speedup_vs_v0.1` figures.
 
 Also: generator and discriminator forward GFLOP per image (torch's FLOP counter), the machine's
 matmul peak GFLOP/s (fp32 2048^2 matmul, best of 10), the achieved GFLOP/s of the plain step
@@ -15,7 +19,7 @@ host memory; on a GPU it would be torch.cuda.max_memory_allocated).
 
 Prints one JSON line.
 
-    python scripts/bench_train.py [--size 192] [--batch-size 8] [--steps 6] [--rounds 2]
+    python scripts/bench_train.py [--size 192] [--batch-size 8] [--steps 6] [--rounds 2]\n                                  [--precisions 32-true bf16-mixed]
 """
 
 from __future__ import annotations
@@ -53,12 +57,23 @@ class StepTimer(L.Callback):
         self.times.append(time.perf_counter() - self.started)
 
 
-def step_time(config: Config, batch: dict, steps: int) -> float:
+class NchwModule(SeganModule):
+    """v0.1's layout: the networks and batches in NCHW, as smp builds them."""
+
+    def __init__(self, config: dict) -> None:
+        super().__init__(config)
+        self.to(memory_format=torch.contiguous_format)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        return batch
+
+
+def step_time(config: Config, batch: dict, steps: int, nchw: bool = False) -> float:
     """Median seconds per training step over `steps` steps after one warm-up step."""
     torch.manual_seed(0)
-    module = SeganModule(config.to_dict())
+    module = (NchwModule if nchw else SeganModule)(config.to_dict())
     timer = StepTimer()
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=steps + 1,
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, precision=config.train.precision, limit_train_batches=steps + 1,
                         limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[timer])
     trainer.fit(module, DataLoader([batch] * (steps + 1), batch_size=None))
@@ -109,6 +124,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--d-channels", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--precisions", nargs="+", default=["32-true", "bf16-mixed"],
+                        help="the first one times every configuration; the others the plain and default GAN steps")
     args = parser.parse_args()
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -118,16 +135,24 @@ def main() -> None:
     mask = (torch.rand(args.batch_size, args.size, args.size) > 0.8).long()
     batch = dict(image=torch.randn(args.batch_size, 3, args.size, args.size), mask=mask,
                  name=[str(i) for i in range(args.batch_size)])
+    first, *others = args.precisions
     base = {"data": {"size": args.size}, "generator": {"encoder_name": args.encoder},
-            "loss": {"adv_warmup_epochs": 0}}
+            "loss": {"adv_warmup_epochs": 0}, "train": {"precision": first}}
     configs = {"plain": merge(Config(), {**base, "loss": {"adv_weight": 0.0}})}
     for channels in args.d_channels:
         configs[f"gan_d{channels}"] = merge(Config(), {**base, "discriminator": {"base_channels": channels}})
+    default_d = Config().discriminator.base_channels
+    for precision in others:
+        for name in ("plain", f"gan_d{default_d}"):
+            configs[f"{name}_{precision}"] = merge(configs[name], {"train": {"precision": precision}})
 
-    best = {name: float("inf") for name in configs}
+    v01 = {f"{name}_v0.1": configs[name] for name in ("plain", f"gan_d{default_d}")}  # float32, NCHW
+    best = {name: float("inf") for name in [*configs, *v01]}
     for _ in range(args.rounds):
         for name, config in configs.items():
             best[name] = min(best[name], step_time(config, batch, args.steps))
+        for name, config in v01.items():
+            best[name] = min(best[name], step_time(config, batch, args.steps, nchw=True))
 
     # One fresh process per configuration, so one's peak does not hide another's.
     with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
@@ -135,14 +160,13 @@ def main() -> None:
                    for name, config in configs.items()}
 
     from segan.models import build_discriminator, build_generator, output_channels
-    default_d = Config().discriminator.base_channels
     plain = configs["plain"]
     image = torch.randn(1, plain.data.in_channels, args.size, args.size)
     gflop = forward_gflop(build_generator(plain.generator, plain.data.in_channels, plain.data.num_classes), image)
     result = {
         "benchmark": "train_step", "device": "cpu", "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(), "encoder": args.encoder, "image_size": args.size,
-        "batch_size": args.batch_size, "steps": args.steps, "rounds": args.rounds,
+        "batch_size": args.batch_size, "steps": args.steps, "rounds": args.rounds, "precision": first,
         "plain_step_s": round(best["plain"], 3),
         "plain_images_per_s": round(args.batch_size / best["plain"], 2),
         "plain_peak_rss_mb": round(peak_mb["plain"], 1),
@@ -161,6 +185,16 @@ def main() -> None:
         mask = torch.rand(1, output_channels(d.data.num_classes), args.size, args.size)
         discriminator = build_discriminator(d.discriminator, d.data.in_channels, mask.shape[1])
         result[f"{name}_discriminator_forward_gflop_per_image"] = round(forward_gflop(discriminator, image, mask), 4)
+    for precision in others:
+        for name in ("plain", f"gan_d{default_d}"):
+            key = f"{name}_{precision}"
+            result[f"{key}_step_s"] = round(best[key], 3)
+            result[f"{key}_speedup_vs_{first}"] = round(best[name] / best[key], 3)
+            result[f"{key}_speedup_vs_v0.1"] = round(best[f"{name}_v0.1"] / best[key], 3)
+            result[f"{key}_peak_rss_mb"] = round(peak_mb[key], 1)
+        result[f"gan_default_ratio_{precision}"] = round(best[f"gan_d{default_d}_{precision}"] / best[f"plain_{precision}"], 3)
+    for name in v01:
+        result[f"{name}_step_s"] = round(best[name], 3)
     result["default_d_channels"] = default_d
     result["gan_default_ratio"] = result.get(f"gan_d{default_d}_ratio")
     print(json.dumps(result))

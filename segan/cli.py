@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .config import (ADVERSARIAL_MODES, AUGMENT_PRESETS, IN_CHANNELS, INPUT_GUARDS, PRECISIONS, RESIZE_MODES, SEMI_MODES,
-                     Config,
+from .config import (ADVERSARIAL_MODES, AUGMENT_PRESETS, BACKENDS, EXPORT_FORMATS, IN_CHANNELS, INFERENCE_PRECISIONS,
+                     INPUT_GUARDS, PRECISIONS, RESIZE_MODES, SEMI_MODES, Config,
                      ConfigError, check_setting, merge)
+
+log = logging.getLogger(__name__)
 
 # flag -> (config section, key): flags override the YAML config, which overrides the defaults.
 DATA_FLAGS = {
@@ -320,6 +322,11 @@ def _add_segmentation_flags(group) -> None:
     group.add_argument("--tta", action="store_true",
                        help="test-time augmentation: average flips (and 90-degree rotations when the run allows them)")
     group.add_argument("--threshold", type=float, default=0.5, help="binary foreground probability threshold")
+    group.add_argument("--backend", default="torch", choices=BACKENDS,
+                       help="what runs the network: torch (the run's generator), or the model segan export wrote, "
+                            "in onnxruntime or openvino (optional extras segan[onnx], segan[openvino])")
+    group.add_argument("--precision", default="auto", choices=INFERENCE_PRECISIONS,
+                       help="fp32, bf16, or auto: bf16 where the processor has native bf16 (onnxruntime: fp32 only)")
 
 
 def _add_predict(subparsers) -> None:
@@ -351,7 +358,9 @@ def _predict(args: argparse.Namespace) -> int:
     from .batch_predict import parse_shard, predict_folder
     from .inference import Predictor
     predictor = Predictor.from_pretrained(args.model, device=args.device, tile_size=args.tile_size,
-                                          tile_overlap=args.tile_overlap, tta=args.tta, threshold=args.threshold)
+                                          tile_overlap=args.tile_overlap, tta=args.tta, threshold=args.threshold,
+                                          backend=args.backend, precision=args.precision)
+    log.info("segmenting with %s in %s on %s", args.backend, predictor.precision, predictor.device)
     summary = predict_folder(predictor, args.input, args.output, batch_size=args.batch_size,
                              num_workers=args.num_workers, save_probs=args.save_probs, overlay=args.overlay,
                              skip_existing=args.skip_existing, shard=parse_shard(args.shard),
@@ -426,7 +435,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path(args.model) / "evaluation" / args.split
         result = evaluate_model(args.model, args.data, args.split, out, tta=args.tta, device=args.device,
                                 threshold=args.threshold, sweep_threshold_on_val=args.sweep_threshold,
-                                overwrite=args.overwrite)
+                                overwrite=args.overwrite, backend=args.backend, precision=args.precision)
         if result.threshold_sweep:
             sweep = result.threshold_sweep
             print(f"threshold {sweep['best_threshold']} chosen on val (Dice {sweep['best']['dice']:.4f}; "
@@ -463,6 +472,38 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(subparsers) -> None:
+    p = _add_command(
+        subparsers, "export", help="write a run's generator as ONNX or OpenVINO for fast inference",
+        description="Writes RUN/export/model.onnx (and RUN/export/openvino/model.xml with --format openvino) with "
+                    "dynamic batch and image size, and RUN/export/predict.json with what a predictor needs "
+                    "(normalisation, size policy, pad multiple, threshold, classes, palette). The export is "
+                    "checked against the torch generator on a real image; segan predict --backend onnxruntime "
+                    "or openvino then uses it.")
+    p.add_argument("run", help="run folder written by segan train")
+    p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS, help="what to write")
+    p.add_argument("--image", help="image to check the export on (default: the run's first validation image)")
+    p.add_argument("--threshold", type=float, default=0.5, help="binary threshold recorded in predict.json")
+    p.set_defaults(handler=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_run
+    settings = export_run(args.run, args.format, image=args.image, threshold=args.threshold)
+    out = Path(args.run) / "export"
+    for name, rel in settings["files"].items():
+        print(f"written {out / rel}")
+    check = settings["check"]
+    for name, difference in check["max_abs_logit_difference"].items():
+        print(f"{name}: largest logit difference from the torch generator {difference:.2e} on {check['image']} "
+              f"(tolerance {check['tolerance']})")
+    print(f"predictor settings in {out / 'predict.json'}; segment with: segan predict --model {args.run} "
+          f"--backend {'onnxruntime' if args.format == 'onnx' else 'openvino'} --input ... --output ...")
+    print(json.dumps({"files": [str(out / rel) for rel in settings["files"].values()],
+                      "max_abs_logit_difference": check["max_abs_logit_difference"]}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segan", description="GAN-based image segmentation.",
                                      parents=[_global_flags(None)], formatter_class=_HelpFormatter)
@@ -471,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(subparsers)
     _add_data(subparsers)
     _add_evaluate(subparsers)
+    _add_export(subparsers)
     return parser
 
 

@@ -37,7 +37,7 @@ AdversarialMode = Literal["vanilla", "lsgan", "hinge"]
 InputGuard = Literal["none", "smooth", "noise"]
 AugmentPreset = Literal["none", "light", "medium", "heavy"]
 ResizeMode = Literal["resize", "crop"]
-Precision = Literal["32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"]
+Precision = Literal["auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"]
 InChannels = Literal[1, 3]
 SemiMode = Literal["none", "self-training", "adversarial", "adversarial+self-training"]
 ADVERSARIAL_MODES: tuple[str, ...] = typing.get_args(AdversarialMode)
@@ -47,6 +47,13 @@ RESIZE_MODES: tuple[str, ...] = typing.get_args(ResizeMode)
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 IN_CHANNELS: tuple[int, ...] = typing.get_args(InChannels)
 SEMI_MODES: tuple[str, ...] = typing.get_args(SemiMode)
+# Inference (predict, evaluate --model, export): not run settings, so not in Config.
+Backend = Literal["torch", "onnxruntime", "openvino"]
+InferencePrecision = Literal["auto", "fp32", "bf16"]
+ExportFormat = Literal["onnx", "openvino"]
+BACKENDS: tuple[str, ...] = typing.get_args(Backend)
+INFERENCE_PRECISIONS: tuple[str, ...] = typing.get_args(InferencePrecision)
+EXPORT_FORMATS: tuple[str, ...] = typing.get_args(ExportFormat)
 
 
 class Allowed:
@@ -313,7 +320,8 @@ class TrainConfig:
         seed: seeds Python, NumPy, torch and the data split.
         accelerator: auto, cpu, gpu, ...
         devices: number of devices, a list of device indices, or "auto"; more than one runs DDP.
-        precision: Lightning precision string (32-true, 16-mixed, bf16-mixed, ...).
+        precision: Lightning precision string (32-true, 16-mixed, bf16-mixed, ...), or auto:
+            bf16-mixed where the training device has native bf16, else 32-true (segan.hardware).
         checkpoint_every_n_steps: also write last.ckpt every N training steps; None writes it at
             the end of every epoch only.
         out: run folder.
@@ -329,7 +337,7 @@ class TrainConfig:
     seed: int = 0
     accelerator: str = "auto"
     devices: Devices = 1
-    precision: Precision = "32-true"
+    precision: Precision = "auto"
     checkpoint_every_n_steps: PositiveInt | None = None
     out: str = "weights/run"
 

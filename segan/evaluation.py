@@ -386,7 +386,8 @@ def evaluate_model(run: str | Path, data_root: str | Path | None = None, split: 
                    out: str | Path | None = None, tta: bool = False, device: str = "auto", batch_size: int = 8,
                    num_workers: int = 2, progress: bool = True, threshold: float = 0.5,
                    save_probs: bool = False, overwrite: bool = False,
-                   sweep_threshold_on_val: bool = False) -> EvaluationResult:
+                   sweep_threshold_on_val: bool = False, backend: str = "torch",
+                   precision: str = "auto") -> EvaluationResult:
     """Segments a dataset split with a trained run and scores it.
 
     Runs exactly `segan predict` (same code: scale, padding or tiling, TTA, written PNG masks) into
@@ -405,6 +406,8 @@ def evaluate_model(run: str | Path, data_root: str | Path | None = None, split: 
         sweep_threshold_on_val: binary tasks: choose the threshold of best Dice on the validation
             split first (`sweep_threshold`, written beside `out` in val/), then score `split` with it;
             refused for split "val", so the threshold is never chosen on the split it scores.
+        backend: what runs the network (`segan.backends.BACKENDS`), as for `segan predict`.
+        precision: fp32, bf16, or auto (bf16 where the device has native bf16).
     """
     from .batch_predict import collect_inputs, predict_folder
     from .data.pairs import find_split
@@ -417,10 +420,12 @@ def evaluate_model(run: str | Path, data_root: str | Path | None = None, split: 
         if split == "val":
             raise EvaluationError("--sweep-threshold chooses the threshold on val, so it cannot also score val; "
                                   "give --split test (or another held-out split)")
-        sweep = sweep_threshold(run, data_root, out.parent / "val", tta=tta, device=device)
+        sweep = sweep_threshold(run, data_root, out.parent / "val", tta=tta, device=device, backend=backend,
+                                precision=precision)
         sweep["file"] = str(out.parent / "val" / "threshold_sweep.json")
         threshold = sweep["best_threshold"]
-    predictor = Predictor.from_pretrained(run, device=device, tta=tta, threshold=threshold)
+    predictor = Predictor.from_pretrained(run, device=device, tta=tta, threshold=threshold, backend=backend,
+                                          precision=precision)
     config = predictor.config
     data = dataclasses.replace(config.data, root=str(data_root or config.data.root))
     pairs = find_split(data, split)

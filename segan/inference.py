@@ -12,8 +12,10 @@ import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 
+from .backends import BACKENDS, Network, TorchNetwork, load_exported, require_package
 from .config import Config, DataConfig
 from .data.io import to_channels, to_uint8
+from .hardware import resolve_inference_precision
 from .models import output_channels
 from .preprocess import labels_from_probabilities, pad_multiple, pad_to_multiple, prepare_image, probabilities
 
@@ -48,9 +50,12 @@ class Predictor:
     """Segments images with a trained generator.
 
     Args:
-        model: the generator (any smp model producing logits).
+        model: the generator (any smp model producing logits), or a `segan.backends` network
+            (an exported model in ONNX Runtime or OpenVINO).
         config: the run's config (classes, channels, normalisation, training size and mode).
         device: torch device.
+        precision: fp32, bf16, or auto (bf16 where the device has native bf16); for a torch
+            model, bf16 runs it under autocast. Exported networks carry their own.
         tile_size: images whose longer side exceeds this are segmented in overlapping tiles
             (only when the run trained at native scale, `resize: crop`).
         tile_overlap: fraction of a tile shared with its neighbour.
@@ -59,13 +64,15 @@ class Predictor:
         threshold: a binary pixel is foreground where its probability is at least this.
     """
 
-    def __init__(self, model: torch.nn.Module, config: Config, device: str | torch.device = "cpu",
+    def __init__(self, model: torch.nn.Module | Network, config: Config, device: str | torch.device = "cpu",
                  tile_size: int = 1024, tile_overlap: float = 0.25, tta: bool = False,
-                 threshold: float = 0.5) -> None:
+                 threshold: float = 0.5, precision: str = "fp32") -> None:
         self.device = torch.device(device) if isinstance(device, str) else device
-        self.model = model.to(self.device).eval()
+        if isinstance(model, torch.nn.Module):
+            model = TorchNetwork(model, self.device, resolve_inference_precision(precision, self.device))
+        self.network: Network = model
         self.config = config
-        stride = pad_multiple(self.model)
+        stride = self.network.stride
         self.tile_size = max(stride, tile_size // stride * stride)
         self.tile_overlap = tile_overlap
         self.tta = tta
@@ -73,9 +80,20 @@ class Predictor:
             raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
         self.threshold = threshold
 
+    @property
+    def precision(self) -> str:
+        return self.network.precision
+
     @classmethod
-    def from_pretrained(cls, run: str | Path, device: str = "auto", **kwargs) -> "Predictor":
-        """Loads `RUN/config.yaml` and `RUN/generator/` (safetensors); needs no training data."""
+    def from_pretrained(cls, run: str | Path, device: str = "auto", backend: str = "torch", precision: str = "auto",
+                        **kwargs) -> "Predictor":
+        """Loads `RUN/config.yaml` and `RUN/generator/` (safetensors); needs no training data.
+
+        `backend` (`segan.backends.BACKENDS`) picks what runs the network: the generator in torch,
+        or the model `segan export` wrote, in ONNX Runtime or OpenVINO."""
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        require_package(backend)
         run = Path(run)
         for part in ("config.yaml", "generator/config.json", "generator/model.safetensors"):
             if not (run / part).is_file():
@@ -99,7 +117,11 @@ class Predictor:
         except Exception as error:  # a tampered or truncated file surfaces from deep inside torch
             raise RunFolderError(f"{run / 'generator'}: cannot load the generator ({type(error).__name__}: "
                                  f"{str(error)[:200]})") from None
-        return cls(model, config, resolve_device(device), **kwargs)
+        torch_device = resolve_device(device)
+        precision = resolve_inference_precision(precision, torch_device)
+        if backend != "torch":
+            model = load_exported(run, backend, pad_multiple(model), precision, torch_device)
+        return cls(model, config, torch_device, precision=precision, **kwargs)
 
     @property
     def binary(self) -> bool:
@@ -135,7 +157,7 @@ class Predictor:
         for turns, flip in views:
             view = torch.rot90(batch, turns, dims=(2, 3)) if turns else batch
             view = view.flip(3) if flip else view
-            logits = self.model(view)
+            logits = self.network(view)
             probs = probabilities(logits)
             probs = probs.flip(3) if flip else probs
             probs = torch.rot90(probs, -turns, dims=(2, 3)) if turns else probs
@@ -145,7 +167,7 @@ class Predictor:
     def _padded_forward(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
         """Runs same-shaped CxHxW arrays as one batch, padded to the stride, cropped back."""
         _, height, width = arrays[0].shape
-        batch = pad_to_multiple(torch.from_numpy(np.stack(arrays)), pad_multiple(self.model))
+        batch = pad_to_multiple(torch.from_numpy(np.stack(arrays)), self.network.stride)
         probs = self.forward(batch)[:, :, :height, :width]
         return list(probs.cpu())
 

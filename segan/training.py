@@ -20,12 +20,14 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import CombinedLoader, rank_zero_only
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader
 
 from . import metrics
 from .atomic import atomic_write
 from .checkpointing import AtomicCheckpointIO, CheckpointError, load_checkpoint
 from .config import Config, validate
+from .hardware import resolve_training_precision
 from .data import EpochSampler, MaskEncoding, SegmentationDataset, find_splits
 from .losses import AdversarialLoss, SegmentationLoss
 from .models import build_discriminator, build_generator, one_hot, output_channels
@@ -73,6 +75,9 @@ class SeganModule(L.LightningModule):
         self.d_steps_skipped = 0
         self.d_loss_average: float | None = None
         self.stop_reason: str | None = None
+        # NHWC: oneDNN's CPU convolutions (bf16 above all) and GPU tensor cores run faster in it.
+        # The weights go to safetensors through `export_generator`, which builds a fresh model.
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.generator(image)
@@ -110,26 +115,33 @@ class SeganModule(L.LightningModule):
         logits = self.generator(image)
         fake = probabilities(logits)
         seg_loss = self.segmentation_loss(logits, mask)
+        figures = [torch.isfinite(seg_loss)]
+        if self.adversarial:
+            # D's loss on truth (real) and on the current prediction (fake, detached) is computed
+            # before any decision, so one host synchronisation reads every figure the D step needs.
+            with self.toggled_optimizer(opt_d):
+                real_logits = self.discriminate(image, self.real_mask(mask, fake))
+                fake_logits = self.discriminate(image, fake.detach())
+                d_loss = 0.5 * (self.adversarial_loss(real_logits, True) + self.adversarial_loss(fake_logits, False))
+            figures += [torch.isfinite(d_loss), d_loss.detach()]
+        seg_finite, *d_figures = torch.stack([figure.float() for figure in figures]).tolist()
         # Every rank must take the same decision, or DDP's gradient all-reduce waits forever.
-        if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(seg_loss)), all=False):
+        if self.trainer.strategy.reduce_boolean_decision(not seg_finite, all=False):
             self.skip_nonfinite(opt_g, opt_d, "segmentation")
             return
 
         if self.adversarial:
             # D step: truth is real, the generator's current (detached) prediction is fake.
+            d_finite, average = d_figures
+            if self.trainer.strategy.reduce_boolean_decision(not d_finite, all=False):
+                self.skip_nonfinite(opt_g, opt_d, "discriminator")
+                return
+            if self.d_loss_average is not None:
+                average = D_LOSS_MOMENTUM * self.d_loss_average + (1 - D_LOSS_MOMENTUM) * average
+            self.d_loss_average = average
+            collapsed = self.trainer.strategy.reduce_boolean_decision(
+                average < D_COLLAPSE_LOSS[self.config.loss.adv_mode], all=False)
             with self.toggled_optimizer(opt_d):
-                real_logits = self.discriminate(image, self.real_mask(mask, fake))
-                fake_logits = self.discriminate(image, fake.detach())
-                d_loss = 0.5 * (self.adversarial_loss(real_logits, True) + self.adversarial_loss(fake_logits, False))
-                if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(d_loss)), all=False):
-                    self.skip_nonfinite(opt_g, opt_d, "discriminator")
-                    return
-                average = float(d_loss.detach())
-                if self.d_loss_average is not None:
-                    average = D_LOSS_MOMENTUM * self.d_loss_average + (1 - D_LOSS_MOMENTUM) * average
-                self.d_loss_average = average
-                collapsed = self.trainer.strategy.reduce_boolean_decision(
-                    average < D_COLLAPSE_LOSS[self.config.loss.adv_mode], all=False)
                 opt_d.zero_grad()
                 if collapsed:
                     self.d_steps_skipped += 1
@@ -156,7 +168,10 @@ class SeganModule(L.LightningModule):
                 self.log_dict({f"semi/{name}": value for name, value in step.stats.items()}, on_step=False,
                               on_epoch=True)
             opt_g.zero_grad()
-            if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(g_loss)), all=False):
+            # The second host synchronisation, only when terms beyond the (checked) segmentation
+            # loss were added: they use the discriminator as it is after its step.
+            if g_loss is not seg_loss and self.trainer.strategy.reduce_boolean_decision(
+                    not bool(torch.isfinite(g_loss)), all=False):
                 self.skip_nonfinite(opt_g, opt_d, "generator")
                 return
             self.manual_backward(g_loss)
@@ -180,6 +195,10 @@ class SeganModule(L.LightningModule):
                                 "check, or try --precision 32-true; the best checkpoint is kept as it was")
             log.error(self.stop_reason)
             self.trainer.should_stop = True
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return apply_to_collection(batch, torch.Tensor, lambda tensor: tensor.contiguous(
+            memory_format=torch.channels_last) if tensor.ndim == 4 else tensor)
 
     def on_train_epoch_start(self) -> None:
         # The learning rate is a function of the epoch alone (cosine from lr to 0 over
@@ -221,7 +240,9 @@ class SeganModule(L.LightningModule):
         self.val_confusion = torch.zeros(classes, classes, dtype=torch.long, device=self.device)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = padded_logits(self.generator, batch["image"])  # what segan predict does
+        # What segan predict does, float32 logits included: under bf16 autocast the network's
+        # output is bf16, and a bf16 sigmoid would round pixels near the threshold onto it.
+        logits = padded_logits(self.generator, batch["image"]).float()
         loss = self.segmentation_loss(logits, batch["mask"])
         self.log("val/loss", loss, sync_dist=True, batch_size=len(batch["image"]))
         confusion = metrics.confusion_matrix(labels(logits), batch["mask"], self.config.data.num_classes,
@@ -320,6 +341,7 @@ class TrainResult:
     epochs: int
     steps: int  # training iterations: batches trained on (one G step and, when adversarial, one D step each)
     wall_time_s: float
+    precision: str = "32-true"  # what train.precision resolved to on this machine (auto: segan.hardware)
     stopped: str | None = None  # why training ended before its last epoch, if it did
     nonfinite_batches_skipped: int = 0
     d_steps_skipped: int = 0  # discriminator steps left out while it won outright
@@ -420,7 +442,7 @@ def _trainer(config: Config, run_dir: Path, callbacks: list[Callback]) -> L.Trai
         accelerator=train.accelerator,
         devices=devices,
         strategy=strategy,
-        precision=train.precision,
+        precision=resolve_training_precision(train.precision, train.accelerator),
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         # One CSV per session (Lightning deletes an existing metrics.csv); `merge_metrics` joins them.
@@ -583,6 +605,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
         # report training iterations: batches trained on, over all sessions of the run.
         steps=trainer.fit_loop.epoch_loop.batch_progress.total.completed,
         wall_time_s=round(wall, 1),
+        precision=str(trainer.precision),
         stopped=module.stop_reason,
         nonfinite_batches_skipped=module.nonfinite_skipped,
         d_steps_skipped=module.d_steps_skipped,

@@ -25,13 +25,15 @@ def demo_root(tmp_path_factory) -> Path:
 
 
 def tiny_config(root: Path, out: Path, **sections) -> Config:
-    """A config that trains in seconds: 64 px, a depth-3 resnet18 U-Net, a 2-layer discriminator."""
+    """A config that trains in seconds: 64 px, a depth-3 resnet18 U-Net, a 2-layer discriminator,
+    in float32 (tests compare with float32 references; bf16 has tests of its own)."""
     base = {
         "data": {"root": str(root), "size": 64, "augment": "light", "num_workers": 0},
         "generator": {"encoder_name": "resnet18", "encoder_depth": 3},
         "discriminator": {"base_channels": 8, "n_layers": 2},
         "loss": {"adv_weight": 0.1, "adv_warmup_epochs": 0},
-        "train": {"epochs": 1, "batch_size": 4, "accelerator": "cpu", "devices": 1, "out": str(out)},
+        "train": {"epochs": 1, "batch_size": 4, "accelerator": "cpu", "devices": 1, "precision": "32-true",
+                  "out": str(out)},
     }
     for section, values in sections.items():
         base.setdefault(section, {}).update(values)
@@ -43,6 +45,13 @@ def shared_dataset(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"real dataset {name} not found at {path} (it lives in ../shared/data beside the repo)")
     return path
+
+
+def smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A uint8 RGB image of smooth random blobs: a network's output varies across it."""
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(size=(height, width, 3)).astype(np.float32)
+    return np.clip(128 + 60 * cv2.GaussianBlur(noise, (0, 0), 4) / 0.1, 0, 255).astype(np.uint8)
 
 
 def make_run(folder: Path, classes=("background", "foreground"), in_channels=3, resize="crop", size=64,

@@ -98,10 +98,15 @@ def test_bench_train_prints_its_keys_and_the_flop_counts():
         "benchmark", "device", "cores", "torch_threads", "cpu", "encoder", "image_size", "batch_size", "steps",
         "rounds", "plain_step_s", "plain_images_per_s", "plain_peak_rss_mb", "generator_forward_gflop_per_image",
         "plain_achieved_gflop_per_s", "matmul_peak_gflop_per_s", "plain_fraction_of_peak", "default_d_channels",
-        "gan_default_ratio", *(f"gan_d{c}_{key}" for c in (8, 16) for key in per_d)}
+        "gan_default_ratio", "precision", *(f"gan_d{c}_{key}" for c in (8, 16) for key in per_d),
+        "gan_default_ratio_bf16-mixed", *(f"{name}_bf16-mixed_{key}" for name in ("plain", "gan_d16")
+                                          for key in ("step_s", "speedup_vs_32-true", "speedup_vs_v0.1",
+                                                      "peak_rss_mb")),
+        "plain_v0.1_step_s", "gan_d16_v0.1_step_s"}
     assert (result["benchmark"], result["encoder"], result["image_size"], result["batch_size"]) == (
         "train_step", "resnet18", 64, 2)
     assert result["default_d_channels"] == 16 and result["gan_default_ratio"] == result["gan_d16_ratio"]
+    assert result["precision"] == "32-true"  # the first of --precisions; bf16-mixed times plain and GAN again
     # FLOPs are counted, not timed, so they are exact: by hand for the discriminators; the resnet18
     # U-Net generator is 0.6748 GFLOP at 64 px by torch's counter (6.07 at 192 px).
     assert patchgan_forward_flop(64, 8) == 6_430_720 and patchgan_forward_flop(64, 16) == 23_478_272

@@ -115,19 +115,23 @@ def test_train_end_to_end_on_real_kvasir_subset(tmp_path):
 
     # The reported Dice and IoU, recomputed from the exported (best) generator: each validation
     # image resized to 64 x 64 (bilinear, its mask nearest), normalised as config.yaml records,
-    # foreground where the probability is at least 0.5, micro over the split.
+    # run as validation runs it (NHWC; bf16 autocast where the default precision chose it, with
+    # float32 logits), foreground where the probability is at least 0.5, micro over the split.
+    from segan.hardware import cpu_has_bf16
+    assert summary["precision"] == ("bf16-mixed" if cpu_has_bf16() else "32-true")
     import segmentation_models_pytorch as smp
     from segan.config import Config
     from segan.data import read_image, read_mask
     data = Config.load(run / "config.yaml").data
     mean, std = (np.asarray(v, np.float32) * 255 for v in data.normalization())
-    model = smp.from_pretrained(str(run / "generator")).eval()
+    model = smp.from_pretrained(str(run / "generator")).eval().to(memory_format=torch.channels_last)
     confusion = torch.zeros(2, 2, dtype=torch.long)
     for path in sorted((subset / "validation" / "images").glob("*.jpg")):
         image = cv2.resize(read_image(path, 3), (64, 64), interpolation=cv2.INTER_LINEAR)
         x = torch.from_numpy(((image.astype(np.float32) - mean) / std).transpose(2, 0, 1))[None]
-        with torch.no_grad():
-            predicted = (torch.sigmoid(model(x))[:, 0] >= 0.5).long()
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=summary["precision"] == "bf16-mixed"):
+            logits = model(x.contiguous(memory_format=torch.channels_last)).float()
+        predicted = (torch.sigmoid(logits)[:, 0] >= 0.5).long()
         truth = cv2.resize(read_mask(subset / "validation" / "masks" / path.name), (64, 64),
                            interpolation=cv2.INTER_NEAREST)
         confusion += segan_metrics.confusion_matrix(predicted, torch.from_numpy(truth)[None], 2,

@@ -91,7 +91,8 @@ def test_yaml_round_trip(tmp_path):
 def test_a_config_written_before_the_schema_still_loads(tmp_path):
     (tmp_path / "config.yaml").write_text(CONFIG_YAML_BEFORE_THE_SCHEMA)
     config = Config.load(tmp_path / "config.yaml")
-    assert config == Config()
+    # it says 32-true, so a run written before `auto` existed keeps training (and resuming) in float32
+    assert config == merge(Config(), {"train": {"precision": "32-true"}})
     assert config.data.allow_unknown_values is False and config.train.checkpoint_every_n_steps is None
 
 
@@ -156,7 +157,7 @@ def test_unknown_sections_and_keys_are_named(tmp_path):
     ({"train": {"d_lr": ".nan"}}, "train.d_lr: expected a number > 0, got '.nan'"),
     ({"train": {"batch_size": 2.5}}, "train.batch_size: expected an integer >= 1, got 2.5"),
     ({"train": {"precision": 16}},
-     "train.precision: expected one of '32-true', '16-mixed', 'bf16-mixed', '16-true', 'bf16-true', '64-true', "
+     "train.precision: expected one of 'auto', '32-true', '16-mixed', 'bf16-mixed', '16-true', 'bf16-true', '64-true', "
      "got 16"),
     ({"train": {"devices": [0, "a"]}},
      "train.devices: expected a device count, a list of device indices, or 'auto', got [0, 'a']"),
@@ -230,7 +231,7 @@ def test_option_lists_are_defined_once_in_the_config():
     assert tuple(transforms.PRESETS) == segan_config.AUGMENT_PRESETS == ("none", "light", "medium", "heavy")
     assert segan_config.INPUT_GUARDS == ("none", "smooth", "noise")
     assert segan_config.RESIZE_MODES == ("resize", "crop")
-    assert segan_config.PRECISIONS == ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+    assert segan_config.PRECISIONS == ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 
 
 def _actions(parser: argparse.ArgumentParser, *command: str) -> dict[str, argparse.Action]:
@@ -311,7 +312,7 @@ def test_flags_override_the_config_file(tmp_path, monkeypatch):
     (["--size", "100"], "argument --size: data.size: expected a multiple of the network stride 32, got '100'; use 96"),
     (["--lr", "-1"], "argument --lr: train.lr: expected a number > 0, got '-1'"),
     (["--resize", "pad"], "argument --resize: data.resize: expected one of 'resize', 'crop', got 'pad'"),
-    (["--precision", "16"], "argument --precision: train.precision: expected one of '32-true', '16-mixed', "
+    (["--precision", "16"], "argument --precision: train.precision: expected one of 'auto', '32-true', '16-mixed', "
                             "'bf16-mixed', '16-true', 'bf16-true', '64-true', got '16'"),
 ])
 def test_a_bad_flag_value_gets_the_config_files_message(flags, message, capsys):

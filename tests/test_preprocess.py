@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from segan.config import DataConfig
+from segan.config import Config, DataConfig
 from segan.evaluation import evaluate_model
 from segan.inference import Predictor
 from segan.preprocess import (EvalTransform, labels, labels_from_probabilities, pad_multiple, pad_to_multiple,
@@ -16,14 +16,17 @@ from segan.training import train
 from conftest import make_run, tiny_config
 
 
-@pytest.mark.parametrize("resize", ["resize", "crop"])
-def test_validation_iou_in_summary_equals_evaluate_model_on_the_same_split(tmp_path, demo_root, resize):
+@pytest.mark.parametrize("resize, precision", [("resize", "fp32"), ("crop", "fp32"), ("resize", "bf16")])
+def test_validation_iou_in_summary_equals_evaluate_model_on_the_same_split(tmp_path, demo_root, resize, precision):
     """Training's validation and `segan evaluate --model` segment and score the same images the
-    same way (images at the training size, so resize mode scales nothing either)."""
+    same way (images at the training size, so resize mode scales nothing either), in bf16 too:
+    the same layout, the same autocast, float32 logits before the threshold."""
     run = tmp_path / "run"
-    train(tiny_config(demo_root, run, data={"resize": resize}, train={"epochs": 2}))
+    lightning_precision = {"fp32": "32-true", "bf16": "bf16-mixed"}[precision]
+    train(tiny_config(demo_root, run, data={"resize": resize}, train={"epochs": 2, "precision": lightning_precision}))
     summary = json.loads((run / "summary.json").read_text())
-    result = evaluate_model(run, split="val", device="cpu", num_workers=0, progress=False)
+    assert summary["precision"] == lightning_precision
+    result = evaluate_model(run, split="val", device="cpu", num_workers=0, progress=False, precision=precision)
     headline = result.report["headline"]
     assert (round(headline["iou"], 4), round(headline["dice"], 4)) == (summary["best_val_iou"],
                                                                        summary["best_val_dice"])
@@ -47,8 +50,7 @@ class ZeroNet(torch.nn.Module):
 @pytest.mark.parametrize("tta", [False, True])
 def test_predict_and_tta_put_the_boundary_on_the_same_side_as_training(tmp_path, tta):
     run = make_run(tmp_path / "run")
-    predictor = Predictor.from_pretrained(run, device="cpu", tta=tta)
-    predictor.model = ZeroNet()
+    predictor = Predictor(ZeroNet(), Config.load(run / "config.yaml"), "cpu", tta=tta)
     image = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
     assert (predictor.predict(image) == 1).all()
     assert np.array_equal(predictor.predict_proba(image), np.full((1, 20, 30), 0.5, np.float32))
@@ -56,7 +58,7 @@ def test_predict_and_tta_put_the_boundary_on_the_same_side_as_training(tmp_path,
 
 def test_padding_mirrors_the_image_and_the_output_is_cropped_back(tmp_path):
     run = make_run(tmp_path / "run")  # a depth-3 U-Net: stride 8
-    model = Predictor.from_pretrained(run, device="cpu").model
+    model = Predictor.from_pretrained(run, device="cpu").network.model
     assert pad_multiple(model) == 8
     batch = torch.arange(2 * 3 * 10 * 13, dtype=torch.float32).reshape(2, 3, 10, 13)
     padded = pad_to_multiple(batch, 8)

@@ -240,7 +240,7 @@ def test_nan_loss_is_skipped_then_stops_and_keeps_the_best_checkpoint(tmp_path, 
     assert best["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in best["state_dict"].values() if v.is_floating_point())
     predictor = Predictor.from_pretrained(tmp_path / "run", device="cpu")  # the exported generator is the good one
-    assert all(torch.isfinite(p).all() for p in predictor.model.parameters())
+    assert all(torch.isfinite(p).all() for p in predictor.network.model.parameters())
 
 
 def test_a_discriminator_that_wins_outright_stops_stepping(tmp_path, demo_root, monkeypatch):

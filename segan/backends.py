@@ -1,0 +1,121 @@
+"""Inference backends: what turns a normalised batch into logits for `Predictor`.
+
+One registry, `BACKENDS`, maps each `--backend` name to a loader. Every network it returns takes
+a float32 (B, C, H, W) tensor whose sides are multiples of its `stride` and returns float32
+logits (B, K, H, W) on the CPU or the predictor's device; the predictor does everything else
+(preprocessing, padding, tiling, TTA, thresholds), so masks differ between backends only by the
+arithmetic of the network itself.
+
+- torch: the run's generator, in NHWC layout, under bf16 autocast when `precision` is bf16.
+- onnxruntime: `RUN/export/model.onnx` (`segan export RUN --format onnx`), float32.
+- openvino: `RUN/export/openvino/model.xml` (`segan export RUN --format openvino`), float32 or
+  bf16 (OpenVINO's `INFERENCE_PRECISION_HINT`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from .config import BACKENDS
+from .preprocess import network_input, pad_multiple
+
+EXPORT_DIR = "export"
+ONNX_FILE = "model.onnx"
+OPENVINO_FILE = "openvino/model.xml"
+# backend -> (python package, pip extra that installs it)
+PACKAGES = {"torch": ("torch", None), "onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino")}
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot run here: its package or its exported model is missing."""
+
+
+class Network(Protocol):
+    stride: int
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+
+def require_package(backend: str) -> None:
+    """Raises `BackendError` naming the pip extra when `backend`'s package is not installed."""
+    package, extra = PACKAGES[backend]
+    if importlib.util.find_spec(package) is None:
+        raise BackendError(f"--backend {backend} needs the {package} package, which is not installed: "
+                           f"pip install 'segan[{extra}]' (or use --backend torch)")
+
+
+class TorchNetwork:
+    """The generator itself. NHWC layout and bf16 autocast are what make it fast on CPUs with
+    native bf16 (BENCHMARKS.md); the output is always float32."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, precision: str = "fp32") -> None:
+        self.device = device
+        self.model = model.to(device).eval().to(memory_format=torch.channels_last)
+        self.stride = pad_multiple(model)
+        self.precision = precision
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        batch = network_input(batch.to(self.device, non_blocking=True))
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16" \
+            else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
+            return self.model(batch).float()
+
+
+class OnnxRuntimeNetwork:
+    """An exported ONNX model in ONNX Runtime (CPU, or CUDA when its GPU build is installed)."""
+
+    def __init__(self, path: Path, stride: int, precision: str = "fp32", device: torch.device | None = None) -> None:
+        if precision == "bf16":
+            raise BackendError("--backend onnxruntime runs float32 only; for bf16 use --backend openvino or torch")
+        import onnxruntime
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] \
+            if device is not None and device.type == "cuda" else ["CPUExecutionProvider"]
+        available = set(onnxruntime.get_available_providers())
+        self.session = onnxruntime.InferenceSession(str(path), providers=[p for p in providers if p in available])
+        self.input = self.session.get_inputs()[0].name
+        self.stride = stride
+        self.precision = precision
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(batch.cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session.run(None, {self.input: array})[0])
+
+
+class OpenVinoNetwork:
+    """An exported OpenVINO model on the CPU, in float32 or bf16."""
+
+    def __init__(self, path: Path, stride: int, precision: str = "fp32", device: torch.device | None = None) -> None:
+        import openvino
+        core = openvino.Core()
+        self.model = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16"
+                                                           else "f32"})
+        self.stride = stride
+        self.precision = precision
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(batch.cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(np.asarray(self.model(array)[0], dtype=np.float32))
+
+
+def exported_file(run: Path, backend: str) -> Path:
+    return Path(run) / EXPORT_DIR / (ONNX_FILE if backend == "onnxruntime" else OPENVINO_FILE)
+
+
+def load_exported(run: Path, backend: str, stride: int, precision: str, device: torch.device) -> Network:
+    """The exported model of `run` for `backend` (onnxruntime or openvino)."""
+    require_package(backend)
+    path = exported_file(run, backend)
+    if not path.is_file():
+        format_name = "onnx" if backend == "onnxruntime" else "openvino"
+        raise BackendError(f"{path} not found: --backend {backend} runs the exported model; write it with "
+                           f"segan export {run} --format {format_name}")
+    loader: Callable[..., Network] = OnnxRuntimeNetwork if backend == "onnxruntime" else OpenVinoNetwork
+    return loader(path, stride, precision, device)
+

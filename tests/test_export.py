@@ -1,0 +1,175 @@
+"""segan export, the inference backends, and the precision each one runs in."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from segan import hardware
+from segan.backends import BackendError
+from segan.export import ExportError, export_run
+from segan.inference import Predictor
+
+from conftest import make_run, smooth_image
+
+# ONNX Runtime and OpenVINO against torch, all float32: the same arithmetic in another order.
+# make_run's sharpened head gives logits of some tens, so this is about 1e-5 relative.
+LOGIT_TOLERANCE = 1e-3
+PROBABILITY_TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("image") / "check.png"
+    cv2.imwrite(str(path), smooth_image(72, 90, seed=5))
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported_run(tmp_path_factory, image_file):
+    """A binary run exported to ONNX and OpenVINO once for the tests that only read it."""
+    run = make_run(tmp_path_factory.mktemp("exported") / "run")
+    export_run(run, "openvino", image=image_file)
+    return run
+
+
+@pytest.mark.parametrize("classes", [("background", "foreground"), ("bg", "a", "b")])
+def test_exported_models_reproduce_the_generator_at_any_batch_and_size(tmp_path, image_file, classes):
+    run = make_run(tmp_path / "run", classes=classes)
+    settings = export_run(run, "openvino", image=image_file)
+    assert set(settings["files"]) == {"model.onnx", "model.xml", "model.bin"}
+    assert all((run / "export" / rel).is_file() for rel in settings["files"].values())
+    saved = json.loads((run / "export" / "predict.json").read_text())
+    assert saved == settings
+    # what a predictor outside segan needs, from the run's own config
+    assert saved["pad_multiple"] == 8 and saved["classes"] == list(classes)  # a depth-3 U-Net
+    assert saved["normalization"]["mean"] == [127.5] * 3 and saved["normalization"]["std"] == [63.75] * 3
+    assert saved["size_policy"]["mode"] == "crop" and saved["input"]["channels"] == 3
+    assert saved["output"]["activation"] == ("sigmoid" if len(classes) == 2 else "softmax over channels")
+    assert saved["threshold"] == (0.5 if len(classes) == 2 else None)
+    assert saved["palette"][:2] == [[0, 0, 0], [230, 25, 75]] and len(saved["palette"]) == len(classes)
+    check = saved["check"]
+    assert check["image"] == str(image_file) and check["input_shape"] == [1, 3, 72, 96]  # 90 padded to 96
+    assert max(check["max_abs_logit_difference"].values()) < LOGIT_TOLERANCE
+
+    # Dynamic batch and size: a batch of 3 at a size the check never saw.
+    torch_predictor = Predictor.from_pretrained(run, device="cpu", precision="fp32")
+    batch = torch.randn(3, 3, 48, 40)
+    expected = torch_predictor.network(batch)
+    for backend in ("onnxruntime", "openvino"):
+        network = Predictor.from_pretrained(run, device="cpu", backend=backend, precision="fp32").network
+        got = network(batch)
+        assert got.shape == expected.shape == (3, 1 if len(classes) == 2 else 3, 48, 40)
+        assert (got - expected).abs().max().item() < LOGIT_TOLERANCE, backend
+
+
+def test_every_backend_gives_the_torch_masks_through_predict(exported_run):
+    """Same preprocessing, padding and TTA around every backend: in float32 the masks agree."""
+    run = exported_run
+    image = smooth_image(70, 100, seed=2)
+    reference = Predictor.from_pretrained(run, device="cpu", precision="fp32", tta=True)
+    expected = reference.predict_proba(image)
+    assert 0.05 < (expected >= 0.5).mean() < 0.95  # a mask with both classes, so agreement means something
+    for backend in ("onnxruntime", "openvino"):
+        predictor = Predictor.from_pretrained(run, device="cpu", backend=backend, precision="fp32", tta=True)
+        probs = predictor.predict_proba(image)
+        assert np.abs(probs - expected).max() < PROBABILITY_TOLERANCE
+        assert (predictor.predict(image) == reference.predict(image)).mean() >= 0.999
+
+
+def test_bf16_inference_stays_close_to_float32(exported_run):
+    """bf16 (torch autocast, OpenVINO's precision hint) rounds the arithmetic, not the method:
+    probabilities within a hundredth on average (make_run's 40x head magnifies rounding at the
+    boundary), nearly every pixel on the same side."""
+    run = exported_run
+    image = smooth_image(70, 100, seed=2)
+    reference = Predictor.from_pretrained(run, device="cpu", precision="fp32")
+    for backend in ("torch", "openvino"):
+        predictor = Predictor.from_pretrained(run, device="cpu", backend=backend, precision="bf16")
+        assert predictor.precision == "bf16"
+        assert np.abs(predictor.predict_proba(image) - reference.predict_proba(image)).mean() < 0.01
+        assert (predictor.predict(image) == reference.predict(image)).mean() >= 0.98
+
+
+def test_a_backend_without_its_export_or_package_names_the_fix(tmp_path, monkeypatch):
+    run = make_run(tmp_path / "run")
+    with pytest.raises(BackendError, match=rf"model.onnx not found: .*segan export {run} --format onnx"):
+        Predictor.from_pretrained(run, device="cpu", backend="onnxruntime")
+    with pytest.raises(BackendError, match=rf"segan export {run} --format openvino"):
+        Predictor.from_pretrained(run, device="cpu", backend="openvino")
+    export_run(run, "onnx")  # the run's data is not there: checked on a synthetic image, said so
+    assert json.loads((run / "export" / "predict.json").read_text())["check"]["image"] == "synthetic demo image"
+    with pytest.raises(BackendError, match="runs float32 only; for bf16 use --backend openvino or torch"):
+        Predictor.from_pretrained(run, device="cpu", backend="onnxruntime", precision="bf16")
+    with pytest.raises(ValueError, match="backend must be one of torch, onnxruntime, openvino, got 'tensorrt'"):
+        Predictor.from_pretrained(run, device="cpu", backend="tensorrt")
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "openvino" else real_find_spec(name, *args))
+    with pytest.raises(BackendError, match=r"needs the openvino package, which is not installed: "
+                                           r"pip install 'segan\[openvino\]' \(or use --backend torch\)"):
+        Predictor.from_pretrained(run, device="cpu", backend="openvino")
+    with pytest.raises(BackendError, match=r"pip install 'segan\[openvino\]'"):
+        export_run(run, "openvino")
+
+
+def test_an_export_that_does_not_reproduce_the_generator_keeps_nothing(tmp_path, image_file, monkeypatch):
+    run = make_run(tmp_path / "run")
+    monkeypatch.setattr("segan.export.TOLERANCE", -1.0)  # no difference can pass
+    with pytest.raises(ExportError, match="does not reproduce the torch generator on .*check.png"):
+        export_run(run, "openvino", image=image_file)
+    assert sorted(p.name for p in (run / "export").rglob("*") if p.is_file()) == []
+
+
+def test_precision_auto_follows_the_hardware(monkeypatch, caplog):
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
+    with caplog.at_level(logging.INFO, logger="segan.hardware"):
+        assert hardware.resolve_training_precision("auto", "cpu") == "bf16-mixed"
+    assert "precision: bf16-mixed (auto: cpu has native bf16; --precision 32-true to opt out)" in caplog.text
+    assert hardware.resolve_inference_precision("auto", torch.device("cpu")) == "bf16"
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
+    assert hardware.resolve_training_precision("auto", "cpu") == "32-true"
+    assert hardware.resolve_inference_precision("auto", torch.device("cpu")) == "fp32"
+    # an explicit choice is kept whatever the hardware
+    assert hardware.resolve_training_precision("bf16-mixed", "cpu") == "bf16-mixed"
+    assert hardware.resolve_inference_precision("bf16", torch.device("cpu")) == "bf16"
+
+
+def test_export_and_predict_from_the_command_line(tmp_path, image_file):
+    run = make_run(tmp_path / "run")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for index in range(3):
+        cv2.imwrite(str(inputs / f"{index}.png"), smooth_image(60 + 10 * index, 80, seed=index))
+
+    def segan(*args):
+        return subprocess.run([sys.executable, "-m", "segan", *map(str, args)], capture_output=True, text=True,
+                              timeout=300)
+
+    done = segan("export", run, "--format", "onnx", "--image", image_file)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"written {run / 'export' / 'model.onnx'}" in done.stdout
+    assert "onnx: largest logit difference from the torch generator" in done.stdout
+    assert json.loads(done.stdout.strip().splitlines()[-1])["files"] == [str(run / "export" / "model.onnx")]
+    masks = {}
+    for backend in ("torch", "onnxruntime"):
+        done = segan("predict", "--model", run, "--input", inputs, "--output", tmp_path / backend, "--backend",
+                     backend, "--precision", "fp32", "--num-workers", "0", "--no-progress")
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert f"segmenting with {backend} in fp32 on cpu" in done.stderr
+        masks[backend] = [cv2.imread(str(tmp_path / backend / "masks" / f"{i}.png"), cv2.IMREAD_UNCHANGED)
+                          for i in range(3)]
+    agreement = np.mean([(a == b).mean() for a, b in zip(masks["torch"], masks["onnxruntime"])])
+    assert agreement >= 0.999
+    done = segan("predict", "--model", run, "--input", inputs, "--output", tmp_path / "ov", "--backend", "openvino")
+    assert done.returncode == 2
+    assert f"segan export {run} --format openvino" in done.stderr
