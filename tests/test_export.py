@@ -139,6 +139,15 @@ def test_precision_auto_follows_the_hardware(monkeypatch, caplog):
     monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
     assert hardware.resolve_training_precision("auto", "cpu") == "32-true"
     assert hardware.resolve_inference_precision("auto", torch.device("cpu")) == "fp32"
+    # GPUs: bf16 where the card computes it natively (NVIDIA from compute capability 8.0), not emulated
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for native in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native)
+        expected = "bf16-mixed" if native else "32-true"
+        assert hardware.resolve_training_precision("auto", "gpu") == expected
+        assert hardware.resolve_training_precision("auto", "auto") == expected  # auto trains on the GPU
+        assert hardware.resolve_inference_precision("auto", torch.device("cuda")) == ("bf16" if native else "fp32")
+    assert hardware.resolve_training_precision("auto", "cpu") == "32-true"  # the CPU still has none here
     # an explicit choice is kept whatever the hardware
     assert hardware.resolve_training_precision("bf16-mixed", "cpu") == "bf16-mixed"
     assert hardware.resolve_inference_precision("bf16", torch.device("cpu")) == "bf16"
