@@ -66,7 +66,7 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module | Network, config: Config, device: str | torch.device = "cpu",
                  tile_size: int = 1024, tile_overlap: float = 0.25, tta: bool = False,
-                 threshold: float = 0.5, precision: str = "fp32") -> None:
+                 threshold: float = 0.5, precision: str = "auto") -> None:
         self.device = torch.device(device) if isinstance(device, str) else device
         if isinstance(model, torch.nn.Module):
             model = TorchNetwork(model, self.device, resolve_inference_precision(precision, self.device))
