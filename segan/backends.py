@@ -23,11 +23,13 @@ import numpy as np
 import torch
 
 from .config import BACKENDS
-from .preprocess import network_input, pad_multiple
+from .preprocess import network_input, network_layout, pad_multiple
 
 EXPORT_DIR = "export"
 ONNX_FILE = "model.onnx"
 OPENVINO_FILE = "openvino/model.xml"
+# exported backend -> (the `segan export --format` that writes its model, that model's file)
+EXPORTS = {"onnxruntime": ("onnx", ONNX_FILE), "openvino": ("openvino", OPENVINO_FILE)}
 # backend -> (python package, pip extra that installs it)
 PACKAGES = {"torch": ("torch", None), "onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino")}
 
@@ -56,7 +58,7 @@ class TorchNetwork:
 
     def __init__(self, model: torch.nn.Module, device: torch.device, precision: str = "fp32") -> None:
         self.device = device
-        self.model = model.to(device).eval().to(memory_format=torch.channels_last)
+        self.model = network_layout(model.to(device).eval())
         self.stride = pad_multiple(model)
         self.precision = precision
 
@@ -66,6 +68,11 @@ class TorchNetwork:
             else contextlib.nullcontext()
         with torch.inference_mode(), autocast:
             return self.model(batch).float()
+
+
+def _array(batch: torch.Tensor) -> np.ndarray:
+    """A batch as the exported runtimes take it: a contiguous float32 array on the host."""
+    return np.ascontiguousarray(batch.cpu().numpy(), dtype=np.float32)
 
 
 class OnnxRuntimeNetwork:
@@ -84,8 +91,7 @@ class OnnxRuntimeNetwork:
         self.precision = precision
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(batch.cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(self.session.run(None, {self.input: array})[0])
+        return torch.from_numpy(self.session.run(None, {self.input: _array(batch)})[0])
 
 
 class OpenVinoNetwork:
@@ -100,20 +106,15 @@ class OpenVinoNetwork:
         self.precision = precision
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(batch.cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(np.asarray(self.model(array)[0], dtype=np.float32))
-
-
-def exported_file(run: Path, backend: str) -> Path:
-    return Path(run) / EXPORT_DIR / (ONNX_FILE if backend == "onnxruntime" else OPENVINO_FILE)
+        return torch.from_numpy(np.asarray(self.model(_array(batch))[0], dtype=np.float32))
 
 
 def load_exported(run: Path, backend: str, stride: int, precision: str, device: torch.device) -> Network:
     """The exported model of `run` for `backend` (onnxruntime or openvino)."""
     require_package(backend)
-    path = exported_file(run, backend)
+    format_name, file = EXPORTS[backend]
+    path = Path(run) / EXPORT_DIR / file
     if not path.is_file():
-        format_name = "onnx" if backend == "onnxruntime" else "openvino"
         raise BackendError(f"{path} not found: --backend {backend} runs the exported model; write it with "
                            f"segan export {run} --format {format_name}")
     loader: Callable[..., Network] = OnnxRuntimeNetwork if backend == "onnxruntime" else OpenVinoNetwork

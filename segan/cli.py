@@ -497,8 +497,10 @@ def _export(args: argparse.Namespace) -> int:
     for name, difference in check["max_abs_logit_difference"].items():
         print(f"{name}: largest logit difference from the torch generator {difference:.2e} on {check['image']} "
               f"(tolerance {check['tolerance']})")
+    from .backends import EXPORTS
+    backend = next(name for name, (format_name, _) in EXPORTS.items() if format_name == args.format)
     print(f"predictor settings in {out / 'predict.json'}; segment with: segan predict --model {args.run} "
-          f"--backend {'onnxruntime' if args.format == 'onnx' else 'openvino'} --input ... --output ...")
+          f"--backend {backend} --input ... --output ...")
     print(json.dumps({"files": [str(out / rel) for rel in settings["files"].values()],
                       "max_abs_logit_difference": check["max_abs_logit_difference"]}))
     return 0

@@ -12,7 +12,7 @@ import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 
-from .backends import BACKENDS, Network, TorchNetwork, load_exported, require_package
+from .backends import BACKENDS, Network, TorchNetwork, load_exported
 from .config import Config, DataConfig
 from .data.io import to_channels, to_uint8
 from .hardware import resolve_inference_precision
@@ -93,7 +93,6 @@ class Predictor:
         or the model `segan export` wrote, in ONNX Runtime or OpenVINO."""
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        require_package(backend)
         run = Path(run)
         for part in ("config.yaml", "generator/config.json", "generator/model.safetensors"):
             if not (run / part).is_file():

@@ -77,10 +77,17 @@ def network_input(batch: torch.Tensor) -> torch.Tensor:
     return batch.contiguous(memory_format=torch.channels_last)
 
 
+def network_layout(module: torch.nn.Module) -> torch.nn.Module:
+    """`module` with its weights in the layout of `network_input` (in place; returned)."""
+    return module.to(memory_format=torch.channels_last)
+
+
 def padded_logits(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """The network's logits for a batch of any side: padded to its stride, cropped back."""
+    """The network's float32 logits for a batch of any side: padded to its stride, cropped back.
+    Float32 as predict's are: under bf16 autocast the network answers in bf16, and a bf16 sigmoid
+    would round pixels near the threshold onto it."""
     height, width = batch.shape[-2:]
-    return model(network_input(pad_to_multiple(batch, pad_multiple(model))))[..., :height, :width]
+    return model(network_input(pad_to_multiple(batch, pad_multiple(model))))[..., :height, :width].float()
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ from .hardware import resolve_training_precision
 from .data import EpochSampler, MaskEncoding, SegmentationDataset, find_splits
 from .losses import AdversarialLoss, SegmentationLoss
 from .models import build_discriminator, build_generator, one_hot, output_channels
-from .preprocess import EvalTransform, labels, padded_logits, probabilities
+from .preprocess import EvalTransform, labels, network_input, network_layout, padded_logits, probabilities
 from .semi import SemiSupervision, UnlabeledDataset, UnlabeledItem, find_unlabeled, split_labeled
 from .transforms import build_train_transform, build_weak_transform
 
@@ -77,7 +77,7 @@ class SeganModule(L.LightningModule):
         self.stop_reason: str | None = None
         # NHWC: oneDNN's CPU convolutions (bf16 above all) and GPU tensor cores run faster in it.
         # The weights go to safetensors through `export_generator`, which builds a fresh model.
-        self.to(memory_format=torch.channels_last)
+        network_layout(self)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.generator(image)
@@ -197,8 +197,8 @@ class SeganModule(L.LightningModule):
             self.trainer.should_stop = True
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        return apply_to_collection(batch, torch.Tensor, lambda tensor: tensor.contiguous(
-            memory_format=torch.channels_last) if tensor.ndim == 4 else tensor)
+        return apply_to_collection(batch, torch.Tensor, lambda tensor: network_input(tensor) if tensor.ndim == 4
+                                   else tensor)
 
     def on_train_epoch_start(self) -> None:
         # The learning rate is a function of the epoch alone (cosine from lr to 0 over
@@ -240,9 +240,7 @@ class SeganModule(L.LightningModule):
         self.val_confusion = torch.zeros(classes, classes, dtype=torch.long, device=self.device)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        # What segan predict does, float32 logits included: under bf16 autocast the network's
-        # output is bf16, and a bf16 sigmoid would round pixels near the threshold onto it.
-        logits = padded_logits(self.generator, batch["image"]).float()
+        logits = padded_logits(self.generator, batch["image"])  # what segan predict does
         loss = self.segmentation_loss(logits, batch["mask"])
         self.log("val/loss", loss, sync_dist=True, batch_size=len(batch["image"]))
         confusion = metrics.confusion_matrix(labels(logits), batch["mask"], self.config.data.num_classes,
