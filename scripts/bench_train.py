@@ -7,9 +7,10 @@ Each configuration runs in turn for `--rounds` rounds of `--steps` steps, and th
 of each is kept, so a burst of other load does not land on one side only. The discriminator is
 timed at several widths (`--d-channels`) to show what the default costs, and the plain and
 default GAN steps again under each further `--precisions` entry (bf16-mixed: Lightning's bf16
-autocast, as `train.precision: auto` chooses on CPUs with native bf16), and once more as v0.1
-ran them: float32 in the NCHW layout smp builds (segan now trains in NHWC), the baseline of the
-`*_speedup_vs_v0.1` figures.
+autocast, as `train.precision: auto` chooses on CPUs with native bf16), and once more in v0.1's
+layout: float32 in the NCHW layout smp builds (segan now trains in NHWC), the baseline of the
+`*_speedup_vs_v0.1` figures. That baseline runs today's step (fused Adam, one host read, one D
+pass for real and fake), so it isolates the layout and precision, not everything since v0.1.
 
 Also: generator and discriminator forward GFLOP per image (torch's FLOP counter), the machine's
 matmul peak GFLOP/s (fp32 2048^2 matmul, best of 10), the achieved GFLOP/s of the plain step
@@ -58,7 +59,7 @@ class StepTimer(L.Callback):
 
 
 class NchwModule(SeganModule):
-    """v0.1's layout: the networks and batches in NCHW, as smp builds them."""
+    """v0.1's layout: the networks and batches in NCHW, as smp builds them (today's step code)."""
 
     def __init__(self, config: dict) -> None:
         super().__init__(config)

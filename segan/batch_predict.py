@@ -19,7 +19,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -42,6 +42,15 @@ PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0,
                     [0, 128, 128], [220, 190, 255], [170, 110, 40], [255, 250, 200], [128, 0, 0]]
                    + [[(i * 37) % 256, (i * 91) % 256, (i * 157) % 256] for i in range(16, 256)], np.uint8)
 PALETTE[255] = [255, 255, 255]
+
+
+def colour_mask(mask: np.ndarray, binary: bool) -> np.ndarray:
+    """Class indices as RGB in the palette of predicted masks (binary foreground white), for
+    pictures of masks (report, TensorBoard)."""
+    palette = PALETTE.copy()
+    if binary:
+        palette[1] = (255, 255, 255)
+    return palette[np.clip(mask, 0, len(palette) - 1)]
 
 
 class PredictInputError(ValueError):
@@ -196,13 +205,15 @@ def _npy(array: np.ndarray) -> bytes:
 def predict_folder(predictor: Predictor, inputs: Sequence[str | Path], output: str | Path, *,
                    batch_size: int = 8, num_workers: int = 2, save_probs: bool = False, overlay: bool = False,
                    skip_existing: bool = False, shard: tuple[int, int] = (0, 1),
-                   progress: bool = True, overwrite: bool = False) -> PredictSummary:
+                   progress: bool = True, overwrite: bool = False,
+                   observe: Callable[[Path, torch.Tensor], None] | None = None) -> PredictSummary:
     """Segments every image in `inputs` into `output` (see the module docstring for the layout).
 
     A file that cannot be read is reported in the manifest and skipped; the others are written.
     Each output file is written atomically (temporary file, then rename). An output folder that
     holds an earlier job's results is refused unless `skip_existing` (resume that job) or
-    `overwrite` (replace its files) says what to do with them.
+    `overwrite` (replace its files) says what to do with them. `observe(image path, probabilities)`,
+    when given, sees each image's probabilities (CxHxW, at the image's size) as they are made.
     """
     output = Path(output)
     shard_index, shard_count = shard
@@ -283,6 +294,8 @@ def predict_folder(predictor: Predictor, inputs: Sequence[str | Path], output: s
         for sample, p in zip(samples, probs):
             item = todo[sample["index"]]
             p = predictor.restore(p, *sample["size"])
+            if observe is not None:
+                observe(item.path, p)
             pending.append((item, writer.submit(write, item, p, sample["image"]), sample["size"]))
         # Bounded queue: memory stays flat however many images there are.
         while len(pending) > 2 * batch_size:

@@ -329,6 +329,19 @@ def _add_segmentation_flags(group) -> None:
                        help="fp32, bf16, or auto: bf16 where the processor has native bf16 (onnxruntime: fp32 only)")
 
 
+def _add_split_flags(group) -> None:
+    """Which images a trained run is scored on (`evaluate --model`, `report`)."""
+    group.add_argument("--data", metavar="DIR", help="dataset folder (default: the run's own)")
+    group.add_argument("--split", default="val", help="val or train as training divided the data, or a split "
+                                                      "folder name such as test")
+
+
+def _add_throughput_flags(group) -> None:
+    group.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    group.add_argument("--num-workers", type=int, default=2, help="image decoding processes")
+    group.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def _add_predict(subparsers) -> None:
     p = _add_command(
         subparsers, "predict", help="segment files and folders of images with a trained run",
@@ -338,8 +351,7 @@ def _add_predict(subparsers) -> None:
     p.add_argument("--model", required=True, help="run folder written by segan train")
     p.add_argument("--input", required=True, nargs="+", help="image files, folders (recursive) or globs")
     p.add_argument("--output", required=True, help="output folder; must not be inside an input folder")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
-    p.add_argument("--num-workers", type=int, default=2, help="image decoding processes")
+    _add_throughput_flags(p)
     _add_segmentation_flags(p)
     p.add_argument("--tile-size", type=int, default=1024,
                    help="images trained at native scale (--resize crop) and larger than this are tiled")
@@ -350,7 +362,6 @@ def _add_predict(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in the output folder")
     p.add_argument("--shard", help="K/N: take the K-th of N deterministic parts (K from 0); under torchrun, "
                                    "RANK/WORLD_SIZE choose it (default: everything)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_predict)
 
 
@@ -391,9 +402,7 @@ def _add_evaluate(subparsers) -> None:
     g = p.add_argument_group("scoring a trained run (--model): segment --data's --split with the same code as "
                              "segan predict, then score")
     g.add_argument("--model", metavar="RUN", help="run folder written by segan train (instead of --pred/--gt)")
-    g.add_argument("--data", metavar="DIR", help="dataset folder (default: the run's own)")
-    g.add_argument("--split", default="val", help="val or train as training divided the data, or a split folder "
-                                                  "name such as test")
+    _add_split_flags(g)
     _add_segmentation_flags(g)
     g.add_argument("--sweep-threshold", action="store_true",
                    help="binary: choose the threshold with the best validation Dice, then score --split (not val) "
@@ -506,6 +515,39 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_report(subparsers) -> None:
+    p = _add_command(
+        subparsers, "report", help="a page to look at: one run's report, or a comparison of runs",
+        description="One run: writes RUN/report/index.html (opens from disk, no network): the run's settings, "
+                    "versions and hardware, training curves, per-class scores and confusion matrix (multi-class), "
+                    "a reliability diagram, the worst and best images with error maps, and every image's scores "
+                    "(the per_image.csv of segan evaluate --model, also written there). Several runs: scores each "
+                    "on the same split and compares them image by image against the first (paired Dice "
+                    "differences with a bootstrap interval, and the images where they differ most).")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s) written by segan train")
+    _add_split_flags(p)
+    p.add_argument("--out", metavar="DIR", help="report folder (default RUN/report, or FIRST_RUN/report/compare-... "
+                                                "for several runs)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier report in the output folder")
+    _add_segmentation_flags(p)
+    _add_throughput_flags(p)
+    p.set_defaults(handler=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import compare_runs, report_run
+    predict = dict(tta=args.tta, device=args.device, threshold=args.threshold, backend=args.backend,
+                   precision=args.precision, batch_size=args.batch_size, num_workers=args.num_workers,
+                   progress=not args.no_progress)
+    if len(args.runs) == 1:
+        page = report_run(args.runs[0], args.data, args.split, args.out, args.overwrite, **predict)
+    else:
+        page = compare_runs(args.runs, args.data, args.split, args.out, args.overwrite, **predict)
+    print(f"report written to {page}; open it in a browser (file://{page.resolve()})")
+    print(json.dumps({"report": str(page), "data": str(page.parent / "report.json")}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segan", description="GAN-based image segmentation.",
                                      parents=[_global_flags(None)], formatter_class=_HelpFormatter)
@@ -515,6 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(subparsers)
     _add_evaluate(subparsers)
     _add_export(subparsers)
+    _add_report(subparsers)
     return parser
 
 

@@ -324,6 +324,8 @@ class TrainConfig:
             bf16-mixed where the training device has native bf16, else 32-true (segan.hardware).
         checkpoint_every_n_steps: also write last.ckpt every N training steps; None writes it at
             the end of every epoch only.
+        progress_png: redraw RUN/progress.png (the training curves) after every epoch; about a
+            second of plotting each time, so runs of many tiny epochs may turn it off.
         out: run folder.
     """
 
@@ -339,6 +341,7 @@ class TrainConfig:
     devices: Devices = 1
     precision: Precision = "auto"
     checkpoint_every_n_steps: PositiveInt | None = None
+    progress_png: bool = True
     out: str = "weights/run"
 
 

@@ -77,7 +77,8 @@ class EvaluationResult:
         """One row per image, worst headline IoU first (images where it is undefined last).
 
         `iou` / `dice` are the headline of the image: the foreground class for binary tasks, else
-        the mean over the classes present in the image's truth or prediction.
+        the mean over the classes present in the image's truth or prediction. Binary rows count
+        the false-positive and false-negative pixels, multi-class rows the pixels of a wrong class.
         """
         ious, dices = metrics.iou(self.confusions), metrics.dice(self.confusions)  # (N, C) float64
         if self.binary:
@@ -86,8 +87,13 @@ class EvaluationResult:
             head_iou, head_dice = metrics.nanmean(ious, dim=1), metrics.nanmean(dices, dim=1)
         rows = []
         for i, name in enumerate(self.names):
+            confusion = self.confusions[i]
             row = {"name": name, "iou": float(head_iou[i]), "dice": float(head_dice[i]),
-                   "scored_pixels": int(self.confusions[i].sum())}
+                   "scored_pixels": int(confusion.sum())}
+            if self.binary:  # foreground pixels predicted wrongly, and missed
+                row.update(fp_pixels=int(confusion[0, 1]), fn_pixels=int(confusion[1, 0]))
+            else:
+                row["wrong_pixels"] = int(confusion.sum() - confusion.diagonal().sum())
             for c, cls in enumerate(self.class_names):
                 row[f"iou_{cls}"] = float(ious[i, c])
             for c, cls in enumerate(self.class_names):
@@ -387,7 +393,7 @@ def evaluate_model(run: str | Path, data_root: str | Path | None = None, split: 
                    num_workers: int = 2, progress: bool = True, threshold: float = 0.5,
                    save_probs: bool = False, overwrite: bool = False,
                    sweep_threshold_on_val: bool = False, backend: str = "torch",
-                   precision: str = "auto") -> EvaluationResult:
+                   precision: str = "auto", observe=None) -> EvaluationResult:
     """Segments a dataset split with a trained run and scores it.
 
     Runs exactly `segan predict` (same code: scale, padding or tiling, TTA, written PNG masks) into
@@ -408,6 +414,7 @@ def evaluate_model(run: str | Path, data_root: str | Path | None = None, split: 
             refused for split "val", so the threshold is never chosen on the split it scores.
         backend: what runs the network (`segan.backends.BACKENDS`), as for `segan predict`.
         precision: fp32, bf16, or auto (bf16 where the device has native bf16).
+        observe: passed to `predict_folder`: sees each image's probabilities.
     """
     from .batch_predict import collect_inputs, predict_folder
     from .data.pairs import find_split
@@ -431,7 +438,8 @@ def evaluate_model(run: str | Path, data_root: str | Path | None = None, split: 
     pairs = find_split(data, split)
     predictions = out / "predictions"
     summary = predict_folder(predictor, [pair.image for pair in pairs], predictions, batch_size=batch_size,
-                             num_workers=num_workers, progress=progress, save_probs=save_probs, overwrite=True)
+                             num_workers=num_workers, progress=progress, save_probs=save_probs, overwrite=True,
+                             observe=observe)
     if summary.failed:
         raise EvaluationError(f"{summary.failed} images of the {split} split could not be segmented: "
                               f"{_names(summary.failures, 5)}")

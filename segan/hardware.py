@@ -55,3 +55,32 @@ def resolve_inference_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
     return "bf16" if device_has_bf16(device) else "fp32"
+
+
+def describe(device: torch.device | str = "cpu") -> dict[str, str | int]:
+    """What ran a job, for its summary and report: package versions, Python, the processor (and
+    GPU when `device` is one), torch's thread count."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    processor = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            processor = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")),
+                             processor)
+    except OSError:
+        pass
+    described: dict[str, str | int] = {
+        **{name: installed(name) for name in ("segan", "torch", "lightning", "segmentation-models-pytorch", "timm")},
+        "python": platform.python_version(), "platform": platform.platform(), "processor": processor,
+        "cpu_bf16": cpu_has_bf16(), "torch_threads": torch.get_num_threads()}
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        described["gpu"] = torch.cuda.get_device_name(device)
+    return described

@@ -205,3 +205,53 @@ def json_safe(value):
     if isinstance(value, np.integer):
         return int(value)
     return value
+
+
+class Reliability:
+    """Calibration of predicted probabilities, accumulated image by image.
+
+    Binary tasks: the foreground probability of every scored pixel against how often such pixels
+    are foreground (the probability users threshold). Multi-class: the top class's probability
+    against how often the top class is right. Pixels fall into `bins` equal-width bins; the
+    expected calibration error (ECE) is the pixel-weighted mean |frequency - mean probability|
+    over the bins (Guo et al. 2017).
+    """
+
+    def __init__(self, bins: int = 15) -> None:
+        self.edges = np.linspace(0.0, 1.0, bins + 1)
+        self.pixels = np.zeros(bins, np.int64)
+        self.confidence = np.zeros(bins, np.float64)  # sums of the probabilities in each bin
+        self.hits = np.zeros(bins, np.int64)  # foreground (binary) or correct (multi-class) pixels
+        self.binary: bool | None = None
+
+    def add(self, probs: np.ndarray, truth: np.ndarray, scored: np.ndarray | None = None) -> None:
+        """probs: CxHxW (C = 1: foreground probability); truth: HxW class indices; scored: HxW
+        bool, the pixels that count (default all)."""
+        probs = np.asarray(probs, dtype=np.float32)
+        self.binary = probs.shape[0] == 1
+        if self.binary:
+            confidence, hit = probs[0], truth == 1
+        else:
+            confidence, hit = probs.max(axis=0), probs.argmax(axis=0) == truth
+        if scored is not None:
+            confidence, hit = confidence[scored], hit[scored]
+        index = np.clip(np.searchsorted(self.edges, confidence.ravel(), side="right") - 1, 0, len(self.pixels) - 1)
+        self.pixels += np.bincount(index, minlength=len(self.pixels))
+        self.confidence += np.bincount(index, weights=confidence.ravel().astype(np.float64), minlength=len(self.pixels))
+        self.hits += np.bincount(index, weights=hit.ravel(), minlength=len(self.pixels)).astype(np.int64)
+
+    def result(self) -> dict:
+        """{"ece", "pixels", "bins": [{lower, upper, pixels, confidence, frequency}], names}."""
+        total = int(self.pixels.sum())
+        bins, ece = [], 0.0
+        for i, pixels in enumerate(self.pixels):
+            confidence = self.confidence[i] / pixels if pixels else float("nan")
+            frequency = self.hits[i] / pixels if pixels else float("nan")
+            if pixels:
+                ece += pixels / total * abs(frequency - confidence)
+            bins.append({"lower": float(self.edges[i]), "upper": float(self.edges[i + 1]), "pixels": int(pixels),
+                         "confidence": float(confidence), "frequency": float(frequency)})
+        binary = self.binary is not False
+        return {"ece": float(ece), "pixels": total, "bins": bins,
+                "confidence_name": "predicted foreground probability" if binary else "top-class probability",
+                "frequency_name": "observed foreground frequency" if binary else "observed accuracy"}

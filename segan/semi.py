@@ -139,23 +139,25 @@ class UnlabeledDataset(Dataset):
 
 
 def cutmix(images: torch.Tensor, targets: list[torch.Tensor], probability: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Pastes a random box from the next image of the batch into each image with `probability`,
-    and the same box of each target (pseudo-labels, their mask) with it (torch's RNG)."""
+    """Pastes a random box from the previous image of the batch into each image with
+    `probability`, and the same box of each target (pseudo-labels, their mask) with it.
+
+    The boxes come from Python's RNG (seeded and checkpointed like torch's): drawing them as
+    tensors and reading them back would make the host wait for the device."""
     if probability <= 0 or len(images) < 2:
         return images, targets
     mixed_images, mixed_targets = images.clone(), [t.clone() for t in targets]
-    source = torch.roll(torch.arange(len(images)), 1)
     height, width = images.shape[-2:]
     for i in range(len(images)):
-        if float(torch.rand(1)) >= probability:
+        if random.random() >= probability:
             continue
-        area = float(torch.empty(1).uniform_(0.02, 0.4)) * height * width
-        ratio = float(torch.empty(1).uniform_(0.3, 1 / 0.3))
+        area = random.uniform(0.02, 0.4) * height * width
+        ratio = random.uniform(0.3, 1 / 0.3)
         h = min(height, max(1, int(round((area * ratio) ** 0.5))))
         w = min(width, max(1, int(round((area / ratio) ** 0.5))))
-        y = int(torch.randint(0, height - h + 1, (1,)))
-        x = int(torch.randint(0, width - w + 1, (1,)))
-        j = int(source[i])
+        y = random.randint(0, height - h)
+        x = random.randint(0, width - w)
+        j = (i - 1) % len(images)
         mixed_images[i, :, y:y + h, x:x + w] = images[j, :, y:y + h, x:x + w]
         for mixed, original in zip(mixed_targets, targets):
             mixed[i, y:y + h, x:x + w] = original[j, y:y + h, x:x + w]
@@ -189,10 +191,12 @@ def pseudo_label_loss(logits: torch.Tensor, labels: torch.Tensor, selected: torc
 
 @dataclass
 class UnlabeledStep:
-    """What one unlabelled batch gave: the loss for the generator and figures to log."""
+    """What one unlabelled batch gave: the loss for the generator, figures to log, and the
+    pseudo-labels checked against hidden masks: (correct, checked) pixel counts."""
 
     loss: torch.Tensor
     stats: dict[str, torch.Tensor]
+    precision_counts: torch.Tensor
 
 
 class SemiSupervision:
@@ -255,8 +259,8 @@ class SemiSupervision:
             loss = 0.5 * strong_loss + 0.5 * pseudo_label_loss(perturbed, labels, selected.float())
         with torch.no_grad():
             stats["pseudo_share"] = selected.float().mean()
-            known = hidden != ignore_index
-            checked = (selected & known).sum()
-            if checked > 0:  # hidden masks: only measured, never learnt from
-                stats["pseudo_precision"] = ((labels == hidden) & selected & known).sum() / checked
-        return UnlabeledStep(loss, stats)
+            # Hidden masks: only measured, never learnt from. Counted, not divided here: a batch
+            # may hold none (a folder of unlabelled images), and asking would wait for the device.
+            checked = selected & (hidden != ignore_index)
+            counts = torch.stack([((labels == hidden) & checked).sum(), checked.sum()])
+        return UnlabeledStep(loss, stats, counts)

@@ -27,11 +27,12 @@ from . import metrics
 from .atomic import atomic_write
 from .checkpointing import AtomicCheckpointIO, CheckpointError, load_checkpoint
 from .config import Config, validate
-from .hardware import resolve_training_precision
+from .hardware import describe, resolve_training_precision, training_device
 from .data import EpochSampler, MaskEncoding, SegmentationDataset, find_splits
 from .losses import AdversarialLoss, SegmentationLoss
 from .models import build_discriminator, build_generator, one_hot, output_channels
 from .preprocess import EvalTransform, labels, network_input, network_layout, padded_logits, probabilities
+from .progress import ProgressPlot, ValidationImages
 from .semi import SemiSupervision, UnlabeledDataset, UnlabeledItem, find_unlabeled, split_labeled
 from .transforms import build_train_transform, build_weak_transform
 
@@ -75,6 +76,12 @@ class SeganModule(L.LightningModule):
         self.d_steps_skipped = 0
         self.d_loss_average: float | None = None
         self.stop_reason: str | None = None
+        # 1.0 when the last generator step was skipped on the device (see training_step); a
+        # buffer, so it lives on the training device, but not saved: it is counted before any save.
+        self.register_buffer("generator_rejected", torch.zeros(()), persistent=False)
+        self.uncounted_generator_step: tuple[int, int] | None = None  # (epoch, batch) of that step
+        # This epoch's pseudo-labels checked against hidden masks: (correct, checked) pixels.
+        self.register_buffer("pseudo_counts", torch.zeros(2, dtype=torch.long), persistent=False)
         # NHWC: oneDNN's CPU convolutions (bf16 above all) and GPU tensor cores run faster in it.
         # The weights go to safetensors through `export_generator`, which builds a fresh model.
         network_layout(self)
@@ -115,32 +122,43 @@ class SeganModule(L.LightningModule):
         logits = self.generator(image)
         fake = probabilities(logits)
         seg_loss = self.segmentation_loss(logits, mask)
-        figures = [torch.isfinite(seg_loss)]
+        figures = [~torch.isfinite(seg_loss), self.generator_rejected]
         if self.adversarial:
             # D's loss on truth (real) and on the current prediction (fake, detached) is computed
             # before any decision, so one host synchronisation reads every figure the D step needs.
+            # Real and fake pairs go through D as one batch: one pass of each layer instead of two
+            # (D normalises per sample, spectral norm or instance norm, so nothing mixes).
             with self.toggled_optimizer(opt_d):
-                real_logits = self.discriminate(image, self.real_mask(mask, fake))
-                fake_logits = self.discriminate(image, fake.detach())
-                d_loss = 0.5 * (self.adversarial_loss(real_logits, True) + self.adversarial_loss(fake_logits, False))
-            figures += [torch.isfinite(d_loss), d_loss.detach()]
-        seg_finite, *d_figures = torch.stack([figure.float() for figure in figures]).tolist()
-        # Every rank must take the same decision, or DDP's gradient all-reduce waits forever.
-        if self.trainer.strategy.reduce_boolean_decision(not seg_finite, all=False):
+                both = self.discriminate(torch.cat([image, image]), torch.cat([self.real_mask(mask, fake),
+                                                                               fake.detach()]))
+                real_logits, fake_logits = both.chunk(2)
+                d_real_loss = self.adversarial_loss(real_logits, True)
+                d_fake_loss = self.adversarial_loss(fake_logits, False)
+                d_loss = 0.5 * (d_real_loss + d_fake_loss)
+            figures += [~torch.isfinite(d_loss), d_loss.detach()]
+        # The step's one host synchronisation. Under DDP the figures are summed over the ranks
+        # first (a flag above 0: some rank saw it; D's loss: the sum, divided below), so every
+        # rank takes the same decisions, or DDP's gradient all-reduce would wait forever.
+        summed = self.trainer.strategy.reduce(torch.stack([figure.float() for figure in figures]), reduce_op="sum")
+        seg_nonfinite, generator_rejected, *d_figures = summed.tolist()
+        self.account_generator_step(generator_rejected > 0)
+        if self.stop_reason:  # that was one non-finite batch too many: no more steps
+            return
+        if seg_nonfinite > 0:
             self.skip_nonfinite(opt_g, opt_d, "segmentation")
             return
 
         if self.adversarial:
             # D step: truth is real, the generator's current (detached) prediction is fake.
-            d_finite, average = d_figures
-            if self.trainer.strategy.reduce_boolean_decision(not d_finite, all=False):
+            d_nonfinite, average = d_figures
+            if d_nonfinite > 0:
                 self.skip_nonfinite(opt_g, opt_d, "discriminator")
                 return
+            average /= self.trainer.world_size
             if self.d_loss_average is not None:
                 average = D_LOSS_MOMENTUM * self.d_loss_average + (1 - D_LOSS_MOMENTUM) * average
             self.d_loss_average = average
-            collapsed = self.trainer.strategy.reduce_boolean_decision(
-                average < D_COLLAPSE_LOSS[self.config.loss.adv_mode], all=False)
+            collapsed = average < D_COLLAPSE_LOSS[self.config.loss.adv_mode]
             with self.toggled_optimizer(opt_d):
                 opt_d.zero_grad()
                 if collapsed:
@@ -148,7 +166,8 @@ class SeganModule(L.LightningModule):
                 else:
                     self.manual_backward(d_loss)
                     opt_d.step()
-            self.log_dict({"train/d_loss": d_loss.detach(),
+            self.log_dict({"train/d_loss": d_loss.detach(), "train/d_loss_real": d_real_loss.detach(),
+                           "train/d_loss_fake": d_fake_loss.detach(),
                            "train/d_real": torch.sigmoid(real_logits.detach()).mean(),
                            "train/d_fake": torch.sigmoid(fake_logits.detach()).mean(),
                            "train/d_skipped": float(collapsed)})
@@ -167,27 +186,45 @@ class SeganModule(L.LightningModule):
                 self.log("semi/unlabeled_loss", step.loss.detach(), on_epoch=True)
                 self.log_dict({f"semi/{name}": value for name, value in step.stats.items()}, on_step=False,
                               on_epoch=True)
+                self.pseudo_counts += step.precision_counts
             opt_g.zero_grad()
-            # The second host synchronisation, only when terms beyond the (checked) segmentation
-            # loss were added: they use the discriminator as it is after its step.
-            if g_loss is not seg_loss and self.trainer.strategy.reduce_boolean_decision(
-                    not bool(torch.isfinite(g_loss)), all=False):
-                self.skip_nonfinite(opt_g, opt_d, "generator")
-                return
             self.manual_backward(g_loss)
+            # G's loss holds terms computed with D after its step, so it was not among the figures
+            # read above. Rather than wait for the host, the fused Adam skips its update on the
+            # device when the loss or a gradient is not finite; the next step's synchronisation
+            # reads the flag and counts the skipped batch.
+            # (With a gradient scaler, 16-mixed, scaled gradients overflow by design and the
+            # scaler skips those steps itself: only the loss is checked then.)
+            scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+            self.generator_rejected = rejected(g_loss, [] if scaled else self.generator.parameters())
+            opt_g.optimizer.found_inf = self.generator_rejected
             opt_g.step()
-        self.nonfinite_in_a_row = 0
+            self.uncounted_generator_step = self.batch_position()
         self.log_dict({"train/seg_loss": seg_loss.detach(), "train/g_loss": g_loss.detach()}, prog_bar=True)
 
-    def skip_nonfinite(self, opt_g, opt_d, which: str) -> None:
+    def account_generator_step(self, was_rejected: bool) -> None:
+        """Counts the last generator step, whose non-finite flag is read one step late."""
+        if self.uncounted_generator_step is None:
+            return
+        where, self.uncounted_generator_step = self.uncounted_generator_step, None
+        if was_rejected:
+            self.skip_nonfinite(None, None, "generator", where)
+        else:
+            self.nonfinite_in_a_row = 0
+
+    def batch_position(self) -> tuple[int, int]:
+        return self.current_epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
+
+    def skip_nonfinite(self, opt_g, opt_d, which: str, where: tuple[int, int] | None = None) -> None:
         """Leaves the weights as they are for a batch whose loss is NaN or infinite; stops the run
         after `NONFINITE_PATIENCE` such batches in a row (the best checkpoint stays as it was)."""
-        opt_g.zero_grad()
-        opt_d.zero_grad()
+        for optimizer in (opt_g, opt_d):
+            if optimizer is not None:
+                optimizer.zero_grad()
         self.nonfinite_in_a_row += 1
         self.nonfinite_skipped += 1
-        log.warning("non-finite %s loss at epoch %d, batch %d: batch skipped (%d in a row)", which,
-                    self.current_epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.ready,
+        epoch, batch = where or self.batch_position()
+        log.warning("non-finite %s loss at epoch %d, batch %d: batch skipped (%d in a row)", which, epoch, batch,
                     self.nonfinite_in_a_row)
         if self.nonfinite_in_a_row >= NONFINITE_PATIENCE:
             self.stop_reason = (f"stopped: the {which} loss was NaN or infinite for {self.nonfinite_in_a_row} batches "
@@ -205,9 +242,10 @@ class SeganModule(L.LightningModule):
         # train.epochs), not a scheduler's state: a resumed run gets exactly the rate the
         # uninterrupted one had, and one resumed with more epochs gets the schedule of the new end.
         factor = 0.5 * (1 + math.cos(math.pi * self.current_epoch / max(1, self.config.train.epochs)))
-        for optimizer in self.optimizers():
+        for name, optimizer in zip(("generator", "discriminator"), self.optimizers()):
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * factor
+            self.log(f"lr/{name}", optimizer.param_groups[0]["lr"], on_step=False, on_epoch=True)
         # Order and augmentation are functions of (seed, epoch): told here, not counted, so a
         # resumed run sees the batches of the uninterrupted one. Under DDP Lightning wraps the
         # sampler and tells only the wrapper its epoch.
@@ -218,20 +256,40 @@ class SeganModule(L.LightningModule):
             if isinstance(sampler, EpochSampler):
                 sampler.set_epoch(self.current_epoch)
 
+    def on_train_epoch_end(self) -> None:
+        self.account_generator_step(bool(self.generator_rejected))  # the epoch's last step
+        self.log_dict({"train/d_steps_skipped": float(self.d_steps_skipped),
+                       "train/nonfinite_skipped": float(self.nonfinite_skipped)})
+        if self.semi is not None:
+            correct, checked = self.trainer.strategy.reduce(self.pseudo_counts, reduce_op="sum").tolist()
+            if checked:  # pixel-weighted over the epoch
+                self.log("semi/pseudo_precision", correct / checked)
+            self.pseudo_counts.zero_()
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.trainer.state.fn == TrainerFn.FITTING:
+            self.account_generator_step(bool(self.generator_rejected))
         # Everything besides weights and optimiser state that shapes the rest of the run.
         checkpoint["segan"] = {
             "counters": {"nonfinite_in_a_row": self.nonfinite_in_a_row, "nonfinite_skipped": self.nonfinite_skipped,
                          "d_steps_skipped": self.d_steps_skipped, "d_loss_average": self.d_loss_average},
+            "pseudo_counts": self.pseudo_counts.cpu(),  # a mid-epoch resume keeps the epoch's figures whole
             "rng": rng_states(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Runs saved before the optimisers were fused restore as fused ones (the generator's
+        # non-finite check needs found_inf, which only the fused Adam reads).
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state.get("param_groups", []):
+                group.update(fused=True, foreach=None)
         if self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
             return  # re-scoring the best checkpoint takes its weights, not its counters
         saved = checkpoint.get("segan", {})
         for name, value in saved.get("counters", {}).items():
             setattr(self, name, value)
+        if "pseudo_counts" in saved:
+            self.pseudo_counts.copy_(saved["pseudo_counts"])
         if "rng" in saved:  # Lightning's sanity check, which comes next, restores its own RNG use
             set_rng_states(saved["rng"])
 
@@ -258,13 +316,27 @@ class SeganModule(L.LightningModule):
 
     def configure_optimizers(self):
         train = self.config.train
-        opt_g = torch.optim.Adam(self.generator.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        # Fused: one kernel for all parameters, and it can skip a step on the device (found_inf).
+        opt_g = torch.optim.Adam(self.generator.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=True)
         # beta1 = 0.5 as in pix2pix/DCGAN: momentum destabilises the adversarial game.
-        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=train.d_lr, betas=(0.5, 0.999))
+        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=train.d_lr, betas=(0.5, 0.999), fused=True)
         for optimizer in (opt_g, opt_d):
             for group in optimizer.param_groups:
                 group["initial_lr"] = group["lr"]  # the schedule's base (see on_train_epoch_start)
         return [opt_g, opt_d]
+
+
+def rejected(loss: torch.Tensor, parameters: Any) -> torch.Tensor:
+    """1.0 (on the device, without waiting for it) when `loss` or any gradient is NaN or infinite,
+    else 0.0: the `found_inf` a fused optimizer reads to skip its step. Under DDP the ranks agree,
+    or their weights would drift apart."""
+    flag = (~torch.isfinite(loss.detach())).float()
+    gradients = [parameter.grad for parameter in parameters if parameter.grad is not None]
+    if gradients:
+        torch._amp_foreach_non_finite_check_and_unscale_(gradients, flag, torch.ones((), device=flag.device))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return flag
 
 
 def rng_states() -> dict[str, Any]:
@@ -346,6 +418,7 @@ class TrainResult:
     # last epoch's unlabelled figures (semi-supervised runs): pseudo-label share and precision,
     # D's loss on unlabelled and labelled inputs, the unlabelled loss
     semi: dict[str, float] | None = None
+    environment: dict[str, Any] | None = None  # versions, processor, threads (segan.hardware.describe)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -366,7 +439,8 @@ class ResumeError(ValueError):
 # What a resume may change: how long and on what the run goes on, and where its data now lies.
 # Anything else (model, classes, losses, augmentation, optimiser) would make it another run.
 RESUMABLE_SETTINGS = frozenset({"train.epochs", "train.accelerator", "train.devices", "train.out",
-                                "train.checkpoint_every_n_steps", "data.num_workers", "data.root"})
+                                "train.checkpoint_every_n_steps", "train.progress_png", "data.num_workers",
+                                "data.root"})
 
 
 class LastCheckpoint(Callback):
@@ -563,7 +637,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
     last = run_dir / "checkpoints" / "last.ckpt"
     best_checkpoint = BestCheckpoint(run_dir / "checkpoints")
     last_checkpoint = LastCheckpoint(last, config.train.checkpoint_every_n_steps)
-    trainer = _trainer(config, run_dir, [best_checkpoint, last_checkpoint])
+    pictures = [ValidationImages(config)] + ([ProgressPlot(run_dir)] if config.train.progress_png else [])
+    trainer = _trainer(config, run_dir, [best_checkpoint, last_checkpoint, *pictures])
     started = time.perf_counter()
     try:
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None, weights_only=True)
@@ -608,6 +683,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
         nonfinite_batches_skipped=module.nonfinite_skipped,
         d_steps_skipped=module.d_steps_skipped,
         semi=semi_figures or None,
+        environment=describe(training_device(config.train.accelerator)),
     )
     if trainer.is_global_zero:
         merge_metrics(run_dir)

@@ -26,14 +26,15 @@ def demo_root(tmp_path_factory) -> Path:
 
 def tiny_config(root: Path, out: Path, **sections) -> Config:
     """A config that trains in seconds: 64 px, a depth-3 resnet18 U-Net, a 2-layer discriminator,
-    in float32 (tests compare with float32 references; bf16 has tests of its own)."""
+    in float32 (tests compare with float32 references; bf16 has tests of its own), without
+    progress.png (tests/test_report.py checks it)."""
     base = {
         "data": {"root": str(root), "size": 64, "augment": "light", "num_workers": 0},
         "generator": {"encoder_name": "resnet18", "encoder_depth": 3},
         "discriminator": {"base_channels": 8, "n_layers": 2},
         "loss": {"adv_weight": 0.1, "adv_warmup_epochs": 0},
         "train": {"epochs": 1, "batch_size": 4, "accelerator": "cpu", "devices": 1, "precision": "32-true",
-                  "out": str(out)},
+                  "progress_png": False, "out": str(out)},
     }
     for section, values in sections.items():
         base.setdefault(section, {}).update(values)

@@ -72,7 +72,7 @@ train:
 """
 DATA_KEYS = ", ".join(f.name for f in dataclasses.fields(DataConfig))
 TRAIN_KEYS = ("epochs, batch_size, lr, d_lr, weight_decay, seed, accelerator, devices, precision, "
-              "checkpoint_every_n_steps, out")
+              "checkpoint_every_n_steps, progress_png, out")
 
 
 def problems(values) -> list[str]:

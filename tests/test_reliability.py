@@ -243,6 +243,45 @@ def test_nan_loss_is_skipped_then_stops_and_keeps_the_best_checkpoint(tmp_path, 
     assert all(torch.isfinite(p).all() for p in predictor.network.model.parameters())
 
 
+def test_a_nonfinite_adversarial_term_skips_the_generator_step_on_the_device(tmp_path, demo_root, monkeypatch):
+    """G's loss holds terms read after D's step: its check is not a host wait but the fused
+    Adam's found_inf, counted one step late. G's weights and Adam state stay as they were."""
+    original = training.AdversarialLoss.forward
+
+    def poisoned(self, logits, real, for_discriminator=True):
+        loss = original(self, logits, real, for_discriminator)
+        return loss * float("nan") if not for_discriminator and POISON["on"] else loss
+
+    POISON = {"on": False}
+    monkeypatch.setattr(training.AdversarialLoss, "forward", poisoned)
+
+    class PoisonAfterFirstEpoch(training.SeganModule):
+        def on_train_epoch_start(self):
+            super().on_train_epoch_start()
+            POISON["on"] = self.current_epoch >= 1
+
+    monkeypatch.setattr(training, "SeganModule", PoisonAfterFirstEpoch)
+    config = tiny_config(demo_root, tmp_path / "run", train={"epochs": 8})
+    result = training.train(config)
+    assert result.stopped and "generator loss was NaN" in result.stopped
+    assert result.nonfinite_batches_skipped == training.NONFINITE_PATIENCE
+    after_first = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt")
+    first_epoch = after_first["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"]
+    # the tenth rejected step is counted by the next one, which then stops before stepping
+    assert result.steps == first_epoch + training.NONFINITE_PATIENCE + 1
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert after_first["epoch"] == 0
+    # parameters, not BatchNorm's running statistics (every forward pass in training mode moves those)
+    generator = [name for name in last["state_dict"] if name.startswith("generator.")
+                 and not any(part in name for part in ("running_", "num_batches_tracked"))]
+    assert all(torch.equal(last["state_dict"][name], after_first["state_dict"][name]) for name in generator)
+    discriminator = [name for name in last["state_dict"] if name.startswith("discriminator.")]
+    assert any(not torch.equal(last["state_dict"][n], after_first["state_dict"][n]) for n in discriminator)
+    g_state = lambda checkpoint: checkpoint["optimizer_states"][0]["state"]  # noqa: E731
+    assert all(torch.equal(g_state(last)[k]["step"], g_state(after_first)[k]["step"]) for k in g_state(last))
+    assert all(torch.equal(g_state(last)[k]["exp_avg"], g_state(after_first)[k]["exp_avg"]) for k in g_state(last))
+
+
 def test_a_discriminator_that_wins_outright_stops_stepping(tmp_path, demo_root, monkeypatch):
     monkeypatch.setitem(training.D_COLLAPSE_LOSS, "vanilla", 1e9)  # every D loss counts as collapsed
     config = tiny_config(demo_root, tmp_path / "run")

@@ -16,6 +16,7 @@ import torch
 from segmentation_models_pytorch.losses import DiceLoss
 from torch.utils.data import DataLoader
 
+import segan.training as training
 from segan.training import SeganModule, train
 
 from conftest import tiny_config
@@ -105,6 +106,44 @@ def test_adv_weight_zero_is_a_plain_supervised_step(tmp_path, demo_root):
     for name, expected in plain.named_parameters():
         torch.testing.assert_close(dict(module.generator.named_parameters())[name], expected, rtol=1e-5, atol=1e-6,
                                    msg=lambda m: f"{name}: {m}")
+
+
+HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
+
+
+@pytest.mark.parametrize("sections", [
+    {"loss": {"adv_weight": 0.0}},
+    {"loss": {"adv_weight": 0.1}},
+    {"data": {"labeled_fraction": 0.5}, "semi": {"mode": "adversarial+self-training", "gate_warmup_epochs": 0}},
+], ids=["plain", "gan", "gan+unlabelled"])
+def test_each_training_step_waits_for_the_device_once(tmp_path, demo_root, monkeypatch, sections):
+    """Every read of a tensor's value by the host (item, tolist, bool, float, int) inside a
+    training step is counted: each step, plain, GAN, or GAN with unlabelled images, has one."""
+    reads: list[int] = []
+    counting = {"on": False}
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, __original=original, **kwargs):
+            if counting["on"]:
+                reads[-1] += 1
+            return __original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    class Counting(SeganModule):
+        def training_step(self, batch, batch_idx):
+            reads.append(0)
+            counting["on"] = True
+            try:
+                return super().training_step(batch, batch_idx)
+            finally:
+                counting["on"] = False
+
+    monkeypatch.setattr(training, "SeganModule", Counting)
+    result = train(tiny_config(demo_root, tmp_path / "run", train={"epochs": 2, "batch_size": 2}, **sections))
+    assert result.nonfinite_batches_skipped == 0
+    assert len(reads) == result.steps > 2
+    assert reads == [1] * result.steps
 
 
 def test_resume_continues_steps_and_optimizer_state(tmp_path, demo_root):
