@@ -282,6 +282,23 @@ def test_a_nonfinite_adversarial_term_skips_the_generator_step_on_the_device(tmp
     assert all(torch.equal(g_state(last)[k]["exp_avg"], g_state(after_first)[k]["exp_avg"]) for k in g_state(last))
 
 
+def test_a_run_saved_with_unfused_optimisers_resumes(tmp_path, demo_root):
+    """Checkpoints written before the optimisers were fused (foreach Adam) resume as fused ones."""
+    config = tiny_config(demo_root, tmp_path / "run")
+    training.train(config)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint = load_checkpoint(last)
+    for state in checkpoint["optimizer_states"]:
+        for group in state["param_groups"]:
+            group.update(fused=None, foreach=None)
+    torch.save(checkpoint, last)
+    config.train.epochs = 2
+    result = training.train(config, resume=True)
+    assert result.epochs == 2 and result.nonfinite_batches_skipped == 0
+    resumed = load_checkpoint(last)
+    assert all(group["fused"] for state in resumed["optimizer_states"] for group in state["param_groups"])
+
+
 def test_a_discriminator_that_wins_outright_stops_stepping(tmp_path, demo_root, monkeypatch):
     monkeypatch.setitem(training.D_COLLAPSE_LOSS, "vanilla", 1e9)  # every D loss counts as collapsed
     config = tiny_config(demo_root, tmp_path / "run")
