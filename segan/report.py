@@ -63,6 +63,7 @@ class Scored:
     reliability: dict
     images: dict[str, Path]  # name -> image file
     evaluation_dir: Path
+    data_root: str  # the dataset scored (--data, else the run's own)
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -105,7 +106,7 @@ def score_run(run: str | Path, out: Path, data_root: str | Path | None = None, s
     with (out / "per_image.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     images = {name: Path(pair.image) for name, pair in zip(result.names, pairs.values())}
-    return Scored(run, label or run.name, config, result, rows, reliability.result(), images, out)
+    return Scored(run, label or run.name, config, result, rows, reliability.result(), images, out, data.root)
 
 
 def _picture_name(index: int, name: str) -> str:
@@ -423,10 +424,10 @@ def _run_page(scored: Scored, summary: dict, figures: dict[str, str], pictures: 
             f'</b>, IoU <b>{_number(head["iou"])}</b> ({_e(head["scope"])}, pooled over pixels); per image: Dice '
             f'{_number(head["dice_per_image"])}, IoU {_number(head["iou_per_image"])}</p>',
             "<h2>The run</h2>"]
-    facts = [("data", f"<code>{_e(config.data.root)}</code>"),
+    facts = [("data", f"<code>{_e(scored.data_root)}</code>"),
              ("classes", _e(", ".join(config.data.classes))),
-             ("best epoch", _e(summary.get("best_epoch", "not recorded"))
-              + f" of {_e(summary.get('epochs', config.train.epochs))}"),
+             ("best epoch", _e(f"{summary['best_epoch']} of {summary['epochs']}" if "best_epoch" in summary
+                               else "not recorded (no summary.json)")),
              ("training steps", _e(summary.get("steps", "not recorded"))),
              ("wall time", _e(f"{summary['wall_time_s']:.0f} s" if "wall_time_s" in summary else "not recorded")),
              ("precision", _e(summary.get("precision", config.train.precision))),
@@ -487,7 +488,7 @@ def _compare_page(scored: list[Scored], comparisons: list[dict], split: str) -> 
     base = scored[0]
     body = [f"<h1>segan comparison on {_e(split)}</h1>",
             f'<p class="muted">Every run segments the same {base.result.report["images"]} images of {_e(split)} '
-            f"({_e(base.config.data.root)}); images pair by name.</p>"]
+            f"({_e(base.data_root)}); images pair by name.</p>"]
     if split == "val":
         body.append("<p><b>Note:</b> each run chose its best checkpoint by its score on this split, so these "
                     "figures lean optimistic for every run; a held-out split (<code>--split test</code>) compares "
