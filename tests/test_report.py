@@ -270,3 +270,19 @@ def test_report_renders_with_its_pictures_in_headless_chromium(two_runs, tmp_pat
     # the pictures are there: the error maps' false-positive orange and the reliability curve's colour
     assert near((230, 159, 0)) > 500
     assert near((213, 94, 0)) > 50
+
+
+def test_image_names_that_need_escaping_link_to_their_pictures(tmp_path):
+    root = tmp_path / "data"
+    rng = np.random.default_rng(3)
+    for split in ("train", "validation"):
+        for name in ("a #1", "b%2", "c'3 & <d>"):
+            mask = np.zeros((64, 64), np.uint8)
+            mask[20:40, 20:40] = 255
+            write(root / split / "images" / f"{name}.png", rng.integers(0, 255, (64, 64, 3)))
+            write(root / split / "masks" / f"{name}.png", mask)
+    run = make_run(tmp_path / "run")
+    assert main(["report", str(run), "--data", str(root), *RUN_FLAGS]) == 0
+    references = assert_self_contained(run / "report" / "index.html")
+    assert sorted(row[0] for row in references.rows[1:]) == ["a #1", "b%2", "c'3 & <d>"]
+    assert len([link for link in references.links if link.startswith("pictures/")]) >= 3
