@@ -37,6 +37,9 @@ import os, signal, sys
 import segan.training as training
 from segan.cli import main
 stop_at, how = int(os.environ.get("STOP_AT", 0)), os.environ.get("STOP_HOW", "")
+# A shell starts background jobs with SIGINT ignored, and Python keeps an inherited "ignore":
+# restore Ctrl-C's KeyboardInterrupt, or the test would depend on how it was launched.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def on_train_batch_end(self, outputs, batch, batch_idx):
     if self.trainer.fit_loop.epoch_loop.batch_progress.total.processed == stop_at:
