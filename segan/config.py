@@ -361,6 +361,11 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def flat(self) -> dict[str, Any]:
+        """Every setting under its dotted name ("train.epochs": 20, ...)."""
+        return {f"{section}.{key}": value for section, entries in self.to_dict().items()
+                for key, value in entries.items()}
+
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "Config":
         """The defaults with `values` ({section: {key: value}}) on top; see `merge`."""

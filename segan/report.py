@@ -149,9 +149,7 @@ def _defined(rows: list[dict[str, str]]) -> list[dict[str, str]]:
 
 def _changed_settings(config: Config) -> list[tuple[str, Any, Any]]:
     """(key, value in the run, default) for every setting the run changed."""
-    def flat(values: dict) -> dict:
-        return {f"{section}.{key}": value for section, entries in values.items() for key, value in entries.items()}
-    run, default = flat(config.to_dict()), flat(Config().to_dict())
+    run, default = config.flat(), Config().flat()
     return [(key, run[key], default.get(key)) for key in run if run[key] != default.get(key)]
 
 

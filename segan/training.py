@@ -531,10 +531,6 @@ def holds_run(folder: Path) -> bool:
     return (folder / "config.yaml").is_file() or (folder / "checkpoints").is_dir() or (folder / "generator").is_dir()
 
 
-def _flatten(values: dict[str, Any]) -> dict[str, Any]:
-    return {f"{section}.{key}": value for section, entries in values.items() for key, value in entries.items()}
-
-
 def epochs_done(checkpoint: dict[str, Any]) -> int:
     """Whole epochs a checkpoint has trained (a mid-epoch one does not count its partial epoch)."""
     try:
@@ -563,7 +559,7 @@ def check_resume(config: Config, run_dir: Path) -> tuple[dict[str, Any], Config]
     saved.data.mean, saved.data.std = saved.data.normalization()
     given = Config.from_dict(config.to_dict())
     given.data.mean, given.data.std = given.data.normalization()
-    before, after = _flatten(saved.to_dict()), _flatten(given.to_dict())
+    before, after = saved.flat(), given.flat()
     changed = sorted(key for key in before if key not in RESUMABLE_SETTINGS and before[key] != after.get(key))
     if changed:
         details = "; ".join(f"{key}: {before[key]!r} in the run, {after.get(key)!r} given" for key in changed)
