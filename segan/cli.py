@@ -58,6 +58,7 @@ TRAIN_FLAGS = {
     "labeled_fraction": ("data", "labeled_fraction"),
     "semi": ("semi", "mode"),
     "epochs": ("train", "epochs"),
+    "time_budget": ("train", "time_budget"),
     "batch_size": ("train", "batch_size"),
     "lr": ("train", "lr"),
     "d_lr": ("train", "d_lr"),
@@ -232,6 +233,9 @@ def _add_train(subparsers) -> None:
                      choices=SEMI_MODES)
     g = p.add_argument_group("optimisation and hardware")
     _add_config_flag(g, "--epochs", "training epochs")
+    _add_config_flag(g, "--time-budget", "train for this long instead of --epochs (30m, 1h30m, or seconds): "
+                                         "the schedule is fitted to the measured epoch time and the run, its final "
+                                         "scoring included, ends within the budget", metavar="DURATION")
     _add_config_flag(g, "--batch-size", "images per step and device")
     _add_config_flag(g, "--lr", "generator learning rate")
     _add_config_flag(g, "--d-lr", "discriminator learning rate")
@@ -266,6 +270,11 @@ def _train(args: argparse.Namespace) -> int:
         print(f"\n{result.stopped}")
     print(f"\nbest validation IoU {result.best_val_iou:.4f}  Dice {result.best_val_dice:.4f}  "
           f"(epoch {result.best_epoch}, {result.steps} steps, {result.wall_time_s:.0f} s)")
+    if result.time_budget:
+        spent = result.time_budget
+        print(f"time budget: {spent['spent_s']:.0f} of {spent['budget_s']:.0f} s spent ({spent['epochs']} epochs of "
+              f"about {spent['epoch_s']} s; start-up {spent['startup_s']:.0f} s, final scoring "
+              f"{spent['after_training_s']:.0f} s)")
     print(f"run written to {result.run_dir}  (summary.json, generator/, checkpoints/)")
     print(json.dumps(result.to_dict()))
     return 0
@@ -548,10 +557,54 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_plan(subparsers) -> None:
+    p = _add_command(
+        subparsers, "plan", help="choose training settings from the data and a time budget",
+        description="Reads the training split once (image sizes, channels, bit depth, class shares, object sizes "
+                    "and widths), measures a training step on this machine, and writes a config that trains "
+                    "within the time budget: resize or native-resolution crops, image size, encoder, batch size, "
+                    "augmentation, precision and the epochs that fit, each with its reason. Train with: "
+                    "segan train --config PLAN.yaml --out RUN (flags given there override the plan).")
+    p.add_argument("data", help="dataset folder")
+    p.add_argument("--config", help="YAML config whose settings the plan starts from and keeps where it chooses "
+                                    "nothing (e.g. a recipe's mask encoding and data.rotations)")
+    p.add_argument("--time-budget", default="1h", metavar="DURATION",
+                   help="how long training may take: 30m, 1h30m, or seconds")
+    p.add_argument("--out", default="plan.yaml", metavar="FILE", help="plan file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing plan file")
+    _add_data_flags(p)
+    p.set_defaults(handler=_plan)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from .atomic import atomic_write
+    from .config import parse_duration
+    import yaml
+
+    from .plan import make_plan
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists; nothing was changed. Give --out ANOTHER.yaml, or --overwrite to "
+                              "replace it")
+    parse_duration(args.time_budget)  # a typo fails before the data is read
+    plan = make_plan(_config(args, DATA_FLAGS), args.time_budget)
+    print("fingerprint of the training split:")
+    print("  " + yaml.safe_dump(plan.fingerprint, sort_keys=False).strip().replace("\n", "\n  "))
+    print("\nsettings chosen:")
+    print("\n".join(f"  - {reason}" for reason in plan.reasons))
+    atomic_write(out, plan.to_yaml().encode())
+    print(f"\nplan written to {out}; train with: segan train --config {out} --out RUN")
+    print(json.dumps({"plan": str(out), "size": plan.config.data.size, "resize": plan.config.data.resize,
+                      "batch_size": plan.config.train.batch_size, "epochs": plan.config.train.epochs,
+                      "time_budget": plan.config.train.time_budget, "step_s": round(plan.step_seconds, 3)}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segan", description="GAN-based image segmentation.",
                                      parents=[_global_flags(None)], formatter_class=_HelpFormatter)
     subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_plan(subparsers)
     _add_train(subparsers)
     _add_predict(subparsers)
     _add_data(subparsers)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -72,6 +73,30 @@ def _all_different(names: list[str]) -> list[str]:
     return names
 
 
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds in a duration written as `90s`, `30m`, `1h30m`, `2.5h` or a plain number of seconds.
+
+    Raises:
+        ValueError: the text is not such a duration, or it is zero.
+    """
+    match = _DURATION.fullmatch(str(text).strip().lower().replace(" ", ""))
+    if not match or not any(match.groups()):
+        raise ValueError(f"not a duration: {text!r} (write 90s, 30m, 1h30m or a number of seconds)")
+    hours, minutes, seconds = (float(part) if part else 0.0 for part in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise ValueError(f"a duration must be longer than zero, got {text!r}")
+    return total
+
+
+def _duration_text(text: str) -> str:
+    parse_duration(text)
+    return text
+
+
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -82,6 +107,8 @@ ClassNames = Annotated[list[str], Field(min_length=2), AfterValidator(_all_diffe
                        Allowed("a list of at least 2 different class names, background first")]
 ImageSize = Annotated[int, Field(ge=NETWORK_STRIDE, multiple_of=NETWORK_STRIDE),
                       Allowed(f"a multiple of the network stride {NETWORK_STRIDE}")]
+Duration = Annotated[str, AfterValidator(_duration_text),
+                     Allowed("a duration such as 90s, 30m, 1h30m, or a number of seconds")]
 # left_to_right: "2" from the command line is a device count, not a device string.
 Devices = Annotated[int | list[int] | str, Field(union_mode="left_to_right"),
                     Allowed("a device count, a list of device indices, or 'auto'")]
@@ -312,7 +339,11 @@ class TrainConfig:
     """Optimisation and the Lightning trainer.
 
     Attributes:
-        epochs: training epochs.
+        epochs: training epochs; with `time_budget` set, the budget decides their number instead.
+        time_budget: train for this long (`30m`, `1h30m`, or seconds) rather than for `epochs`:
+            the epoch length is measured, the cosine schedule is set to end with the budget, and
+            the run stops at the last epoch that fits, the time to re-score and export the best
+            model included (segan.budget). None trains for `epochs`.
         batch_size: images per step (per device).
         lr: generator learning rate (Adam).
         d_lr: discriminator learning rate (Adam).
@@ -332,6 +363,7 @@ class TrainConfig:
     __pydantic_config__ = SCHEMA_RULES
 
     epochs: PositiveInt = 20
+    time_budget: Duration | None = None
     batch_size: PositiveInt = 8
     lr: PositiveFloat = 1e-3
     d_lr: PositiveFloat = 2e-4

