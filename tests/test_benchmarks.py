@@ -76,6 +76,25 @@ def test_bench_semi_pairs_rows_with_labeled_only_and_measures_the_gap_closed(tmp
     assert json.loads((out / "cpu" / "results.json").read_text()) == result
 
 
+def test_bench_plan_reads_finished_runs_and_their_budgets(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    (data / "kvasir-seg").mkdir(parents=True)
+    for row, dice, spent in (("plan", 0.90, 1790.0), ("hand", 0.88, 1770.0)):
+        write_summary(out / "kvasir-seg" / row, dice, dice - 0.1, spent - 20)
+        summary = out / "kvasir-seg" / row / "summary.json"
+        summary.write_text(json.dumps({**json.loads(summary.read_text()), "epochs": 40, "steps": 4000, "time_budget": {
+            "budget_s": 1800.0, "spent_s": spent, "spent_share": round(spent / 1800, 3)}}))
+        (out / "kvasir-seg" / row / "config.yaml").write_text("train:\n  time_budget: 30m\n")
+
+    result = run_script("bench_plan.py", "--datasets", "kvasir-seg", "--data", str(data), "--out", str(out))
+
+    assert [(run["row"], run["dice"], run["time_budget"]["spent_share"]) for run in result["runs"]] == [
+        ("plan", 0.90, 0.994), ("hand", 0.88, 0.983)]
+    table = subprocess.run([sys.executable, str(SCRIPTS / "bench_plan.py"), "--out", str(out), "--markdown"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "| kvasir-seg | plan | 1800 s | 1790 s | 0.994 | 40 | 4000 | 0.9000 | 0.8000 |" in table
+
+
 def patchgan_forward_flop(size: int, base: int, image_channels: int = 3, mask_channels: int = 1) -> int:
     """FLOPs of the default PatchGAN (3 stride-2 layers, then a stride-1 layer and the 1-channel head,
     all 4x4 with padding 1) on one size x size image: 2 x in x out x 16 per output pixel (torch's

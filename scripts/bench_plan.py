@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""`segan plan` against the best hand-written recipe, at the same time budget.
+
+    python scripts/bench_plan.py [--datasets isbi2012 kvasir-seg camvid] [--rows plan hand]
+                                 [--out DIR] [--markdown]
+
+For each dataset, row `plan` runs `segan plan DATA --config datasets/NAME/config.yaml
+--time-budget B` and then `segan train --config plan.yaml` with no other flag; row `hand` runs
+`segan train --config datasets/NAME/config.yaml` with the best recipe BENCHMARKS.md holds for it
+and the same `--time-budget B`. Budgets: 30 minutes for ISBI 2012 and Kvasir-SEG, 60 for CamVid
+(the issue's), so the whole benchmark takes about 4 hours: run it a dataset or two at a time.
+Scores are the best checkpoint's validation figures from summary.json (foreground Dice for the
+binary sets, mean IoU over the classes for CamVid), and each run's share of its budget spent.
+Runs go to OUT/DATASET/ROW and are not run again once their summary.json exists. Prints one
+JSON line; writes OUT/results.json. `--markdown` trains nothing and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGETS = {"isbi2012": "30m", "kvasir-seg": "30m", "camvid": "60m"}
+LITE0 = ["--encoder", "tu-efficientnet_lite0", "--encoder-weights", "imagenet"]
+# The best hand-written recipes in BENCHMARKS.md: Kvasir-SEG from issue 7, CamVid from issue 21's
+# report, ISBI 2012 the semi-supervised benchmark's all-labels row.
+HAND = {
+    "isbi2012": [*LITE0, "--size", "256", "--batch-size", "8", "--augment", "medium"],
+    "kvasir-seg": [*LITE0, "--size", "192", "--batch-size", "8", "--augment", "medium"],
+    "camvid": [*LITE0, "--size", "256", "--resize", "crop", "--batch-size", "8", "--augment", "medium"],
+}
+ROWS = ("plan", "hand")
+
+
+def segan(*arguments: str) -> None:
+    command = [sys.executable, "-m", "segan", *arguments]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+
+
+def run_one(dataset: str, row: str, data: Path, out: Path) -> dict:
+    run = out / dataset / row
+    summary = run / "summary.json"
+    recipe = ROOT / "datasets" / dataset / "config.yaml"
+    started = time.perf_counter()
+    if not summary.is_file():
+        if row == "plan":
+            plan = out / dataset / "plan.yaml"
+            segan("plan", str(data / dataset), "--config", str(recipe), "--time-budget", BUDGETS[dataset],
+                  "--out", str(plan), "--overwrite")
+            segan("train", "--config", str(plan), "--out", str(run), "--overwrite")
+        else:
+            segan("train", "--config", str(recipe), "--data", str(data / dataset), "--out", str(run),
+                  "--time-budget", BUDGETS[dataset], *HAND[dataset], "--overwrite")
+        print(f"{dataset} {row}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    result = json.loads(summary.read_text())
+    config = (run / "config.yaml").read_text()
+    return {"dataset": dataset, "row": row, "dice": result["best_val_dice"], "iou": result["best_val_iou"],
+            "epochs": result["epochs"], "steps": result["steps"], "time_budget": result.get("time_budget"),
+            "precision": result.get("precision"), "config": config}
+
+
+def markdown(result: dict) -> str:
+    lines = ["| dataset | row | budget | spent | share | epochs | steps | validation Dice | validation IoU |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for run in result["runs"]:
+        spent = run["time_budget"] or {}
+        lines.append(f"| {run['dataset']} | {run['row']} | {spent.get('budget_s', 0):.0f} s | "
+                     f"{spent.get('spent_s', 0):.0f} s | {spent.get('spent_share', 0):.3f} | {run['epochs']} | "
+                     f"{run['steps']} | {run['dice']:.4f} | {run['iou']:.4f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--out", default=str(ROOT / "weights" / "bench-plan"))
+    parser.add_argument("--markdown", action="store_true", help="print OUT/results.json as a table")
+    args = parser.parse_args()
+    data, out = Path(args.data), Path(args.out)
+    if args.markdown:
+        print(markdown(json.loads((out / "results.json").read_text())))
+        return
+    for dataset in args.datasets:
+        if not (data / dataset).is_dir():
+            raise SystemExit(f"{data / dataset} not found: this benchmark trains on ../shared/data")
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [run_one(dataset, row, data, out) for dataset in args.datasets for row in args.rows]
+    result = {"benchmark": "plan", "runs": runs}
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({"benchmark": "plan", "runs": [{k: v for k, v in run.items() if k != "config"}
+                                                    for run in runs]}))
+
+
+if __name__ == "__main__":
+    main()
