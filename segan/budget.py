@@ -34,6 +34,8 @@ UNPLANNED = 1_000_000
 # Epoch times averaged for the plan: recent ones, so that a run that slows down (a busy
 # machine) plans with what epochs take now.
 RECENT = 5
+# Under DDP, batches between two checks of the budget inside an epoch (each check is a broadcast).
+CUT_CHECK_EVERY = 20
 
 
 def epoch_estimate(epoch_s: list[float]) -> float:
@@ -43,9 +45,10 @@ def epoch_estimate(epoch_s: list[float]) -> float:
     return statistics.fmean(steady[-RECENT:])
 
 
-def reserve(validation_s: list[float]) -> float:
-    """Seconds kept for after the last epoch, where the best checkpoint is validated once more."""
-    return 1.5 * statistics.fmean(validation_s[-RECENT:]) if validation_s else 0.0
+def reserve(validation_s: list[float], validations: float = 1.5) -> float:
+    """Seconds kept for after the last epoch, where the best checkpoint is validated once more
+    (0 before a validation has been timed)."""
+    return validations * statistics.fmean(validation_s[-RECENT:]) if validation_s else 0.0
 
 
 def last_epoch(budget_s: float, spent_s: float, epoch_s: list[float], validation_s: list[float], done: int) -> int:
@@ -68,11 +71,13 @@ class TimeBudget(Callback):
         self.budget_s = budget_s
         self.origin = origin
         self.spent_before = 0.0  # earlier sessions of a resumed run
-        self.epoch_s: list[float] = []
+        self.epoch_s: list[float] = []  # whole epochs: what plans the next ones
+        self.in_epochs_s = 0.0  # all time inside epochs, cut or resumed ones included
         self.validation_s: list[float] = []
         self.startup_s = 0.0
         self.planned_epochs: int | None = None
         self.stopped_early = False  # an epoch was cut short because the budget ran out inside it
+        self._partial = False  # this session started inside an epoch: its length is not an epoch's
         self._mark = 0.0
         self._validation_started: float | None = None
         self._fitting = False
@@ -101,6 +106,7 @@ class TimeBudget(Callback):
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.startup_s += clock() - self.origin
         self._mark = clock()
+        self._partial = trainer.fit_loop.epoch_loop.batch_progress.current.ready > 0
         trainer.fit_loop.max_epochs = UNPLANNED
         self.plan(trainer, trainer.current_epoch)  # a resumed run plans with what it measured before
 
@@ -114,18 +120,24 @@ class TimeBudget(Callback):
             self.validation_s.append(clock() - self._validation_started)
             self._validation_started = None
 
-    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
         # An epoch longer than what is left of the budget (a large dataset, a short budget) stops
         # where the budget ends; Lightning still validates it, so its weights can become the best.
-        cut = trainer.strategy.broadcast(self.elapsed() >= self.budget_s - reserve(self.validation_s), src=0)
+        # Kept back: that validation, the final one and the checkpoints.
+        if trainer.world_size > 1 and batch_idx % CUT_CHECK_EVERY:
+            return  # under DDP the ranks agree through a broadcast: not on every step
+        cut = trainer.strategy.broadcast(self.elapsed() >= self.budget_s - reserve(self.validation_s, 2.5), src=0)
         if cut and not trainer.should_stop:
             self.stopped_early = True
             trainer.should_stop = True
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         now = clock()
-        self.epoch_s.append(now - self._mark)
-        self._mark = now
+        self.in_epochs_s += now - self._mark
+        if not (self._partial or self.stopped_early):  # only whole epochs tell how long one takes
+            self.epoch_s.append(now - self._mark)
+        self._mark, self._partial = now, False
         if not self.stopped_early:
             self.plan(trainer, trainer.current_epoch + 1)
 
@@ -137,12 +149,13 @@ class TimeBudget(Callback):
                 "spent_share": round(spent / self.budget_s, 3), "epochs": epochs,
                 "epoch_s": round(epoch_estimate(self.epoch_s), 2) if self.epoch_s else None,
                 "startup_s": round(self.startup_s, 1), "validation_s": round(validation, 1),
-                "training_s": round(sum(self.epoch_s) - validation, 1),
-                "after_training_s": round(max(0.0, spent - self.startup_s - sum(self.epoch_s)), 1),
+                "training_s": round(self.in_epochs_s - validation, 1),
+                "after_training_s": round(max(0.0, spent - self.startup_s - self.in_epochs_s), 1),
                 "ended_by": "budget, inside an epoch" if self.stopped_early else "budget"}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"spent_s": self.elapsed(), "epoch_s": list(self.epoch_s), "validation_s": list(self.validation_s),
+        return {"spent_s": self.elapsed(), "epoch_s": list(self.epoch_s), "in_epochs_s": self.in_epochs_s,
+                "validation_s": list(self.validation_s),
                 "startup_s": self.startup_s, "planned_epochs": self.planned_epochs}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -150,6 +163,7 @@ class TimeBudget(Callback):
             return
         self.spent_before = float(state_dict["spent_s"])
         self.epoch_s = list(state_dict["epoch_s"])
+        self.in_epochs_s = float(state_dict["in_epochs_s"])
         self.validation_s = list(state_dict["validation_s"])
         self.startup_s = float(state_dict["startup_s"])
         self.planned_epochs = state_dict["planned_epochs"]

@@ -348,6 +348,10 @@ class TrainConfig:
         lr: generator learning rate (Adam).
         d_lr: discriminator learning rate (Adam).
         weight_decay: generator weight decay.
+        ema_decay: keep an exponential moving average of the generator's weights with this decay
+            (e.g. 0.999; warmed up over the first steps), validate it beside the weights every
+            epoch, and export whichever of the two scores better at the best epoch. None: off.
+            Costs one more validation pass per epoch.
         seed: seeds Python, NumPy, torch and the data split.
         accelerator: auto, cpu, gpu, ...
         devices: number of devices, a list of device indices, or "auto"; more than one runs DDP.
@@ -368,6 +372,7 @@ class TrainConfig:
     lr: PositiveFloat = 1e-3
     d_lr: PositiveFloat = 2e-4
     weight_decay: NonNegativeFloat = 0.0
+    ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = None
     seed: int = 0
     accelerator: str = "auto"
     devices: Devices = 1
@@ -542,6 +547,11 @@ def _relations_checked(config: Config, invalid: set[str]) -> Config:
             and config.loss.adv_weight == 0 and has_unlabeled:
         problems.append(f"semi.mode: '{semi.mode}' needs a trained discriminator, but loss.adv_weight is 0; "
                         "give loss.adv_weight > 0 (e.g. 0.01) or semi.mode self-training")
+    train = config.train
+    if invalid.isdisjoint({"train.ema_decay", "train.precision"}) and train.ema_decay is not None \
+            and train.precision in ("16-true", "bf16-true"):
+        problems.append(f"train.ema_decay: a moving average needs float32 weights to move (its updates round to "
+                        f"nothing in {train.precision}); use train.precision bf16-mixed or 32-true, or no ema_decay")
     if problems:
         raise ConfigError(problems)
     return config

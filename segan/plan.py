@@ -14,9 +14,10 @@ The rules, in order:
 - encoder: EfficientNet-Lite0 with its offline ImageNet weights where that package is installed
   (on Kvasir-SEG it reached 0.87 validation Dice where a random-init resnet18 reached 0.72);
 - batch size: 8, less for a small training split (an epoch keeps at least `MIN_STEPS_PER_EPOCH`
-  steps) or when the measured memory per image would not fit;
+  steps);
 - size: the largest side (a multiple of 32, at most the images' own) at which the budget still
-  holds `TARGET_STEPS` training steps, from the measured step time;
+  holds `TARGET_STEPS` training steps, from the measured step time, and whose memory, scaled
+  from the measured step's, fits in what the training device has free;
 - precision: bf16 where the training device has it;
 - epochs: what the budget holds at that size (the run re-measures and re-plans as it trains).
 """
@@ -36,7 +37,7 @@ import torch
 
 from .config import NETWORK_STRIDE, Config, DataConfig, merge
 from .data.check import check_dataset
-from .hardware import resolve_training_precision
+from .hardware import resolve_training_precision, training_device
 from .models.pretrained import OFFLINE_PACKAGES
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ TARGET_STEPS = 1200
 SIZES = tuple(range(128, 1024 + 1, NETWORK_STRIDE))
 PLANNED_ENCODER = "tu-efficientnet_lite0"
 RARE_SHARE = 0.01  # classes below this share of the labelled pixels are named as rare
+MARGIN = 0.05  # of the budget, for start-up (data check, loading) and the final scoring
 
 
 @dataclass
@@ -79,12 +81,12 @@ StepTimer = Callable[[Config], tuple[float, float]]
 def measure_step(config: Config, steps: int = 4, warmup: int = 2) -> tuple[float, float]:
     """Seconds per training step (generator and discriminator forward and backward, both
     optimisers) of `config` at `data.size` and `train.batch_size` on the training device, on
-    random data, and the memory it took in bytes (growth of the process's peak resident size; 0
-    when it cannot be told)."""
+    random data, and the memory it took in bytes (on a GPU its peak allocation; on a CPU the growth
+    of the process's peak resident size, 0 when the process had peaked higher before)."""
     from .models import build_discriminator, build_generator, output_channels
     from .preprocess import network_input, network_layout, probabilities
     data, train = config.data, config.train
-    device = torch.device("cuda" if train.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu")
+    device = training_device(train.accelerator)
     precision = resolve_training_precision(train.precision, train.accelerator)
     # as training runs them: channels-last weights and inputs, fused Adam
     generator = network_layout(build_generator(config.generator, data.in_channels, data.num_classes,
@@ -93,6 +95,8 @@ def measure_step(config: Config, steps: int = 4, warmup: int = 2) -> tuple[float
                                                        output_channels(data.num_classes)).to(device))
     optimizers = [torch.optim.Adam(net.parameters(), fused=True) for net in (generator, discriminator)]
     images = network_input(torch.randn(train.batch_size, data.in_channels, data.size, data.size, device=device))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     times = []
     for index in range(warmup + steps):  # the first steps allocate and pick kernels: not timed
@@ -108,13 +112,16 @@ def measure_step(config: Config, steps: int = 4, warmup: int = 2) -> tuple[float
             torch.cuda.synchronize()
         if index >= warmup:
             times.append(time.perf_counter() - started)
-    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    grown = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
     # the fastest step: what the machine does when nothing else runs on it
     return min(times), float(max(0, grown))
 
 
-def available_memory() -> float:
-    """Bytes of memory free for a training run (MemAvailable), or infinity when unknown."""
+def available_memory(device: torch.device) -> float:
+    """Bytes free on the training device (a CPU's MemAvailable), or infinity when unknown."""
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:
@@ -163,13 +170,14 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
                        "on reading")
 
     # scale: resize, or crops at native resolution
-    side = int(statistics.median(min(w, h) for w, h in found.sizes))
+    side = int(statistics.median(min(w, h) for w, h in found.sizes))  # crops fit inside it
+    long_side = int(statistics.median(max(w, h) for w, h in found.sizes))  # resizing shrinks this one most
     widths = {name: entry["object_width_px"]["median"] for name, entry in fingerprint["classes"].items()
               if entry["object_width_px"]}
     thinnest = min(widths, key=widths.get) if widths else None
     native = [size for size in SIZES if size <= side] or [SIZES[0]]
-    smallest_size = next((size for size in native if thinnest is None or widths[thinnest] * size / side >= THIN_PX),
-                         None)
+    smallest_size = next((size for size in native
+                          if thinnest is None or widths[thinnest] * size / long_side >= THIN_PX), None)
     crop = smallest_size is None
     if crop:
         values["data"]["resize"] = "crop"
@@ -198,7 +206,7 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
     # batch size from the split
     batch = min(base.train.batch_size, max(2, split.pairs // MIN_STEPS_PER_EPOCH))
     values["train"]["batch_size"] = batch
-    if batch < 8:
+    if batch < base.train.batch_size:
         reasons.append(f"train.batch_size {batch}: {split.pairs} training images, so that an epoch holds at least "
                        f"{MIN_STEPS_PER_EPOCH} steps")
 
@@ -215,7 +223,7 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
     config.data.size = probe_size
     step_s, memory = (timer or measure_step)(config)
     per_pixel = step_s / probe_size ** 2
-    free = available_memory()
+    free = available_memory(training_device(config.train.accelerator))
     if memory and memory * (max(candidates) / probe_size) ** 2 > 0.8 * free:
         largest = max(size for size in candidates if memory * (size / probe_size) ** 2 <= 0.8 * free
                       or size == candidates[0])
@@ -232,9 +240,14 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
         val_pixels = val_images * (native_pixels if crop else size ** 2)
         return steps_per_epoch * per_pixel * size ** 2 + per_pixel / batch / 3 * val_pixels
 
-    fits = [size for size in candidates if budget_s / epoch_seconds(size) * steps_per_epoch >= TARGET_STEPS]
+    usable_s = (1 - MARGIN) * budget_s
+
+    def epochs_in_budget(size: int) -> int:
+        return math.floor(usable_s / epoch_seconds(size))
+
+    fits = [size for size in candidates if epochs_in_budget(size) * steps_per_epoch >= TARGET_STEPS]
     size = max(fits) if fits else candidates[0]
-    epochs = max(1, math.floor(budget_s / epoch_seconds(size)))
+    epochs = max(1, epochs_in_budget(size))
     config.data.size = size
     config.train.epochs = epochs
     config.train.time_budget = time_budget
@@ -250,13 +263,18 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
     else:
         reasons.append(f"segan predict: images resized to {size} px and the masks back to each image's size")
 
-    rare = [name for name, pixels in zip(data.classes, split.class_pixels) if sum(split.class_pixels[:-1])
-            and pixels / sum(split.class_pixels[:-1]) < RARE_SHARE]
+    labelled = sum(split.class_pixels[:-1])
+    shares = {name: pixels / labelled for name, pixels in zip(data.classes[1:], split.class_pixels[1:-1])} \
+        if labelled else {}
+    rare = [name for name, share in shares.items() if 0 < share < RARE_SHARE]
+    absent = [name for name, share in shares.items() if share == 0]
+    if absent:
+        reasons.append(f"classes with no pixel in the training masks: {', '.join(absent)}; the model cannot learn them")
     if rare:
         reasons.append(f"rare classes (under {RARE_SHARE:.0%} of the labelled pixels): {', '.join(rare)}; no class "
                        "weighting is set, as segan has none yet: expect lower IoU on them")
-    if data.rotations:
-        reasons.append("data.rotations true (kept): flips and 90-degree rotations keep these labels valid; set it "
-                       "false for scenes with an up and a down")
+    reasons.append("data.rotations true (kept): flips and 90-degree rotations keep these labels valid; set it false "
+                   "for scenes with an up and a down" if data.rotations else
+                   "data.rotations false (kept): left-right flips only, for scenes with an up and a down")
     return Plan(config=config, reasons=reasons, fingerprint=fingerprint,
                 step_seconds=step_s * (size / probe_size) ** 2)

@@ -432,6 +432,15 @@ def _run_page(scored: Scored, summary: dict, figures: dict[str, str], pictures: 
              ("stopped early", _e(summary.get("stopped") or "no")),
              ("skipped steps", _e(f"{summary.get('d_steps_skipped', 0)} discriminator, "
                                   f"{summary.get('nonfinite_batches_skipped', 0)} non-finite batches"))]
+    if summary.get("time_budget"):
+        spent = summary["time_budget"]
+        facts.append(("time budget", _e(f"{spent['spent_s']:.0f} of {spent['budget_s']:.0f} s: start-up "
+                                        f"{spent['startup_s']:.0f} s, training {spent['training_s']:.0f} s, validation "
+                                        f"{spent['validation_s']:.0f} s, final scoring {spent['after_training_s']:.0f} s")))
+    if summary.get("ema"):
+        facts.append(("moving average of the weights",
+                      _e(f"decay {summary['ema']['decay']}: IoU {summary['ema']['ema_iou']} against "
+                         f"{summary['ema']['raw_iou']} for the raw weights; {summary['ema']['exported']} exported")))
     if summary.get("semi"):
         facts.append(("unlabelled images (last epoch)",
                       _e(", ".join(f"{k} {v}" for k, v in summary["semi"].items()))))

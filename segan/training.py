@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import CombinedLoader, rank_zero_only
 from lightning.pytorch.trainer.states import TrainerFn
@@ -66,6 +66,8 @@ class SeganModule(L.LightningModule):
         self.automatic_optimization = False
         self.mask_channels = output_channels(data.num_classes)
         self.generator = build_generator(self.config.generator, data.in_channels, data.num_classes)
+        # An exponential moving average of the generator's weights (timm's), validated beside them.
+        self.generator_ema = moving_average(self.generator, self.config.train.ema_decay)
         self.discriminator = build_discriminator(self.config.discriminator, data.in_channels, self.mask_channels)
         self.segmentation_loss = SegmentationLoss(data.num_classes, data.ignore_index, loss.dice_weight, loss.ce_weight)
         self.adversarial_loss = AdversarialLoss(loss.adv_mode)
@@ -201,6 +203,8 @@ class SeganModule(L.LightningModule):
             opt_g.optimizer.found_inf = self.generator_rejected
             opt_g.step()
             self.uncounted_generator_step = self.batch_position()
+            if self.generator_ema is not None:  # a skipped step leaves the weights, so the average, as they were
+                self.generator_ema.update(self.generator, step=self.trainer.fit_loop.total_batch_idx + 1)
         self.log_dict({"train/seg_loss": seg_loss.detach(), "train/g_loss": g_loss.detach()}, prog_bar=True)
 
     def account_generator_step(self, was_rejected: bool) -> None:
@@ -295,26 +299,37 @@ class SeganModule(L.LightningModule):
         if "rng" in saved:  # Lightning's sanity check, which comes next, restores its own RNG use
             set_rng_states(saved["rng"])
 
+    def validated(self) -> list[torch.nn.Module]:
+        """The weights validated: the generator's, and their moving average when there is one."""
+        return [self.generator] + ([self.generator_ema.module] if self.generator_ema is not None else [])
+
     def on_validation_epoch_start(self) -> None:
         classes = self.config.data.num_classes
-        self.val_confusion = torch.zeros(classes, classes, dtype=torch.long, device=self.device)
+        self.val_confusion = torch.zeros(len(self.validated()), classes, classes, dtype=torch.long, device=self.device)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = padded_logits(self.generator, batch["image"])  # what segan predict does
-        loss = self.segmentation_loss(logits, batch["mask"])
-        self.log("val/loss", loss, sync_dist=True, batch_size=len(batch["image"]))
-        confusion = metrics.confusion_matrix(labels(logits), batch["mask"], self.config.data.num_classes,
-                                             self.config.data.ignore_index)
-        self.val_confusion += confusion.sum(dim=0)
+        for index, network in enumerate(self.validated()):
+            logits = padded_logits(network, batch["image"])  # what segan predict does
+            if index == 0:
+                loss = self.segmentation_loss(logits, batch["mask"])
+                self.log("val/loss", loss, sync_dist=True, batch_size=len(batch["image"]))
+            confusion = metrics.confusion_matrix(labels(logits), batch["mask"], self.config.data.num_classes,
+                                                 self.config.data.ignore_index)
+            self.val_confusion[index] += confusion.sum(dim=0)
 
     def on_validation_epoch_end(self) -> None:
-        confusion = self.trainer.strategy.reduce(self.val_confusion, reduce_op="sum")
-        scores = metrics.summary(confusion.cpu(), self.config.data.binary)
+        confusion = self.trainer.strategy.reduce(self.val_confusion, reduce_op="sum").cpu()
+        # NaN (no foreground anywhere in the split) must not look like a best score.
+        scores = [{name: 0.0 if math.isnan(value) else value
+                   for name, value in metrics.summary(matrix, self.config.data.binary).items()} for matrix in confusion]
+        # The epoch's score is that of the better weights, which export takes (the raw ones on a tie).
+        chosen = max(range(len(scores)), key=lambda index: (scores[index]["iou"], -index))
         # `train` re-scores the best checkpoint once after fitting: that row says "best", not "val".
         prefix = "best" if self.trainer.state.fn == TrainerFn.VALIDATING else "val"
-        # NaN (no foreground anywhere in the split) must not look like a best score.
-        self.log_dict({f"{prefix}/{name}": 0.0 if math.isnan(value) else value for name, value in scores.items()},
-                      prog_bar=True)
+        self.log_dict({f"{prefix}/{name}": value for name, value in scores[chosen].items()}, prog_bar=True)
+        if len(scores) > 1:
+            self.log_dict({f"{prefix}/raw_iou": scores[0]["iou"], f"{prefix}/ema_iou": scores[1]["iou"],
+                           f"{prefix}/ema_chosen": float(chosen == 1)})
 
     def configure_optimizers(self):
         train = self.config.train
@@ -326,6 +341,17 @@ class SeganModule(L.LightningModule):
             for group in optimizer.param_groups:
                 group["initial_lr"] = group["lr"]  # the schedule's base (see on_train_epoch_start)
         return [opt_g, opt_d]
+
+
+def moving_average(generator: torch.nn.Module, decay: float | None) -> torch.nn.Module | None:
+    """timm's ModelEmaV3 of `generator` (None without a decay), its decay warmed up over the first
+    steps, as short runs need: 1 - (1 + step)^(-3/4), up to `decay`."""
+    if decay is None:
+        return None
+    from timm.utils.model_ema import ModelEmaV3
+    average = ModelEmaV3(generator, decay=decay, use_warmup=True, warmup_power=3 / 4)
+    average.requires_grad_(False)  # no optimiser or DDP gradient sync touches it
+    return average
 
 
 def rejected(loss: torch.Tensor, parameters: Any) -> torch.Tensor:
@@ -422,6 +448,8 @@ class TrainResult:
     semi: dict[str, float] | None = None
     environment: dict[str, Any] | None = None  # versions, processor, threads (segan.hardware.describe)
     time_budget: dict[str, Any] | None = None  # how a train.time_budget was spent (segan.budget.TimeBudget.summary)
+    # train.ema_decay: the best epoch's IoU of the raw and the averaged weights, and which was exported
+    ema: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -446,10 +474,14 @@ RESUMABLE_SETTINGS = frozenset({"train.epochs", "train.time_budget", "train.acce
                                 "data.root"})
 
 
-class LastCheckpoint(Callback):
+class LastCheckpoint(Checkpoint):
     """Keeps `last.ckpt` current: after every epoch whatever its score, every `every_n_steps`
     batches when set, and at the batch where Ctrl-C or an error stopped the run. Written through
-    the trainer's `AtomicCheckpointIO`, so a kill at any moment leaves a whole file."""
+    the trainer's `AtomicCheckpointIO`, so a kill at any moment leaves a whole file.
+
+    A `Checkpoint`, so that Lightning calls its epoch end after the module's and after
+    `BestCheckpoint`'s (listed before it): the epoch's file then holds the epoch's best score and
+    the module's epoch-end state, and a resumed run compares with the right best."""
 
     def __init__(self, path: Path, every_n_steps: int | None = None) -> None:
         self.path = path
@@ -697,11 +729,16 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
         nonfinite_batches_skipped=module.nonfinite_skipped,
         d_steps_skipped=module.d_steps_skipped,
         semi=semi_figures or None,
+        ema={"decay": config.train.ema_decay, "raw_iou": round(float(scores["best/raw_iou"]), 4),
+             "ema_iou": round(float(scores["best/ema_iou"]), 4),
+             "exported": "ema" if scores["best/ema_chosen"] == 1.0 else "raw"} if "best/ema_chosen" in scores else None,
         environment=describe(training_device(config.train.accelerator)),
     )
     if trainer.is_global_zero:
         merge_metrics(run_dir)
-        export_generator(config, best["state_dict"], run_dir / "generator")
+        ema_chosen = scores.get("best/ema_chosen", 0.0) == 1.0
+        export_generator(config, best["state_dict"], run_dir / "generator",
+                         prefix="generator_ema.module." if ema_chosen else "generator.")
         if planner is not None:
             result.time_budget = planner.summary(result.epochs)
         atomic_write(run_dir / "summary.json", (json.dumps(result.to_dict(), indent=2) + "\n").encode())
@@ -762,10 +799,12 @@ def merge_metrics(run_dir: Path) -> Path:
     return target
 
 
-def export_generator(config: Config, state_dict: dict[str, torch.Tensor], out: Path) -> None:
-    """Writes the generator in smp's `save_pretrained` layout (config.json + model.safetensors)."""
+def export_generator(config: Config, state_dict: dict[str, torch.Tensor], out: Path,
+                     prefix: str = "generator.") -> None:
+    """Writes the generator whose weights are under `prefix` in a checkpoint's `state_dict` (the
+    moving average's: "generator_ema.module.") in smp's `save_pretrained` layout (config.json +
+    model.safetensors)."""
     generator = build_generator(config.generator, config.data.in_channels, config.data.num_classes,
                                 load_encoder_weights=False)
-    prefix = "generator."
     generator.load_state_dict({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
     generator.save_pretrained(str(out))

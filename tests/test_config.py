@@ -71,7 +71,8 @@ train:
   out: weights/run
 """
 DATA_KEYS = ", ".join(f.name for f in dataclasses.fields(DataConfig))
-TRAIN_KEYS = ("epochs, time_budget, batch_size, lr, d_lr, weight_decay, seed, accelerator, devices, precision, "
+TRAIN_KEYS = ("epochs, time_budget, batch_size, lr, d_lr, weight_decay, ema_decay, seed, accelerator, devices, "
+              "precision, "
               "checkpoint_every_n_steps, progress_png, out")
 
 
@@ -337,3 +338,9 @@ def test_help_shows_each_default_once(command, capsys):
             assert text.count(shown) == 1, shown
     if command == ["predict"]:
         assert text.count("images per forward pass (default: 8)") == 1
+
+
+def test_a_moving_average_needs_float32_weights():
+    with pytest.raises(ConfigError, match="train.ema_decay: a moving average needs float32 weights"):
+        Config.from_dict({"train": {"ema_decay": 0.999, "precision": "bf16-true"}})
+    assert Config.from_dict({"train": {"ema_decay": 0.999, "precision": "bf16-mixed"}}).train.ema_decay == 0.999

@@ -14,7 +14,10 @@ from urllib.parse import unquote
 import cv2
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
+from segan.checkpointing import load_checkpoint
 from segan.cli import main
 from segan.config import Config
 from segan.data import make_demo_dataset
@@ -30,13 +33,14 @@ RUN_FLAGS = ["--device", "cpu", "--num-workers", "0", "--no-progress", "--precis
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    """A GAN run and the same run with --adv-weight 0, two epochs each on the demo data."""
+    """A GAN run and the same run with --adv-weight 0 (and a moving average of its weights), two
+    epochs each on the demo data."""
     root = tmp_path_factory.mktemp("report")
     data = make_demo_dataset(root / "data", n_train=8, n_val=5, size=64, seed=2)
     gan = root / "gan"
     train(tiny_config(data, gan, train={"epochs": 2, "batch_size": 4, "progress_png": True}))
     plain = root / "plain"
-    train(tiny_config(data, plain, loss={"adv_weight": 0.0}, train={"epochs": 2, "batch_size": 4}))
+    train(tiny_config(data, plain, loss={"adv_weight": 0.0}, train={"epochs": 2, "batch_size": 4, "ema_decay": 0.9}))
     return gan, plain
 
 
@@ -286,3 +290,31 @@ def test_image_names_that_need_escaping_link_to_their_pictures(tmp_path):
     references = assert_self_contained(run / "report" / "index.html")
     assert sorted(row[0] for row in references.rows[1:]) == ["a #1", "b%2", "c'3 & <d>"]
     assert len([link for link in references.links if link.startswith("pictures/")]) >= 3
+
+
+def test_moving_average_is_validated_checkpointed_and_the_better_weights_exported(two_runs):
+    # train.ema_decay: the average is validated beside the weights every epoch, and the better
+    # of the two at the best epoch is exported
+    _, run = two_runs
+
+    with (run / "metrics.csv").open(newline="") as handle:
+        epochs = [row for row in csv.DictReader(handle) if row.get("val/ema_iou")]
+    assert len(epochs) == 2
+    for row in epochs:  # an epoch scores as its better weights
+        assert float(row["val/iou"]) == pytest.approx(max(float(row["val/raw_iou"]), float(row["val/ema_iou"])))
+        assert float(row["val/ema_chosen"]) == float(float(row["val/ema_iou"]) > float(row["val/raw_iou"]))
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["ema"]["decay"] == 0.9
+    exported = summary["ema"]["exported"]
+    assert exported == ("ema" if summary["ema"]["ema_iou"] > summary["ema"]["raw_iou"] else "raw")
+    assert summary["best_val_iou"] == max(summary["ema"]["ema_iou"], summary["ema"]["raw_iou"])
+
+    best = load_checkpoint(run / "checkpoints" / "best.ckpt")["state_dict"]
+    prefix = "generator_ema.module." if exported == "ema" else "generator."
+    weights = load_file(run / "generator" / "model.safetensors")
+    assert weights and all(torch.equal(tensor, best[prefix + name].contiguous()) for name, tensor in weights.items())
+    # The average is its own set of weights, in the checkpoint that --resume reads.
+    last = load_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"]
+    name = next(name for name, tensor in weights.items() if tensor.is_floating_point() and name.endswith("weight"))
+    assert not torch.equal(last["generator_ema.module." + name], last["generator." + name])

@@ -303,3 +303,17 @@ def test_warmup_generator_updates_equal_the_plain_run(tmp_path, demo_root):
         trainer.fit(module, train_loader)
         results.append(params(module.generator))
     assert changed(results[0], results[1]) == set()
+
+
+def test_last_checkpoint_holds_the_epochs_best_score(demo_root, tmp_path):
+    # last.ckpt is written after BestCheckpoint has scored the epoch: a resumed run then compares
+    # with the true best (it used to hold the previous epoch's, so a later, worse epoch could
+    # replace a best.ckpt written in the epoch before the interruption).
+    import csv
+    run = tmp_path / "run"
+    train(tiny_config(demo_root, run, train={"epochs": 1}))  # its one epoch is its best
+    with (run / "metrics.csv").open(newline="") as handle:
+        scores = [float(row["val/iou"]) for row in csv.DictReader(handle) if row.get("val/iou")]
+    saved = training.load_checkpoint(run / "checkpoints" / "last.ckpt")["callbacks"]
+    best = next(state for key, state in saved.items() if key.startswith("BestCheckpoint"))
+    assert best["best_model_score"] is not None and float(best["best_model_score"]) == pytest.approx(scores[0], abs=1e-6)
