@@ -320,6 +320,9 @@ class SemiConfig:
         cutmix: self-training: probability that a strong view gets a box pasted from another.
         feature_dropout: self-training: Dropout2d rate on the encoder features of the perturbed view.
         unlabeled_batch_size: unlabelled images per step; None = train.batch_size.
+        teacher_decay: self-training modes: the pseudo-labels come from an exponential moving
+            average of the generator with this decay (a mean teacher, e.g. 0.99), in eval mode,
+            rather than from the generator itself; None = the generator.
     """
 
     __pydantic_config__ = SCHEMA_RULES
@@ -332,6 +335,7 @@ class SemiConfig:
     cutmix: Annotated[float, Field(ge=0, le=1)] = 0.5
     feature_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.5
     unlabeled_batch_size: PositiveInt | None = None
+    teacher_decay: Annotated[float, Field(gt=0, lt=1)] | None = None
 
 
 @dataclass
@@ -548,10 +552,15 @@ def _relations_checked(config: Config, invalid: set[str]) -> Config:
         problems.append(f"semi.mode: '{semi.mode}' needs a trained discriminator, but loss.adv_weight is 0; "
                         "give loss.adv_weight > 0 (e.g. 0.01) or semi.mode self-training")
     train = config.train
-    if invalid.isdisjoint({"train.ema_decay", "train.precision"}) and train.ema_decay is not None \
-            and train.precision in ("16-true", "bf16-true"):
-        problems.append(f"train.ema_decay: a moving average needs float32 weights to move (its updates round to "
-                        f"nothing in {train.precision}); use train.precision bf16-mixed or 32-true, or no ema_decay")
+    for key, decay in (("train.ema_decay", train.ema_decay), ("semi.teacher_decay", semi.teacher_decay)):
+        if invalid.isdisjoint({key, "train.precision"}) and decay is not None \
+                and train.precision in ("16-true", "bf16-true"):
+            problems.append(f"{key}: a moving average needs float32 weights to move (its updates round to nothing "
+                            f"in {train.precision}); use train.precision bf16-mixed or 32-true, or no {key.split('.')[1]}")
+    if invalid.isdisjoint({"semi.teacher_decay", "semi.mode"}) and semi.teacher_decay is not None \
+            and semi.mode == "adversarial":
+        problems.append(f"semi.teacher_decay: semi.mode '{semi.mode}' makes no pseudo-labels from a teacher; "
+                        "use semi.mode self-training or adversarial+self-training, or no teacher_decay")
     if problems:
         raise ConfigError(problems)
     return config

@@ -170,6 +170,16 @@ def feature_perturbed_logits(model: nn.Module, image: torch.Tensor, rate: float)
     return model.segmentation_head(model.decoder(features))
 
 
+def evaluated(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """`model(image)` in eval mode (batch-norm statistics, no dropout), the mode left as it was."""
+    training = model.training
+    model.eval()
+    try:
+        return model(image)
+    finally:
+        model.train(training)
+
+
 def pseudo_labels(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(labels, confidence) per pixel: the predicted class, by the one threshold rule of
     `labels_from_probabilities`, and its probability."""
@@ -227,8 +237,10 @@ class SemiSupervision:
         real = torch.sigmoid(F.interpolate(logits, size=probs.shape[-2:], mode="bilinear", align_corners=False))
         return real[:, 0], loss
 
-    def step(self, generator: nn.Module, batch: dict, gate_open: bool, ignore_index: int = 255) -> UnlabeledStep:
-        """The unlabelled loss of one batch (`UnlabeledDataset` items) and its statistics."""
+    def step(self, generator: nn.Module, batch: dict, gate_open: bool, ignore_index: int = 255,
+             teacher: nn.Module | None = None) -> UnlabeledStep:
+        """The unlabelled loss of one batch (`UnlabeledDataset` items) and its statistics;
+        self-training's pseudo-labels come from `teacher` (in eval mode) when one is given."""
         weak, strong, hidden = batch["weak"], batch["strong"], batch["hidden"]
         stats: dict[str, torch.Tensor] = {}
         if self.semi.mode == "adversarial":
@@ -245,7 +257,7 @@ class SemiSupervision:
                                                                   for_discriminator=False)
         else:
             with torch.no_grad():
-                probs = probabilities(generator(weak))
+                probs = probabilities(generator(weak) if teacher is None else evaluated(teacher, weak))
                 labels, confidence = pseudo_labels(probs)
                 selected = confidence >= self.semi.confidence
                 if self.uses_discriminator:

@@ -73,6 +73,8 @@ class SeganModule(L.LightningModule):
         self.adversarial_loss = AdversarialLoss(loss.adv_mode)
         self.semi = SemiSupervision(self.config, self.discriminate, self.adversarial_loss) \
             if self.config.semi.mode != "none" else None
+        # A mean teacher for the pseudo-labels (semi.teacher_decay): never validated or exported.
+        self.teacher = moving_average(self.generator, self.config.semi.teacher_decay) if self.semi is not None else None
         self.val_confusion: torch.Tensor | None = None
         self.nonfinite_in_a_row = 0
         self.nonfinite_skipped = 0
@@ -184,7 +186,8 @@ class SeganModule(L.LightningModule):
                 self.log("train/adv_loss", adv_loss.detach())
             if unlabeled is not None:  # images without masks: see segan.semi
                 gate_open = self.current_epoch >= self.config.semi.gate_warmup_epochs
-                step = self.semi.step(self.generator, unlabeled, gate_open, self.config.data.ignore_index)
+                step = self.semi.step(self.generator, unlabeled, gate_open, self.config.data.ignore_index,
+                                      teacher=self.teacher.module if self.teacher is not None else None)
                 g_loss = g_loss + self.config.semi.unlabeled_weight * step.loss
                 self.log("semi/unlabeled_loss", step.loss.detach(), on_epoch=True)
                 self.log_dict({f"semi/{name}": value for name, value in step.stats.items()}, on_step=False,
@@ -203,8 +206,9 @@ class SeganModule(L.LightningModule):
             opt_g.optimizer.found_inf = self.generator_rejected
             opt_g.step()
             self.uncounted_generator_step = self.batch_position()
-            if self.generator_ema is not None:  # a skipped step leaves the weights, so the average, as they were
-                self.generator_ema.update(self.generator, step=self.trainer.fit_loop.total_batch_idx + 1)
+            for average in (self.generator_ema, self.teacher):  # a skipped step leaves the weights as they were
+                if average is not None:
+                    average.update(self.generator, step=self.trainer.fit_loop.total_batch_idx + 1)
         self.log_dict({"train/seg_loss": seg_loss.detach(), "train/g_loss": g_loss.detach()}, prog_bar=True)
 
     def account_generator_step(self, was_rejected: bool) -> None:

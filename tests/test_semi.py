@@ -35,7 +35,7 @@ def semi_config(data, out, mode, **semi):
 
 def weights(run):
     return {k: v for k, v in load_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"].items()
-            if k.startswith("generator.")}
+            if k.startswith(("generator.", "teacher."))}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -43,14 +43,17 @@ def test_each_mode_trains_resumes_and_reports_its_pseudo_labels(tmp_path, semi_r
     """Two epochs straight equal one epoch then `--resume --epochs 2` (the schedule of the new
     end is the straight run's), and summary.json carries the unlabelled figures."""
     data, extra = semi_root
-    straight = train(semi_config(data, tmp_path / "straight", mode, gate_warmup_epochs=1))
-    short = semi_config(data, tmp_path / "resumed", mode, gate_warmup_epochs=1)
+    # the combined mode takes its pseudo-labels from a mean teacher, which resumes with the run
+    teacher = {"teacher_decay": 0.9, "confidence": 0.5} if mode == "adversarial+self-training" else {}
+    straight = train(semi_config(data, tmp_path / "straight", mode, gate_warmup_epochs=1, **teacher))
+    short = semi_config(data, tmp_path / "resumed", mode, gate_warmup_epochs=1, **teacher)
     short.train.epochs = 1
     train(short)
     short.train.epochs = 2
     resumed = train(short, resume=True)
     assert resumed.steps == straight.steps == 2 * 2  # 4 labelled images, batch 2
     expected, got = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert any(name.startswith("teacher.") for name in expected) == bool(teacher)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
     summary = json.loads((tmp_path / "straight" / "summary.json").read_text())
@@ -134,6 +137,35 @@ def test_cutmix_moves_the_same_box_in_images_and_targets():
     assert torch.equal(images[1, 0], torch.full((16, 16), 1.0))  # the inputs are left as they were
 
 
+def test_a_mean_teacher_makes_the_pseudo_labels():
+    """semi.teacher_decay: the weak view's pseudo-labels are the teacher's (run in eval mode),
+    not the generator's; a generator that is never sure passes nothing by itself."""
+    from segan.models import build_generator
+    from segan.semi import SemiSupervision
+
+    config = Config.from_dict({"generator": {"encoder_name": "resnet18", "encoder_weights": None},
+                               "semi": {"mode": "self-training", "confidence": 0.95}})
+    generator = build_generator(config.generator, 3, 1)
+    torch.nn.init.zeros_(generator.segmentation_head[0].weight)
+    torch.nn.init.zeros_(generator.segmentation_head[0].bias)  # every pixel 0.5: never 95% sure
+
+    class SureTeacher(torch.nn.Module):
+        def forward(self, image):
+            assert not self.training
+            return torch.where(image[:, :1] > 0, 10.0, -10.0)  # foreground where the first channel is positive
+
+    teacher = SureTeacher()
+    weak = torch.randn(2, 3, 32, 32)
+    batch = {"weak": weak, "strong": weak.clone(), "hidden": (weak[:, 0] > 0).long()}
+    semi = SemiSupervision(config, discriminate=None, adversarial_loss=None)
+    alone = semi.step(generator, batch, gate_open=True)
+    taught = semi.step(generator, batch, gate_open=True, teacher=teacher)
+    assert alone.stats["pseudo_share"].item() == 0.0 and alone.loss.item() == 0.0
+    assert taught.stats["pseudo_share"].item() == 1.0 and teacher.training
+    assert taught.precision_counts.tolist() == [2 * 32 * 32, 2 * 32 * 32]  # the teacher's labels, all right
+    assert taught.loss.item() > 0
+
+
 def test_pseudo_labels_and_their_loss():
     probs = torch.tensor([[[[0.9, 0.5, 0.2]]]])
     labels, confidence = pseudo_labels(probs)
@@ -155,6 +187,8 @@ def test_semi_settings_that_cannot_work_are_named(tmp_path):
     # the measured best mode is the default; it applies only where there are unlabelled images
     assert Config().semi.mode == "self-training"
     assert Config.from_dict({"loss": {"adv_weight": 0}}).semi.mode == "self-training"
+    with pytest.raises(ConfigError, match=r"semi.teacher_decay: semi.mode 'adversarial' makes no pseudo-labels"):
+        Config.from_dict({"semi": {"mode": "adversarial", "teacher_decay": 0.99}})
     with pytest.raises(ConfigError, match=r"data.labeled_fraction: expected"):
         Config.from_dict({"data": {"labeled_fraction": 1.5}})
 
