@@ -143,7 +143,7 @@ def test_train_end_to_end_on_real_kvasir_subset(tmp_path):
 
 
 @pytest.mark.slow
-def test_camvid_multiclass_train_predict_evaluate_from_the_cli(tmp_path):
+def test_camvid_multiclass_train_predict_evaluate_from_the_cli(tmp_path, capsys):
     """11 classes with void = 11 ignored, {split}/ + {split}annot/ layout, recipe config, no code."""
     camvid = shared_dataset("camvid")
     subset = tmp_path / "camvid"
@@ -156,10 +156,12 @@ def test_camvid_multiclass_train_predict_evaluate_from_the_cli(tmp_path):
     recipe = Path(__file__).resolve().parents[1] / "datasets" / "camvid" / "config.yaml"
     run, preds = tmp_path / "run", tmp_path / "preds"
 
-    def segan(*args):
-        done = subprocess.run([sys.executable, "-m", "segan", *args], capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return json.loads(done.stdout.strip().splitlines()[-1])
+    def segan(*args):  # the CLI in this process: a fresh one would spend ~8 s importing
+        capsys.readouterr()
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        assert code == 0, err[-3000:]
+        return json.loads(out.strip().splitlines()[-1])
 
     assert segan("data", "check", str(subset), "--config", str(recipe), "--no-progress")["ok"]
     segan("train", "--config", str(recipe), "--data", str(subset), "--out", str(run), "--size", "64", "--epochs", "1",

@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -15,6 +13,7 @@ import torch
 
 from segan import hardware
 from segan.backends import BackendError
+from segan.cli import main
 from segan.export import ExportError, export_run
 from segan.inference import Predictor
 
@@ -153,32 +152,36 @@ def test_precision_auto_follows_the_hardware(monkeypatch, caplog):
     assert hardware.resolve_inference_precision("bf16", torch.device("cpu")) == "bf16"
 
 
-def test_export_and_predict_from_the_command_line(tmp_path, image_file):
+def test_export_and_predict_from_the_command_line(tmp_path, image_file, capsys, caplog):
     run = make_run(tmp_path / "run")
     inputs = tmp_path / "in"
     inputs.mkdir()
     for index in range(3):
         cv2.imwrite(str(inputs / f"{index}.png"), smooth_image(60 + 10 * index, 80, seed=index))
 
-    def segan(*args):
-        return subprocess.run([sys.executable, "-m", "segan", *map(str, args)], capture_output=True, text=True,
-                              timeout=300)
+    def segan(*args):  # the CLI in this process: a fresh one would spend ~8 s importing
+        capsys.readouterr()
+        code = main([*map(str, args)])
+        return code, *capsys.readouterr()
 
-    done = segan("export", run, "--format", "onnx", "--image", image_file)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert f"written {run / 'export' / 'model.onnx'}" in done.stdout
-    assert "onnx: largest logit difference from the torch generator" in done.stdout
-    assert json.loads(done.stdout.strip().splitlines()[-1])["files"] == [str(run / "export" / "model.onnx")]
+    code, out, err = segan("export", run, "--format", "onnx", "--image", image_file)
+    assert code == 0, err[-2000:]
+    assert f"written {run / 'export' / 'model.onnx'}" in out
+    assert "onnx: largest logit difference from the torch generator" in out
+    assert json.loads(out.strip().splitlines()[-1])["files"] == [str(run / "export" / "model.onnx")]
     masks = {}
     for backend in ("torch", "onnxruntime"):
-        done = segan("predict", "--model", run, "--input", inputs, "--output", tmp_path / backend, "--backend",
-                     backend, "--precision", "fp32", "--num-workers", "0", "--no-progress")
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert f"segmenting with {backend} in fp32 on cpu" in done.stderr
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            code, out, err = segan("predict", "--model", run, "--input", inputs, "--output", tmp_path / backend,
+                                   "--backend", backend, "--precision", "fp32", "--num-workers", "0", "--no-progress")
+        assert code == 0, err[-2000:]
+        assert f"segmenting with {backend} in fp32 on cpu" in caplog.text
         masks[backend] = [cv2.imread(str(tmp_path / backend / "masks" / f"{i}.png"), cv2.IMREAD_UNCHANGED)
                           for i in range(3)]
     agreement = np.mean([(a == b).mean() for a, b in zip(masks["torch"], masks["onnxruntime"])])
     assert agreement >= 0.999
-    done = segan("predict", "--model", run, "--input", inputs, "--output", tmp_path / "ov", "--backend", "openvino")
-    assert done.returncode == 2
-    assert f"segan export {run} --format openvino" in done.stderr
+    code, out, err = segan("predict", "--model", run, "--input", inputs, "--output", tmp_path / "ov", "--backend",
+                           "openvino")
+    assert code == 2
+    assert f"segan export {run} --format openvino" in err

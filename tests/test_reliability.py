@@ -30,12 +30,14 @@ STEPS_PER_EPOCH = 4  # 16 training images, batch 4
 EPOCHS = 3
 
 # Runs `segan train ARGS...` in a fresh process, stopped by a signal of its own at a chosen batch
-# (no sleeps: where the run stops never depends on timing). SEGAN_TEST_PLATEAU makes validation
-# IoU fall every epoch, so no epoch after the first is a new best.
+# (no sleeps: where the run stops never depends on timing). Only runs that must die go through a
+# fresh process (importing torch and Lightning there costs ~8 s); the others call `main` here.
 TRAIN_SCRIPT = r"""
 import os, signal, sys
 import segan.training as training
 from segan.cli import main
+sys.path.insert(0, os.environ["SEGAN_TESTS"])
+from test_reliability import plateau_scores
 stop_at, how = int(os.environ.get("STOP_AT", 0)), os.environ.get("STOP_HOW", "")
 # A shell starts background jobs with SIGINT ignored, and Python keeps an inherited "ignore":
 # restore Ctrl-C's KeyboardInterrupt, or the test would depend on how it was launched.
@@ -47,14 +49,26 @@ def on_train_batch_end(self, outputs, batch, batch_idx):
 
 training.SeganModule.on_train_batch_end = on_train_batch_end
 if os.environ.get("SEGAN_TEST_PLATEAU"):
-    scores = training.SeganModule.on_validation_epoch_end
+    training.SeganModule.on_validation_epoch_end = plateau_scores(training.SeganModule.on_validation_epoch_end)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def plateau_scores(scores):
+    """`SeganModule.on_validation_epoch_end` whose validation IoU falls every epoch, so no epoch
+    after the first is a new best."""
     def on_validation_epoch_end(self):
         if not self.trainer.training and not self.trainer.sanity_checking and self.trainer.state.fn == "fit":
             return self.log_dict({"val/iou": 0.9 - 0.1 * self.current_epoch, "val/dice": 0.5}, prog_bar=True)
         return scores(self)
-    training.SeganModule.on_validation_epoch_end = on_validation_epoch_end
-sys.exit(main(sys.argv[1:]))
-"""
+    return on_validation_epoch_end
+
+
+@pytest.fixture
+def falling_scores(monkeypatch):
+    """In this process: validation IoU falls every epoch (see `plateau_scores`)."""
+    monkeypatch.setattr(training.SeganModule, "on_validation_epoch_end",
+                        plateau_scores(training.SeganModule.on_validation_epoch_end))
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +84,7 @@ def tiny_yaml(path: Path, data: Path, out: Path, epochs: int = EPOCHS) -> Path:
 
 
 def run_training(*args: str, stop_at: int = 0, how: str = "", plateau: bool = False) -> subprocess.CompletedProcess:
-    env = dict(os.environ, STOP_AT=str(stop_at), STOP_HOW=how)
+    env = dict(os.environ, STOP_AT=str(stop_at), STOP_HOW=how, SEGAN_TESTS=str(Path(__file__).parent))
     if plateau:
         env["SEGAN_TEST_PLATEAU"] = "1"
     return subprocess.run([sys.executable, "-c", TRAIN_SCRIPT, "train", *args], capture_output=True, text=True,
@@ -89,12 +103,14 @@ def generator_weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("plateau", [True, False], ids=["plateau", "improving"])
-def test_kill_9_resumes_from_the_last_epoch_and_ends_with_the_same_weights(tmp_path, interrupt_data, plateau):
+def test_kill_9_resumes_from_the_last_epoch_and_ends_with_the_same_weights(tmp_path, interrupt_data, plateau,
+                                                                          request):
     """kill -9 in the middle of epoch 2: last.ckpt holds epoch 1 whatever its validation score, and
     the resumed run ends with the weights of a run that was never interrupted."""
+    if plateau:
+        request.getfixturevalue("falling_scores")  # in this process too
     straight, broken = tmp_path / "straight", tmp_path / "broken"
-    done = run_training("--config", str(tiny_yaml(tmp_path / "a.yaml", interrupt_data, straight)), plateau=plateau)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(["train", "--config", str(tiny_yaml(tmp_path / "a.yaml", interrupt_data, straight))]) == 0
     killed = run_training("--config", str(tiny_yaml(tmp_path / "b.yaml", interrupt_data, broken)), plateau=plateau,
                           stop_at=2 * STEPS_PER_EPOCH + 2, how="kill")
     assert killed.returncode == -signal.SIGKILL
@@ -102,8 +118,7 @@ def test_kill_9_resumes_from_the_last_epoch_and_ends_with_the_same_weights(tmp_p
     assert training.epochs_done(saved) == 2 and saved["epoch"] == 1
     if plateau:  # the best epoch was the first: last.ckpt was written all the same
         assert load_checkpoint(broken / "checkpoints" / "best.ckpt")["epoch"] == 0
-    resumed = run_training("--resume", "--out", str(broken), plateau=plateau)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert main(["train", "--resume", "--out", str(broken)]) == 0
     summary = json.loads((broken / "summary.json").read_text())
     assert summary["epochs"] == EPOCHS and summary["steps"] == EPOCHS * STEPS_PER_EPOCH
     assert summary == {**json.loads((straight / "summary.json").read_text()), "run_dir": str(broken),
@@ -123,41 +138,37 @@ def test_ctrl_c_at_a_chosen_batch_saves_that_batch_and_resume_completes(tmp_path
     saved = load_checkpoint(out / "checkpoints" / "last.ckpt")
     # the state at the interrupted batch, not the end of the epoch before it
     assert saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["processed"] == STEPS_PER_EPOCH + 2
-    resumed = run_training("--resume", "--out", str(out))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert main(["train", "--resume", "--out", str(out)]) == 0
     assert json.loads((out / "summary.json").read_text())["epochs"] == EPOCHS
 
 
-def test_a_refused_resume_changes_no_byte_of_the_run(tmp_path, interrupt_data):
+def test_a_refused_resume_changes_no_byte_of_the_run(tmp_path, interrupt_data, capsys):
     out = tmp_path / "run"
-    done = run_training("--config", str(tiny_yaml(tmp_path / "c.yaml", interrupt_data, out, epochs=1)))
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(["train", "--config", str(tiny_yaml(tmp_path / "c.yaml", interrupt_data, out, epochs=1))]) == 0
     before = folder_hashes(out)
-    other_model = run_training("--resume", "--out", str(out), "--encoder", "resnet34", "--epochs", "2")
-    assert other_model.returncode == 2 and "Traceback" not in other_model.stderr
-    assert "generator.encoder_name: 'resnet18' in the run, 'resnet34' given" in other_model.stderr
-    finished = run_training("--resume", "--out", str(out))
-    assert finished.returncode == 2 and "already trained 1 of 1 epochs" in finished.stderr
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(out), "--encoder", "resnet34", "--epochs", "2"]) == 2
+    assert "generator.encoder_name: 'resnet18' in the run, 'resnet34' given" in capsys.readouterr().err
+    assert main(["train", "--resume", "--out", str(out)]) == 2
+    assert "already trained 1 of 1 epochs" in capsys.readouterr().err
     assert folder_hashes(out) == before
     (out / "config.yaml").write_text("train: [unclosed")
     before = folder_hashes(out)
-    broken_config = run_training("--resume", "--out", str(out), "--epochs", "2")
-    assert broken_config.returncode == 2 and "config.yaml" in broken_config.stderr
-    assert "not valid YAML" in broken_config.stderr and "Traceback" not in broken_config.stderr
+    assert main(["train", "--resume", "--out", str(out), "--epochs", "2"]) == 2
+    error = capsys.readouterr().err
+    assert "config.yaml" in error and "not valid YAML" in error
     assert folder_hashes(out) == before
 
 
-def test_resume_with_more_epochs_rebuilds_the_schedule_and_a_moved_run_keeps_its_best(tmp_path, interrupt_data):
+def test_resume_with_more_epochs_rebuilds_the_schedule_and_a_moved_run_keeps_its_best(tmp_path, interrupt_data,
+                                                                                      falling_scores):
     first = tmp_path / "first"
-    done = run_training("--config", str(tiny_yaml(tmp_path / "c.yaml", interrupt_data, first, epochs=2)),
-                        plateau=True)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(["train", "--config", str(tiny_yaml(tmp_path / "c.yaml", interrupt_data, first, epochs=2))]) == 0
     moved = tmp_path / "moved"
     import shutil
     shutil.copytree(first, moved)
     before = folder_hashes(first)
-    longer = run_training("--resume", "--out", str(moved), "--epochs", "4", plateau=True)
-    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert main(["train", "--resume", "--out", str(moved), "--epochs", "4"]) == 0
     assert folder_hashes(first) == before  # nothing written to where the run came from
     last = load_checkpoint(moved / "checkpoints" / "last.ckpt")
     assert training.epochs_done(last) == 4
