@@ -41,6 +41,9 @@ ResizeMode = Literal["resize", "crop"]
 Precision = Literal["auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"]
 InChannels = Literal[1, 3]
 SemiMode = Literal["none", "self-training", "adversarial", "adversarial+self-training"]
+# Segmentation loss terms, by name (smp's losses; ce is torch's, for class weights and OHEM).
+LossTerm = Literal["dice", "ce", "focal", "lovasz", "tversky", "jaccard"]
+ClassWeighting = Literal["median-frequency", "inverse-sqrt"]
 ADVERSARIAL_MODES: tuple[str, ...] = typing.get_args(AdversarialMode)
 INPUT_GUARDS: tuple[str, ...] = typing.get_args(InputGuard)
 AUGMENT_PRESETS: tuple[str, ...] = typing.get_args(AugmentPreset)
@@ -48,6 +51,8 @@ RESIZE_MODES: tuple[str, ...] = typing.get_args(ResizeMode)
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 IN_CHANNELS: tuple[int, ...] = typing.get_args(InChannels)
 SEMI_MODES: tuple[str, ...] = typing.get_args(SemiMode)
+LOSS_TERMS: tuple[str, ...] = typing.get_args(LossTerm)
+CLASS_WEIGHTINGS: tuple[str, ...] = typing.get_args(ClassWeighting)
 # Inference (predict, evaluate --model, export): not run settings, so not in Config.
 Backend = Literal["torch", "onnxruntime", "openvino"]
 InferencePrecision = Literal["auto", "fp32", "bf16"]
@@ -167,6 +172,12 @@ class DataConfig:
         augment: albumentations preset: none, light, medium or heavy.
         rotations: whether 90-degree rotations and vertical flips keep the labels valid (true for
             microscopy and endoscopy, false for road scenes). Augmentation and TTA honour it.
+        scale_range: crop mode: each training image is first rescaled by a random factor from
+            [low, high] (e.g. [0.5, 2.0], as road-scene recipes do); None keeps the stored scale.
+        rare_class_crops: probability that a training sample is a crop centred on a pixel of a
+            class drawn inverse to its pixel share, from an image holding it (crop mode; in
+            resize mode only the image is chosen so). The class statistics come from the data
+            check's pass over the training masks (`segan data check` shows them).
         mean, std: input normalisation applied after scaling pixels to [0, 1], one value per
             channel; None means ImageNet's for RGB and their average for greyscale. Training
             records the values it used in the run's config.yaml.
@@ -205,6 +216,8 @@ class DataConfig:
     resize: ResizeMode = "resize"
     augment: AugmentPreset = "light"
     rotations: bool = True
+    scale_range: Annotated[list[PositiveFloat] | None, Field(min_length=2, max_length=2)] = None
+    rare_class_crops: Annotated[float, Field(ge=0, le=1)] = 0.0
     mean: list[float] | None = None
     std: list[PositiveFloat] | None = None
     num_workers: NonNegativeInt = 2
@@ -278,10 +291,22 @@ class DiscriminatorConfig:
 
 @dataclass
 class LossConfig:
-    """Generator loss = segmentation (Dice + BCE, or Dice + CE) + adv_weight x adversarial.
+    """Generator loss = the weighted segmentation terms + adv_weight x adversarial.
 
     Attributes:
-        dice_weight, ce_weight: weights of the two segmentation terms.
+        terms: segmentation loss terms and their weights, by name: dice, ce (BCE for a binary
+            task), focal, lovasz, tversky (alpha 0.3, beta 0.7: misses cost more than false
+            alarms), jaccard; all but ce are smp's losses. Replaces the whole mapping when given.
+        class_weights: weights of the classes in the ce term: median-frequency (SegNet: the
+            median class frequency over each class's, a class's frequency counted over the images
+            that hold it), inverse-sqrt (1 / sqrt(pixel share), scaled so the average pixel
+            weighs 1), or one number per class. Computed from the training masks; the run's
+            config.yaml records the values used. None = every class 1.
+        ohem_keep: online hard example mining in the ce term: the loss is taken over this share
+            of each batch's pixels, the hardest (lowest probability of their true class), plus
+            any below `ohem_threshold`. None = every pixel.
+        ohem_threshold: with ohem_keep: pixels whose true class has less than this probability
+            always count (MMSegmentation's OHEM sampler, `ohem_keep` being its floor).
         adv_mode: vanilla, lsgan or hinge.
         adv_weight: weight of the adversarial term; 0 trains a plain supervised segmenter.
         adv_warmup_epochs: supervised-only epochs before the adversarial term starts.
@@ -289,8 +314,10 @@ class LossConfig:
 
     __pydantic_config__ = SCHEMA_RULES
 
-    dice_weight: NonNegativeFloat = 1.0
-    ce_weight: NonNegativeFloat = 1.0
+    terms: dict[LossTerm, NonNegativeFloat] = field(default_factory=lambda: {"dice": 1.0, "ce": 1.0})
+    class_weights: ClassWeighting | list[NonNegativeFloat] | None = None
+    ohem_keep: Annotated[float, Field(gt=0, le=1)] | None = None
+    ohem_threshold: Annotated[float, Field(gt=0, lt=1)] | None = None
     adv_mode: AdversarialMode = "vanilla"
     adv_weight: NonNegativeFloat = 0.01
     adv_warmup_epochs: NonNegativeInt = 2
@@ -474,6 +501,7 @@ def merge(config: Config, values: Mapping[str, Any]) -> Config:
     """
     if not isinstance(values, Mapping):
         raise ConfigError([f"expected a mapping of sections ({', '.join(SECTIONS)}), got {values!r}"])
+    values = _renamed(values)
     merged: dict[str, Any] = config.to_dict()
     for section, updates in values.items():
         if section in SECTIONS and isinstance(updates, Mapping):
@@ -483,6 +511,17 @@ def merge(config: Config, values: Mapping[str, Any]) -> Config:
         else:
             merged[section] = updates
     return _checked(merged)
+
+
+def _renamed(values: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Settings of earlier versions in today's names, so their run folders still load: segan 0.1
+    wrote loss.dice_weight and loss.ce_weight where loss.terms now holds both."""
+    loss = values.get("loss")
+    if not isinstance(loss, Mapping) or not {"dice_weight", "ce_weight"} & set(loss):
+        return values
+    loss = dict(loss)
+    terms = {"dice": loss.pop("dice_weight", 1.0), "ce": loss.pop("ce_weight", 1.0)}
+    return {**values, "loss": {"terms": terms, **loss}}
 
 
 def check_setting(section: str, key: str, value: Any) -> Any:
@@ -551,6 +590,28 @@ def _relations_checked(config: Config, invalid: set[str]) -> Config:
             and config.loss.adv_weight == 0 and has_unlabeled:
         problems.append(f"semi.mode: '{semi.mode}' needs a trained discriminator, but loss.adv_weight is 0; "
                         "give loss.adv_weight > 0 (e.g. 0.01) or semi.mode self-training")
+    if invalid.isdisjoint({"data.scale_range", "data.resize"}) and data.scale_range is not None:
+        if data.resize != "crop":
+            problems.append(f"data.scale_range: rescaling applies to crops; set data.resize crop, or no scale_range "
+                            f"(resize mode scales every image to data.size)")
+        elif data.scale_range[0] > data.scale_range[1]:
+            problems.append(f"data.scale_range: {data.scale_range} runs backwards; give [low, high]")
+    loss = config.loss
+    if invalid.isdisjoint({"loss.class_weights", "data.classes"}) and isinstance(loss.class_weights, list) \
+            and len(loss.class_weights) != len(data.classes):
+        problems.append(f"loss.class_weights: {len(loss.class_weights)} value(s) for {len(data.classes)} classes "
+                        f"({', '.join(data.classes)}); give one per class, or median-frequency or inverse-sqrt")
+    if "loss.terms" not in invalid and not any(loss.terms.values()):
+        problems.append(f"loss.terms: {loss.terms or '{}'} leaves no segmentation loss; give at least one term a "
+                        f"weight above 0, e.g. {{dice: 1.0, ce: 1.0}} (terms: {', '.join(LOSS_TERMS)})")
+    if invalid.isdisjoint({"loss.ohem_threshold", "loss.ohem_keep"}) and loss.ohem_threshold is not None \
+            and loss.ohem_keep is None:
+        problems.append("loss.ohem_threshold: OHEM also needs loss.ohem_keep, the least share of pixels that "
+                        "always counts (e.g. 0.1)")
+    if invalid.isdisjoint({"loss.terms", "loss.class_weights", "loss.ohem_keep"}) \
+            and (loss.class_weights is not None or loss.ohem_keep is not None) and not loss.terms.get("ce"):
+        problems.append("loss.class_weights, loss.ohem_keep: they act on the ce term, which loss.terms leaves "
+                        "out; add ce to loss.terms or drop them")
     train = config.train
     for key, decay in (("train.ema_decay", train.ema_decay), ("semi.teacher_decay", semi.teacher_decay)):
         if invalid.isdisjoint({key, "train.precision"}) and decay is not None \

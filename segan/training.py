@@ -29,7 +29,8 @@ from .checkpointing import AtomicCheckpointIO, CheckpointError, load_checkpoint
 from . import budget
 from .config import Config, parse_duration, validate
 from .hardware import describe, resolve_training_precision, training_device
-from .data import EpochSampler, MaskEncoding, SegmentationDataset, find_splits
+from .data import EpochSampler, MaskEncoding, Pair, SegmentationDataset, find_splits
+from .data.classes import ClassStats
 from .losses import AdversarialLoss, SegmentationLoss
 from .models import build_discriminator, build_generator, one_hot, output_channels
 from .preprocess import EvalTransform, labels, network_input, network_layout, padded_logits, probabilities
@@ -69,7 +70,11 @@ class SeganModule(L.LightningModule):
         # An exponential moving average of the generator's weights (timm's), validated beside them.
         self.generator_ema = moving_average(self.generator, self.config.train.ema_decay)
         self.discriminator = build_discriminator(self.config.discriminator, data.in_channels, self.mask_channels)
-        self.segmentation_loss = SegmentationLoss(data.num_classes, data.ignore_index, loss.dice_weight, loss.ce_weight)
+        if isinstance(loss.class_weights, str):
+            raise ValueError(f"loss.class_weights '{loss.class_weights}' is computed from the training masks by "
+                             "train() (segan.training.resolve_class_weights) before the module is built")
+        self.segmentation_loss = SegmentationLoss(data.num_classes, data.ignore_index, loss.terms, loss.class_weights,
+                                                  loss.ohem_keep, loss.ohem_threshold)
         self.adversarial_loss = AdversarialLoss(loss.adv_mode)
         self.semi = SemiSupervision(self.config, self.discriminate, self.adversarial_loss) \
             if self.config.semi.mode != "none" else None
@@ -391,22 +396,27 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def build_dataloaders(config: Config) -> tuple[DataLoader | CombinedLoader, DataLoader]:
+def build_dataloaders(config: Config, class_stats: ClassStats | None = None) -> tuple[DataLoader | CombinedLoader,
+                                                                                     DataLoader]:
     """The training loader (with `semi.mode`, a CombinedLoader of labelled and unlabelled batches,
-    as many of each per epoch as the labelled set gives) and the validation loader."""
+    as many of each per epoch as the labelled set gives) and the validation loader.
+    `class_stats` (the training split's, see `preflight`) is needed for data.rare_class_crops."""
     data, train = config.data, config.train
     mean, std = data.normalization()
     encoding = MaskEncoding.from_config(data)
-    splits = find_splits(data)
-    hidden: list[UnlabeledItem] = []
-    if data.labeled_fraction is not None and data.labeled_fraction < 1:
-        splits["train"], hidden = split_labeled(splits["train"], data.labeled_fraction, data.split_seed)
+    splits, hidden = training_pairs(config)
+    if hidden:
         log.info("labelled: %d of the training images (--labeled-fraction %s); the other %d have their masks "
                  "hidden", len(splits["train"]), data.labeled_fraction, len(hidden))
+    if data.rare_class_crops and class_stats is None:
+        class_stats = preflight(config)
     train_set = SegmentationDataset(
         splits["train"],
-        build_train_transform(data.augment, data.size, data.resize, mean, std, data.rotations, data.ignore_index),
-        data.in_channels, encoding, augment_seed=train.seed)
+        build_train_transform(data.augment, data.size, data.resize, mean, std, data.rotations, data.ignore_index,
+                              scale_range=data.scale_range),
+        data.in_channels, encoding, augment_seed=train.seed,
+        class_stats=class_stats.subset([pair.image for pair in splits["train"]]) if data.rare_class_crops else None,
+        rare_class_crops=data.rare_class_crops)
     val_set = SegmentationDataset(splits["val"], EvalTransform(data), data.in_channels, encoding)
     loader_args = dict(num_workers=data.num_workers, persistent_workers=data.num_workers > 0)
     # Crop mode validates whole images, whose sizes may differ: one per batch.
@@ -420,7 +430,8 @@ def build_dataloaders(config: Config) -> tuple[DataLoader | CombinedLoader, Data
     if config.semi.mode == "none" or not items:
         return train_loader, val_loader
     unlabeled_set = UnlabeledDataset(
-        items, build_weak_transform(data.augment, data.size, data.resize, data.rotations, data.ignore_index),
+        items, build_weak_transform(data.augment, data.size, data.resize, data.rotations, data.ignore_index,
+                                    data.scale_range),
         data, encoding, augment_seed=train.seed)
     batch_u = config.semi.unlabeled_batch_size or train.batch_size
     # Cycles through the unlabelled images across epochs: each epoch takes as many batches as
@@ -660,9 +671,12 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
             f"{run_dir} already holds a run (config.yaml, checkpoints/); nothing was changed. Continue it with "
             f"--resume --out {run_dir}, write the new run elsewhere with --out NEW_FOLDER, or replace it with "
             "--overwrite (the old run is kept until the new one has finished its first epoch)")
-    preflight(config)
+    class_stats = preflight(config)
+    if class_stats is not None:  # the labelled masks alone (data.labeled_fraction hides the others)
+        class_stats = class_stats.subset([pair.image for pair in training_pairs(config)[0]["train"]])
+    resolve_class_weights(config, class_stats)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
-    train_loader, val_loader = build_dataloaders(config)
+    train_loader, val_loader = build_dataloaders(config, class_stats)
     # Record the normalisation actually used: prediction must apply the same.
     config.data.mean, config.data.std = config.data.normalization()
     module = SeganModule(config.to_dict())
@@ -680,6 +694,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
     if first_rank and (saved is None or (saved.train.epochs, saved.train.time_budget)
                        != (config.train.epochs, config.train.time_budget)):
         config.save(run_dir / "config.yaml")
+    if first_rank and class_stats is not None:  # what the class weights and rare-class crops came from
+        class_stats.save(run_dir / "class_stats.json", config.loss.class_weights)
     last = run_dir / "checkpoints" / "last.ckpt"
     best_checkpoint = BestCheckpoint(run_dir / "checkpoints")
     last_checkpoint = LastCheckpoint(last, config.train.checkpoint_every_n_steps)
@@ -759,9 +775,10 @@ def _set_aside(run_dir: Path) -> Path:
     return aside
 
 
-def preflight(config: Config) -> None:
+def preflight(config: Config) -> ClassStats | None:
     """Reads every image and mask once before the first step (what `segan data check` does), so a
-    bad file, a size mismatch or a mask value outside the classes stops the run now, not an hour in."""
+    bad file, a size mismatch or a mask value outside the classes stops the run now, not an hour in.
+    Returns the training split's class statistics, counted in that pass."""
     from .data import DatasetLayoutError
     from .data.check import check_dataset
     started = time.perf_counter()
@@ -775,6 +792,31 @@ def preflight(config: Config) -> None:
                                  + "\n".join(shown) + more + f"\n(segan data check {config.data.root} shows them all)")
     log.info("data checked: %s in %.1f s", ", ".join(f"{s.name} {s.pairs} pairs" for s in report.splits),
              time.perf_counter() - started)
+    return next((split.class_stats for split in report.splits if split.class_stats is not None), None)
+
+
+def training_pairs(config: Config) -> tuple[dict[str, list[Pair]], list[UnlabeledItem]]:
+    """The dataset's splits with the training one cut to its labelled part (data.labeled_fraction),
+    and the training images whose masks that hides."""
+    data = config.data
+    splits = find_splits(data)
+    hidden: list[UnlabeledItem] = []
+    if data.labeled_fraction is not None and data.labeled_fraction < 1:
+        splits["train"], hidden = split_labeled(splits["train"], data.labeled_fraction, data.split_seed)
+    return splits, hidden
+
+
+def resolve_class_weights(config: Config, stats: ClassStats | None) -> None:
+    """Turns loss.class_weights given by name into the values computed from `stats` (the labelled
+    training masks), in `config`, so the run's config.yaml records the values used."""
+    method = config.loss.class_weights
+    if not isinstance(method, str):
+        return
+    if stats is None or not stats.pixels.sum():
+        raise ValueError(f"loss.class_weights {method}: the training masks hold no labelled pixels to count")
+    config.loss.class_weights = stats.weights(method)
+    log.info("class weights (%s): %s", method,
+             ", ".join(f"{name} {weight}" for name, weight in zip(stats.classes, config.loss.class_weights)))
 
 
 def merge_metrics(run_dir: Path) -> Path:

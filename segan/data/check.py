@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .encoding import MaskEncoding, MaskValueError, colour_keys, format_counts, read_roi
+from .classes import ClassStats
 from .fingerprint import Fingerprint, image_statistics, object_statistics
 from .io import ImageReadError, read_image, read_raw_mask, read_stored_image
 from .pairs import DatasetLayoutError, Matching, Pair, detect_layout, hold_out, match_split, val_split_name
@@ -41,6 +42,7 @@ class SplitReport:
     class_pixels: list[int] = field(default_factory=list)  # per class, then ignored pixels last
     outside_roi_pixels: int = 0
     fingerprint: Fingerprint | None = None  # the training split's, when asked for (segan plan)
+    class_stats: ClassStats | None = None  # the training split's: per-image class pixels
 
     def to_dict(self) -> dict:
         values = dict(sorted(self.stored_values.items(), key=lambda kv: -kv[1]))
@@ -99,6 +101,9 @@ class CheckReport:
                 lines.append(f"  classes after decoding: {shown}")
             if split.outside_roi_pixels:
                 lines.append(f"  outside the region of interest (ignored): {split.outside_roi_pixels} pixels")
+            if split.class_stats is not None and split.class_stats.pixels.sum():
+                lines.append("  class statistics (loss.class_weights, data.rare_class_crops):")
+                lines.extend("  " + line for line in split.class_stats.format())
         if self.config:
             lines.append("\nconfig training would use (YAML, data section):")
             lines.append("  " + yaml.safe_dump({"data": self.config}, sort_keys=False).strip().replace("\n", "\n  "))
@@ -240,6 +245,12 @@ def check_dataset(data, workers: int = 4, progress: bool = True, fingerprint: bo
                 split.fingerprint.add(result["size"], result["image"], result["objects"], encoding.num_classes)
             for c, n in enumerate(result.get("classes", [])):
                 split.class_pixels[c] += n
+        if name == training:
+            counted = [(str(pair.image), result["classes"][:encoding.num_classes])
+                       for (job_split, pair), result in zip(jobs, results) if job_split == name and "classes" in result]
+            split.class_stats = ClassStats(list(data.classes), [image for image, _ in counted],
+                                           np.asarray([counts for _, counts in counted], dtype=np.int64)
+                                           .reshape(len(counted), encoding.num_classes))
         report.splits.append(split)
         report.warnings.extend(_ignored_unknown_warnings(report.unknown_values, name, encoding))
         report.warnings.extend(_encoding_warnings(split, encoding, data.classes))

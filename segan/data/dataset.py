@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from .classes import ClassStats
 from .encoding import MaskEncoding, read_mask, read_roi
 from .io import read_image
 from .pairs import Pair
@@ -26,25 +27,47 @@ class SegmentationDataset(Dataset):
         augment_seed: with an `EpochSampler`, which asks for `(index, epoch)`, the transform is
             seeded from (augment_seed, epoch, index): each sample's augmentation is then the same
             whichever worker process draws it and whether or not the run was resumed.
+        class_stats: the pairs' class pixels (in pair order), for rare-class crops.
+        rare_class_crops: with an `EpochSampler`, the probability that a sample is instead a crop
+            centred on a pixel of a class drawn inverse to its pixel share, from an image that
+            holds it (DAFormer's rare class sampling, nnU-Net's forced-foreground patches).
     """
 
     def __init__(self, pairs: Sequence[Pair], transform: Callable, in_channels: int = 3,
-                 encoding: MaskEncoding | None = None, augment_seed: int = 0) -> None:
+                 encoding: MaskEncoding | None = None, augment_seed: int = 0,
+                 class_stats: ClassStats | None = None, rare_class_crops: float = 0.0) -> None:
         self.pairs = list(pairs)
         self.transform = transform
         self.in_channels = in_channels
         self.encoding = encoding or MaskEncoding()
         self.augment_seed = augment_seed
+        if rare_class_crops and class_stats is None:
+            raise ValueError("rare-class crops need the class statistics of the pairs")
+        self.rare_class_crops = rare_class_crops
+        if rare_class_crops:
+            self.class_probabilities = class_stats.rare_class_probabilities()
+            self.holders = [np.nonzero(class_stats.pixels[:, c])[0] for c in range(len(class_stats.classes))]
 
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def draw(self, index: int, epoch: int) -> tuple[int, int | None]:
+        """The pair a sampled `(index, epoch)` trains on, and the class its crop centres on
+        (None: a plain sample), drawn from (augment_seed, epoch, index)."""
+        rng = np.random.default_rng([self.augment_seed, epoch, index, 2])
+        if not self.rare_class_crops or rng.random() >= self.rare_class_crops:
+            return index, None
+        focus = int(rng.choice(len(self.class_probabilities), p=self.class_probabilities))
+        return int(self.holders[focus][rng.integers(len(self.holders[focus]))]), focus
+
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        focus = None
         if isinstance(item, tuple):
             index, epoch = item
             if hasattr(self.transform, "set_random_seed"):  # albumentations keeps its own generators
                 seed = np.random.SeedSequence([self.augment_seed, epoch, index]).generate_state(1)[0]
                 self.transform.set_random_seed(int(seed))
+            index, focus = self.draw(index, epoch)
         else:
             index = item
         pair = self.pairs[index]
@@ -59,7 +82,8 @@ class SegmentationDataset(Dataset):
                 raise ValueError(f"region of interest {pair.roi} is {inside.shape[1]}x{inside.shape[0]} but "
                                  f"{pair.image} is {image.shape[1]}x{image.shape[0]}")
             mask[~inside] = self.encoding.ignore_index if self.encoding.ignore_index is not None else 255
-        sample = self.transform(image=image, mask=mask)
+        sample = self.transform(image=image, mask=mask) if focus is None else \
+            self.transform(image=image, mask=mask, focus_class=focus)
         image = torch.from_numpy(np.ascontiguousarray(sample["image"].transpose(2, 0, 1)))
         mask = torch.from_numpy(np.ascontiguousarray(sample["mask"])).long()
         return dict(image=image, mask=mask, name=pair.image.stem)
