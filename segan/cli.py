@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .config import (ADVERSARIAL_MODES, AUGMENT_PRESETS, BACKENDS, EXPORT_FORMATS, IN_CHANNELS, INFERENCE_PRECISIONS,
-                     INPUT_GUARDS, PRECISIONS, RESIZE_MODES, SEMI_MODES, Config,
+from .config import (ADVERSARIAL_MODES, AUGMENT_PRESETS, BACKENDS, CLASS_WEIGHTINGS, EXPORT_FORMATS, IN_CHANNELS,
+                     INFERENCE_PRECISIONS, INPUT_GUARDS, LOSS_TERMS, PRECISIONS, RESIZE_MODES, SEMI_MODES, Config,
                      ConfigError, check_setting, merge)
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,12 @@ TRAIN_FLAGS = {
     "adv_mode": ("loss", "adv_mode"),
     "adv_weight": ("loss", "adv_weight"),
     "warmup_epochs": ("loss", "adv_warmup_epochs"),
+    "loss": ("loss", "terms"),
+    "class_weights": ("loss", "class_weights"),
+    "ohem_keep": ("loss", "ohem_keep"),
+    "ohem_threshold": ("loss", "ohem_threshold"),
+    "scale_range": ("data", "scale_range"),
+    "rare_class_crops": ("data", "rare_class_crops"),
     "unlabeled": ("data", "unlabeled"),
     "labeled_fraction": ("data", "labeled_fraction"),
     "semi": ("semi", "mode"),
@@ -134,9 +140,31 @@ def _add_config_flag(group, flag: str, help: str, **kwargs) -> None:
         kwargs["type"] = _setting_type(section, key)
     default = getattr(getattr(_DEFAULTS, section), key)
     if not (default is None or default is False or default == ""):
-        shown = " ".join(map(str, default)) if isinstance(default, list) else default
+        shown = (" ".join(map(str, default)) if isinstance(default, list)
+                 else " ".join(f"{k}={v:g}" for k, v in default.items()) if isinstance(default, dict) else default)
         help = f"{help} (default: {shown})"
     group.add_argument(flag, help=help, **kwargs)
+
+
+def _loss_term(text: str) -> tuple[str, float]:
+    name, _, weight = text.partition("=")
+    try:
+        if name not in LOSS_TERMS:
+            raise ValueError
+        return name, float(weight or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT with NAME one of {', '.join(LOSS_TERMS)}, "
+                                         f"e.g. dice=1 ce=1, got '{text}'") from None
+
+
+def _class_weight(text: str) -> str | float:
+    if text in CLASS_WEIGHTINGS:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {' or '.join(CLASS_WEIGHTINGS)}, or one number per class, "
+                                         f"got '{text}'") from None
 
 
 def _value_map(text: str) -> dict[int, int]:
@@ -188,6 +216,10 @@ def _config(args: argparse.Namespace, flags: dict, base=None):
         if value is not None:
             if key == "encoder_weights" and value.lower() == "none":
                 value = None
+            elif key == "terms":  # NAME=WEIGHT pairs
+                value = dict(value)
+            elif key == "class_weights" and len(value) == 1 and isinstance(value[0], str):
+                value = value[0]  # a weighting by name
             overrides.setdefault(section, {})[key] = value
     return merge(config, overrides)
 
@@ -210,7 +242,24 @@ def _add_train(subparsers) -> None:
     _add_config_flag(g, "--size", "training image side in pixels, a multiple of 32")
     _add_config_flag(g, "--resize", "resize images to --size or random-crop them", choices=RESIZE_MODES)
     _add_config_flag(g, "--augment", "augmentation preset", choices=AUGMENT_PRESETS)
+    _add_config_flag(g, "--scale-range", "crop mode: rescale each training image by a random factor in this "
+                                         "range first, e.g. 0.5 2.0", nargs=2, type=float, metavar=("LOW", "HIGH"))
+    _add_config_flag(g, "--rare-class-crops", "probability that a training crop is centred on a pixel of a class "
+                                              "drawn inverse to its pixel share (segan data check shows the shares)",
+                     metavar="P")
     _add_config_flag(g, "--num-workers", "data loading processes")
+    g = p.add_argument_group("segmentation loss (rare and thin classes: see README, 'Multi-class data')")
+    _add_config_flag(g, "--loss", f"loss terms and their weights: {', '.join(LOSS_TERMS)} (all but ce are smp's), "
+                                  "e.g. --loss dice=1 ce=1 lovasz=0.5", nargs="+",
+                     type=_loss_term, metavar="NAME=WEIGHT")
+    _add_config_flag(g, "--class-weights", "class weights in the ce term, computed from the training masks "
+                                           f"({' or '.join(CLASS_WEIGHTINGS)}) or one number per class; "
+                                           "config.yaml records the values used", nargs="+", type=_class_weight,
+                     metavar="WEIGHTING|W")
+    _add_config_flag(g, "--ohem-keep", "OHEM: take the ce term over this share of each batch's pixels, the "
+                                       "hardest", metavar="F")
+    _add_config_flag(g, "--ohem-threshold", "OHEM: also every pixel whose true class has less probability",
+                     metavar="P")
     g = p.add_argument_group("generator")
     _add_config_flag(g, "--arch", "smp architecture")
     _add_config_flag(g, "--encoder", "smp encoder name")
@@ -330,6 +379,9 @@ def _add_segmentation_flags(group) -> None:
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     group.add_argument("--tta", action="store_true",
                        help="test-time augmentation: average flips (and 90-degree rotations when the run allows them)")
+    group.add_argument("--tta-scales", type=float, nargs="+", default=[1.0], metavar="S",
+                       help="multi-scale test-time augmentation: also segment the image resized by these factors and "
+                            "average (with --tta, each scale's flips too), e.g. 0.75 1 1.25")
     group.add_argument("--threshold", type=float, default=0.5, help="binary foreground probability threshold")
     group.add_argument("--backend", default="torch", choices=BACKENDS,
                        help="what runs the network: torch (the run's generator), or the model segan export wrote, "
@@ -378,7 +430,8 @@ def _predict(args: argparse.Namespace) -> int:
     from .batch_predict import parse_shard, predict_folder
     from .inference import Predictor
     predictor = Predictor.from_pretrained(args.model, device=args.device, tile_size=args.tile_size,
-                                          tile_overlap=args.tile_overlap, tta=args.tta, threshold=args.threshold,
+                                          tile_overlap=args.tile_overlap, tta=args.tta, tta_scales=args.tta_scales,
+                                          threshold=args.threshold,
                                           backend=args.backend, precision=args.precision)
     log.info("segmenting with %s in %s on %s", args.backend, predictor.precision, predictor.device)
     summary = predict_folder(predictor, args.input, args.output, batch_size=args.batch_size,
@@ -451,7 +504,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         if args.pred or args.gt:
             raise ValueError("give either --model RUN (with --data/--split) or --pred DIR --gt DIR, not both")
         out = Path(args.out) if args.out else Path(args.model) / "evaluation" / args.split
-        result = evaluate_model(args.model, args.data, args.split, out, tta=args.tta, device=args.device,
+        result = evaluate_model(args.model, args.data, args.split, out, tta=args.tta, tta_scales=args.tta_scales,
+                                device=args.device,
                                 threshold=args.threshold, sweep_threshold_on_val=args.sweep_threshold,
                                 overwrite=args.overwrite, backend=args.backend, precision=args.precision)
         if result.threshold_sweep:
@@ -545,7 +599,8 @@ def _add_report(subparsers) -> None:
 
 def _report(args: argparse.Namespace) -> int:
     from .report import compare_runs, report_run
-    predict = dict(tta=args.tta, device=args.device, threshold=args.threshold, backend=args.backend,
+    predict = dict(tta=args.tta, tta_scales=args.tta_scales, device=args.device, threshold=args.threshold,
+                   backend=args.backend,
                    precision=args.precision, batch_size=args.batch_size, num_workers=args.num_workers,
                    progress=not args.no_progress)
     if len(args.runs) == 1:

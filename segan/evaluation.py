@@ -393,7 +393,7 @@ def evaluate_model(run: str | Path, data_root: str | Path | None = None, split: 
                    num_workers: int = 2, progress: bool = True, threshold: float = 0.5,
                    save_probs: bool = False, overwrite: bool = False,
                    sweep_threshold_on_val: bool = False, backend: str = "torch",
-                   precision: str = "auto", observe=None) -> EvaluationResult:
+                   precision: str = "auto", observe=None, tta_scales: Sequence[float] = (1.0,)) -> EvaluationResult:
     """Segments a dataset split with a trained run and scores it.
 
     Runs exactly `segan predict` (same code: scale, padding or tiling, TTA, written PNG masks) into
@@ -415,6 +415,7 @@ def evaluate_model(run: str | Path, data_root: str | Path | None = None, split: 
         backend: what runs the network (`segan.backends.BACKENDS`), as for `segan predict`.
         precision: fp32, bf16, or auto (bf16 where the device has native bf16).
         observe: passed to `predict_folder`: sees each image's probabilities.
+        tta_scales: multi-scale test-time augmentation (see `Predictor`).
     """
     from .batch_predict import collect_inputs, predict_folder
     from .data.pairs import find_split
@@ -428,11 +429,11 @@ def evaluate_model(run: str | Path, data_root: str | Path | None = None, split: 
             raise EvaluationError("--sweep-threshold chooses the threshold on val, so it cannot also score val; "
                                   "give --split test (or another held-out split)")
         sweep = sweep_threshold(run, data_root, out.parent / "val", tta=tta, device=device, backend=backend,
-                                precision=precision)
+                                precision=precision, tta_scales=tta_scales)
         sweep["file"] = str(out.parent / "val" / "threshold_sweep.json")
         threshold = sweep["best_threshold"]
     predictor = Predictor.from_pretrained(run, device=device, tta=tta, threshold=threshold, backend=backend,
-                                          precision=precision)
+                                          tta_scales=tta_scales, precision=precision)
     config = predictor.config
     data = dataclasses.replace(config.data, root=str(data_root or config.data.root))
     pairs = find_split(data, split)

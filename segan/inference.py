@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -61,12 +62,14 @@ class Predictor:
         tile_overlap: fraction of a tile shared with its neighbour.
         tta: average the probabilities over flips (and 90-degree rotations when the run says
             they keep labels valid).
+        tta_scales: run each view at these scales of the image too (multi-scale TTA, e.g. 0.75,
+            1.0, 1.25; sides rounded to the stride) and average the probabilities, resized back.
         threshold: a binary pixel is foreground where its probability is at least this.
     """
 
     def __init__(self, model: torch.nn.Module | Network, config: Config, device: str | torch.device = "cpu",
                  tile_size: int = 1024, tile_overlap: float = 0.25, tta: bool = False,
-                 threshold: float = 0.5, precision: str = "auto") -> None:
+                 threshold: float = 0.5, precision: str = "auto", tta_scales: Sequence[float] = (1.0,)) -> None:
         self.device = torch.device(device) if isinstance(device, str) else device
         if isinstance(model, torch.nn.Module):
             model = TorchNetwork(model, self.device, resolve_inference_precision(precision, self.device))
@@ -76,6 +79,9 @@ class Predictor:
         self.tile_size = max(stride, tile_size // stride * stride)
         self.tile_overlap = tile_overlap
         self.tta = tta
+        if not tta_scales or min(tta_scales) <= 0:
+            raise ValueError(f"tta_scales must be positive factors, got {list(tta_scales)}")
+        self.tta_scales = tuple(tta_scales)
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
         self.threshold = threshold
@@ -151,17 +157,24 @@ class Predictor:
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Probabilities (B, C, H, W) for a normalised batch whose sides are multiples of the stride."""
         batch = batch.to(self.device, non_blocking=True)
+        height, width = batch.shape[-2:]
+        stride = self.network.stride
         total = None
         views = self._views()
-        for turns, flip in views:
-            view = torch.rot90(batch, turns, dims=(2, 3)) if turns else batch
-            view = view.flip(3) if flip else view
-            logits = self.network(view)
-            probs = probabilities(logits)
-            probs = probs.flip(3) if flip else probs
-            probs = torch.rot90(probs, -turns, dims=(2, 3)) if turns else probs
-            total = probs if total is None else total + probs
-        return (total / len(views)).float()
+        for scale in self.tta_scales:
+            size = (max(stride, round(height * scale / stride) * stride), max(stride, round(width * scale / stride) * stride))
+            scaled = batch if size == (height, width) else F.interpolate(batch, size=size, mode="bilinear",
+                                                                         align_corners=False)
+            for turns, flip in views:
+                view = torch.rot90(scaled, turns, dims=(2, 3)) if turns else scaled
+                view = view.flip(3) if flip else view
+                probs = probabilities(self.network(view))
+                probs = probs.flip(3) if flip else probs
+                probs = torch.rot90(probs, -turns, dims=(2, 3)) if turns else probs
+                if size != (height, width):
+                    probs = F.interpolate(probs.float(), size=(height, width), mode="bilinear", align_corners=False)
+                total = probs if total is None else total + probs
+        return (total / (len(views) * len(self.tta_scales))).float()
 
     def _padded_forward(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
         """Runs same-shaped CxHxW arrays as one batch, padded to the stride, cropped back."""

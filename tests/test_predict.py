@@ -93,6 +93,27 @@ def test_tta_is_the_average_of_the_views_undone(tmp_path, classes, rotations):
     assert np.abs(np.mean(undone, axis=0) - undone[0]).max() > 0.01
 
 
+def test_multi_scale_tta_averages_the_scales_resized_back(tmp_path):
+    """tta_scales 0.5 and 1: the 64 x 96 image also runs at 32 x 48, its probabilities resized
+    (bilinear) back to 64 x 96, and the two maps averaged."""
+    import segmentation_models_pytorch as smp
+    import torch.nn.functional as F
+    run = make_run(tmp_path / "run", classes=("a", "b", "c"))
+    scales = Predictor.from_pretrained(run, device="cpu", precision="fp32", tta_scales=(0.5, 1.0))
+    image = smooth_image(64, 96, seed=2)
+    x = torch.from_numpy(((image.astype(np.float32) - 0.5 * 255) / (0.25 * 255)).transpose(2, 0, 1))[None]
+    model = smp.from_pretrained(str(run / "generator")).eval()
+    with torch.no_grad():
+        full = torch.softmax(model(x), dim=1)
+        half = torch.softmax(model(F.interpolate(x, size=(32, 48), mode="bilinear", align_corners=False)), dim=1)
+    half = F.interpolate(half, size=(64, 96), mode="bilinear", align_corners=False)
+    expected = ((full + half) / 2)[0].numpy()
+    np.testing.assert_allclose(scales.predict_proba(image), expected, atol=1e-4)
+    assert np.abs(expected - full[0].numpy()).max() > 0.01  # the scales disagree: the test can tell
+    with pytest.raises(ValueError, match="tta_scales must be positive"):
+        Predictor.from_pretrained(run, device="cpu", tta_scales=(0.0,))
+
+
 def test_sixteen_bit_arrays_are_scaled_like_files(binary_run):
     """A 12-bit image in a uint16 array predicts exactly as its 8-bit equivalent (4095 is full scale)."""
     predictor = Predictor.from_pretrained(binary_run, device="cpu")
