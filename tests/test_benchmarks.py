@@ -76,6 +76,41 @@ def test_bench_semi_pairs_rows_with_labeled_only_and_measures_the_gap_closed(tmp
     assert json.loads((out / "cpu" / "results.json").read_text()) == result
 
 
+def test_bench_levers_combines_the_levers_that_beat_the_recipe(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    (data / "camvid").mkdir(parents=True)
+    classes = ["Sky", "Pole"]
+
+    def finished(row: str, seed: int, iou: float, pole: float) -> None:
+        run = out / "camvid" / f"{row}-seed{seed}"
+        write_summary(run, iou, iou, 3600.0)
+        summary = run / "summary.json"
+        summary.write_text(json.dumps({**json.loads(summary.read_text()), "epochs": 30, "steps": 900}))
+        (run / "evaluation").mkdir()
+        (run / "evaluation" / "metrics.json").write_text(json.dumps({
+            "headline": {"iou": iou, "dice": iou + 0.1},
+            "per_class": {"Sky": {"iou": 0.9}, "Pole": {"iou": pole}}}))
+
+    for row, iou, pole in (("recipe", 0.69, 0.075), ("class-weights", 0.71, 0.20), ("ohem", 0.68, 0.10),
+                           ("rare-class", 0.70, 0.15), ("scale", 0.69, 0.07)):
+        finished(row, 0, iou, pole)
+    for seed, iou in enumerate((0.72, 0.74, 0.73)):
+        finished("best", seed, iou, 0.25)
+
+    result = run_script("bench_levers.py", "--datasets", "camvid", "--data", str(data), "--out", str(out))
+
+    best = [run for run in result["runs"] if run["row"] == "best"]
+    assert [run["levers"] for run in best] == [["class-weights", "rare-class"]] * 3  # scale only ties the recipe
+    assert result["summary"]["camvid/best"] == {"iou_mean": 0.73, "iou_std": 0.01, "seeds": 3,
+                                                "iou_minus_recipe_seed0": 0.03}
+    assert result["summary"]["camvid/ohem"]["iou_minus_recipe_seed0"] == -0.01
+    assert best[0]["per_class_iou"] == {"Sky": 0.9, "Pole": 0.25}
+    table = subprocess.run([sys.executable, str(SCRIPTS / "bench_levers.py"), "--out", str(out), "--markdown"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "| row | seed | levers | mean IoU | − recipe | Sky | Pole | epochs | wall time |" in table
+    assert "| best | 0 | class-weights rare-class | 0.7200 | +0.0300 | 0.900 | 0.250 | 30 | 3600 s |" in table
+
+
 def test_bench_plan_reads_finished_runs_and_their_budgets(tmp_path):
     data, out = tmp_path / "data", tmp_path / "out"
     (data / "kvasir-seg").mkdir(parents=True)

@@ -1,0 +1,163 @@
+#!/usr/bin/env python
+"""Rare and thin classes: each accuracy lever against today's recipe, at equal wall time.
+
+    python scripts/bench_levers.py [--datasets camvid isbi2012] [--rows recipe class-weights ohem
+                                   rare-class scale best] [--seeds 0] [--final-seeds 0 1 2]
+                                   [--budget 1h] [--out DIR] [--markdown]
+
+Every row trains the dataset's recipe (datasets/NAME/config.yaml) with the hand settings below
+for the same `--time-budget` (the budget decides the epochs, so a slower lever trains fewer), then
+scores the validation split with `segan evaluate --model RUN --split val`: native resolution for
+the crop-trained CamVid, the figures `segan predict` would give. Rows:
+- recipe: the settings alone; class-weights: `--class-weights median-frequency`; ohem:
+  `--ohem-keep 0.25 --ohem-threshold 0.7`; rare-class: `--rare-class-crops 0.5`; scale:
+  `--scale-range 0.5 2.0` (crop-trained sets only);
+- best: every lever whose row beat recipe (mean IoU, seed 0), together; trained for each of
+  `--final-seeds` (default 0 1 2). Without a lever that beat recipe, it is the recipe.
+ISBI 2012 (binary, thin membranes) gets the recipe, class-weights and ohem rows only.
+
+Per row: mean IoU over the classes (CamVid; the foreground IoU and Dice for ISBI), every class's
+IoU, the epochs the budget allowed, and wall time. Runs go to OUT/DATASET/ROW-seedS and are not
+trained or scored again once their metrics.json exists, so the benchmark continues where it
+stopped, across sessions. Prints one JSON line; writes OUT/results.json. `--markdown` trains
+nothing and prints the tables of BENCHMARKS.md from that file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LITE0 = ["--encoder", "tu-efficientnet_lite0", "--encoder-weights", "imagenet"]
+# The hand settings of issue 21's report (CamVid, 0.691 mean IoU in 56 minutes) and the ISBI
+# all-labels row of the semi-supervised benchmark, at native resolution for the thin membranes.
+HAND = {
+    "camvid": [*LITE0, "--size", "256", "--resize", "crop", "--batch-size", "8", "--augment", "medium"],
+    "isbi2012": [*LITE0, "--size", "256", "--resize", "crop", "--batch-size", "8", "--augment", "medium"],
+}
+LEVERS = {
+    "class-weights": ["--class-weights", "median-frequency"],
+    "ohem": ["--ohem-keep", "0.25", "--ohem-threshold", "0.7"],
+    "rare-class": ["--rare-class-crops", "0.5"],
+    "scale": ["--scale-range", "0.5", "2.0"],
+}
+ROWS = ("recipe", *LEVERS, "best")
+DATASET_ROWS = {"camvid": ROWS, "isbi2012": ("recipe", "class-weights", "ohem")}
+
+
+def segan(*arguments: str) -> None:
+    command = [sys.executable, "-m", "segan", *arguments]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+
+
+def best_levers(dataset: str, out: Path) -> list[str]:
+    """The levers whose seed-0 row beat the recipe's seed-0 row, from their finished scores."""
+    def score(row: str) -> float | None:
+        path = out / dataset / f"{row}-seed0" / "evaluation" / "metrics.json"
+        return json.loads(path.read_text())["headline"]["iou"] if path.is_file() else None
+    recipe = score("recipe")
+    if recipe is None:
+        raise SystemExit(f"row best of {dataset} needs the recipe row first")
+    return [lever for lever in LEVERS if lever in DATASET_ROWS[dataset] and (score(lever) or 0.0) > recipe]
+
+
+def run_one(dataset: str, row: str, seed: int, budget: str, data: Path, out: Path) -> dict:
+    run = out / dataset / f"{row}-seed{seed}"
+    metrics = run / "evaluation" / "metrics.json"
+    levers = best_levers(dataset, out) if row == "best" else [row] if row in LEVERS else []
+    started = time.perf_counter()
+    if not metrics.is_file():
+        flags = [flag for lever in levers for flag in LEVERS[lever]]
+        if not (run / "summary.json").is_file():
+            segan("train", "--config", str(ROOT / "datasets" / dataset / "config.yaml"), "--data", str(data / dataset),
+                  "--out", str(run), "--seed", str(seed), "--time-budget", budget, *HAND[dataset], *flags,
+                  "--overwrite")
+        segan("evaluate", "--model", str(run), "--split", "val", "--out", str(run / "evaluation"), "--overwrite")
+        print(f"{dataset} {row} seed {seed}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    scores = json.loads(metrics.read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    return {"dataset": dataset, "row": row, "seed": seed, "levers": levers,
+            "iou": round(scores["headline"]["iou"], 4), "dice": round(scores["headline"]["dice"], 4),
+            "per_class_iou": {name: round(entry["iou"], 4) for name, entry in scores["per_class"].items()},
+            "epochs": summary["epochs"], "steps": summary["steps"], "wall_time_s": summary["wall_time_s"],
+            "time_budget": summary.get("time_budget"), "precision": summary.get("precision")}
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Per dataset and row: the mean IoU over seeds (with its spread), and the paired difference
+    of each row's seed-0 run to the recipe's."""
+    summary = {}
+    for dataset in dict.fromkeys(run["dataset"] for run in runs):
+        mine = [run for run in runs if run["dataset"] == dataset]
+        recipe = next((run for run in mine if run["row"] == "recipe" and run["seed"] == 0), None)
+        for row in dict.fromkeys(run["row"] for run in mine):
+            ious = [run["iou"] for run in mine if run["row"] == row]
+            entry = {"iou_mean": round(statistics.fmean(ious), 4),
+                     "iou_std": round(statistics.stdev(ious), 4) if len(ious) > 1 else None, "seeds": len(ious)}
+            first = next((run for run in mine if run["row"] == row and run["seed"] == 0), None)
+            if recipe is not None and first is not None:
+                entry["iou_minus_recipe_seed0"] = round(first["iou"] - recipe["iou"], 4)
+            summary[f"{dataset}/{row}"] = entry
+    return summary
+
+
+def markdown(result: dict) -> str:
+    """The BENCHMARKS.md tables: one per dataset, a row per run, every class's IoU."""
+    lines = []
+    for dataset in dict.fromkeys(run["dataset"] for run in result["runs"]):
+        mine = [run for run in result["runs"] if run["dataset"] == dataset]
+        classes = list(mine[0]["per_class_iou"])
+        lines += [f"### {dataset}", "| row | seed | levers | mean IoU | − recipe | " + " | ".join(classes)
+                  + " | epochs | wall time |", "|---" * (len(classes) + 7) + "|"]
+        for run in mine:
+            difference = result["summary"][f"{dataset}/{run['row']}"].get("iou_minus_recipe_seed0")
+            shown = f"{difference:+.4f}" if difference is not None and run["seed"] == 0 else ""
+            lines.append(f"| {run['row']} | {run['seed']} | {' '.join(run['levers']) or '-'} | {run['iou']:.4f} | "
+                         f"{shown} | " + " | ".join(f"{run['per_class_iou'][name]:.3f}" for name in classes)
+                         + f" | {run['epochs']} | {run['wall_time_s']:.0f} s |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=list(HAND), choices=list(HAND))
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of every row but best")
+    parser.add_argument("--final-seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of row best")
+    parser.add_argument("--budget", default="1h", help="time budget of every run (segan train --time-budget)")
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--out", default=str(ROOT / "weights" / "bench-levers"))
+    parser.add_argument("--markdown", action="store_true", help="print OUT/results.json as tables")
+    args = parser.parse_args()
+    data, out = Path(args.data), Path(args.out)
+    if args.markdown:
+        print(markdown(json.loads((out / "results.json").read_text())))
+        return
+    for dataset in args.datasets:
+        if not (data / dataset).is_dir():
+            raise SystemExit(f"{data / dataset} not found: this benchmark trains on ../shared/data")
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(dataset, row, seed) for dataset in args.datasets for row in args.rows if row in DATASET_ROWS[dataset]
+            for seed in (args.final_seeds if row == "best" else args.seeds)]
+    runs: list[dict] = []
+    result = {"benchmark": "levers", "budget": args.budget, "runs": runs}
+    for job in jobs:
+        runs.append(run_one(*job, args.budget, data, out))
+        result = {"benchmark": "levers", "budget": args.budget, "machine": platform.machine(),
+                  "summary": summarise(runs), "runs": runs}
+        (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
