@@ -105,7 +105,10 @@ class SegmentationLoss(nn.Module):
         self.terms = nn.ModuleDict({name: LOSS_BUILDERS[name](mode, ignore_index, **options) for name in self.weights})
 
     def forward(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return sum(weight * self.terms[name](logits, mask) for name, weight in self.weights.items())
+        # In float32 whatever the autocast around: smp's Lovász mixes the logits' dtype with its own.
+        with torch.autocast(logits.device.type, enabled=False):
+            logits = logits.float()
+            return sum(weight * self.terms[name](logits, mask) for name, weight in self.weights.items())
 
 
 class AdversarialLoss(nn.Module):

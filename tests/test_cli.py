@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from segan import metrics as segan_metrics
@@ -164,8 +165,14 @@ def test_camvid_multiclass_train_predict_evaluate_from_the_cli(tmp_path, capsys)
         return json.loads(out.strip().splitlines()[-1])
 
     assert segan("data", "check", str(subset), "--config", str(recipe), "--no-progress")["ok"]
+    # with issue 21's levers on: crops rescaled and centred on rare classes, weighted OHEM cross-entropy
     segan("train", "--config", str(recipe), "--data", str(subset), "--out", str(run), "--size", "64", "--epochs", "1",
-          "--batch-size", "4", "--num-workers", "0", "--accelerator", "cpu")
+          "--batch-size", "4", "--num-workers", "0", "--accelerator", "cpu", "--resize", "crop",
+          "--scale-range", "0.5", "1.5", "--rare-class-crops", "0.5", "--class-weights", "median-frequency",
+          "--ohem-keep", "0.25", "--loss", "dice=1", "ce=1", "lovasz=0.5")
+    recorded = yaml.safe_load((run / "config.yaml").read_text())["loss"]
+    assert len(recorded["class_weights"]) == 11 and recorded["terms"] == {"dice": 1.0, "ce": 1.0, "lovasz": 0.5}
+    assert recorded["class_weights"] == json.loads((run / "class_stats.json").read_text())["class_weights"]
     predicted = segan("predict", "--model", str(run), "--input", str(subset / "val"), "--output", str(preds),
                       "--no-progress")
     assert predicted["written"] == 4 and predicted["classes"][3] == "Road"
