@@ -272,7 +272,8 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
         reasons.append(f"classes with no pixel in the training masks: {', '.join(absent)}; the model cannot learn them")
     if rare:
         reasons.append(f"rare classes (under {RARE_SHARE:.0%} of the labelled pixels): {', '.join(rare)}; no class "
-                       "weighting is set, as segan has none yet: expect lower IoU on them")
+                       "weighting is set until scripts/bench_levers.py has measured it: try --class-weights "
+                       "median-frequency or --rare-class-crops 0.5 (README, 'Multi-class data')")
     reasons.append("data.rotations true (kept): flips and 90-degree rotations keep these labels valid; set it false "
                    "for scenes with an up and a down" if data.rotations else
                    "data.rotations false (kept): left-right flips only, for scenes with an up and a down")
