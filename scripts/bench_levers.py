@@ -13,7 +13,8 @@ the crop-trained CamVid, the figures `segan predict` would give. Rows:
   `--ohem-keep 0.25 --ohem-threshold 0.7`; rare-class: `--rare-class-crops 0.5`; scale:
   `--scale-range 0.5 2.0` (crop-trained sets only);
 - best: every lever whose row beat recipe (mean IoU, seed 0), together; trained for each of
-  `--final-seeds` (default 0 1 2). Without a lever that beat recipe, it is the recipe.
+  `--final-seeds` (default 0 1 2). Without a lever that beat recipe, it is the recipe. As the
+  levers were chosen on val, these runs are also scored on the test split, which chose nothing.
 ISBI 2012 (binary, thin membranes) gets the recipe, class-weights and ohem rows only.
 
 Per row: mean IoU over the classes (CamVid; the foreground IoU and Dice for ISBI), every class's
@@ -82,10 +83,15 @@ def run_one(dataset: str, row: str, seed: int, budget: str, data: Path, out: Pat
                   "--out", str(run), "--seed", str(seed), "--time-budget", budget, *HAND[dataset], *flags,
                   "--overwrite")
         segan("evaluate", "--model", str(run), "--split", "val", "--out", str(run / "evaluation"), "--overwrite")
+        if row == "best":
+            segan("evaluate", "--model", str(run), "--split", "test", "--out", str(run / "evaluation-test"),
+                  "--overwrite")
         print(f"{dataset} {row} seed {seed}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     scores = json.loads(metrics.read_text())
     summary = json.loads((run / "summary.json").read_text())
+    test = run / "evaluation-test" / "metrics.json"
     return {"dataset": dataset, "row": row, "seed": seed, "levers": levers,
+            "test_iou": round(json.loads(test.read_text())["headline"]["iou"], 4) if test.is_file() else None,
             "iou": round(scores["headline"]["iou"], 4), "dice": round(scores["headline"]["dice"], 4),
             "per_class_iou": {name: round(entry["iou"], 4) for name, entry in scores["per_class"].items()},
             "epochs": summary["epochs"], "steps": summary["steps"], "wall_time_s": summary["wall_time_s"],
@@ -103,6 +109,9 @@ def summarise(runs: list[dict]) -> dict:
             ious = [run["iou"] for run in mine if run["row"] == row]
             entry = {"iou_mean": round(statistics.fmean(ious), 4),
                      "iou_std": round(statistics.stdev(ious), 4) if len(ious) > 1 else None, "seeds": len(ious)}
+            tests = [run["test_iou"] for run in mine if run["row"] == row and run["test_iou"] is not None]
+            if tests:
+                entry["test_iou_mean"] = round(statistics.fmean(tests), 4)
             first = next((run for run in mine if run["row"] == row and run["seed"] == 0), None)
             if recipe is not None and first is not None:
                 entry["iou_minus_recipe_seed0"] = round(first["iou"] - recipe["iou"], 4)
@@ -117,13 +126,14 @@ def markdown(result: dict) -> str:
         mine = [run for run in result["runs"] if run["dataset"] == dataset]
         classes = list(mine[0]["per_class_iou"])
         lines += [f"### {dataset}", "| row | seed | levers | mean IoU | − recipe | " + " | ".join(classes)
-                  + " | epochs | wall time |", "|---" * (len(classes) + 7) + "|"]
+                  + " | epochs | wall time | test mean IoU |", "|---" * (len(classes) + 8) + "|"]
         for run in mine:
             difference = result["summary"][f"{dataset}/{run['row']}"].get("iou_minus_recipe_seed0")
             shown = f"{difference:+.4f}" if difference is not None and run["seed"] == 0 else ""
             lines.append(f"| {run['row']} | {run['seed']} | {' '.join(run['levers']) or '-'} | {run['iou']:.4f} | "
                          f"{shown} | " + " | ".join(f"{run['per_class_iou'][name]:.3f}" for name in classes)
-                         + f" | {run['epochs']} | {run['wall_time_s']:.0f} s |")
+                         + f" | {run['epochs']} | {run['wall_time_s']:.0f} s | "
+                         + (f"{run['test_iou']:.4f} |" if run["test_iou"] is not None else " |"))
         lines.append("")
     return "\n".join(lines)
 

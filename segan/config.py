@@ -297,6 +297,8 @@ class LossConfig:
         terms: segmentation loss terms and their weights, by name: dice, ce (BCE for a binary
             task), focal, lovasz, tversky (alpha 0.3, beta 0.7: misses cost more than false
             alarms), jaccard; all but ce are smp's losses. Replaces the whole mapping when given.
+            smp's focal and lovasz pick pixels by boolean indexing, which makes a GPU step wait
+            for the device a few times more.
         class_weights: weights of the classes in the ce term: median-frequency (SegNet: the
             median class frequency over each class's, a class's frequency counted over the images
             that hold it), inverse-sqrt (1 / sqrt(pixel share), scaled so the average pixel

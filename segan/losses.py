@@ -47,7 +47,7 @@ class CrossEntropy(nn.Module):
         else:
             per_pixel = F.cross_entropy(logits, target, reduction="none")
         kept = valid if self.ohem_keep is None else valid & self.hard_pixels(per_pixel, valid)
-        weight = kept.float() if self.class_weights is None else kept * self.class_weights[target]
+        weight = kept.float() if self.class_weights is None else kept * self.class_weights.float()[target]
         return (per_pixel * weight).sum() / weight.sum().clamp(min=1e-6)
 
     def hard_pixels(self, per_pixel: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from .config import Config, DataConfig, SemiConfig
 from .data import ImageReadError, MaskEncoding, Pair, read_image, read_mask
 from .preprocess import labels_from_probabilities, prepare_image, probabilities
+from .transforms import seed_compose
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +123,9 @@ class UnlabeledDataset(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
         index, epoch = item if isinstance(item, tuple) else (item, 0)
-        seed = int(np.random.SeedSequence([self.augment_seed, epoch, index, 1]).generate_state(1)[0])
-        self.geometry.set_random_seed(seed)
-        self.strong.set_random_seed(seed + 1)
+        weak_seed, strong_seed = np.random.SeedSequence([self.augment_seed, epoch, index, 1]).generate_state(2)
+        self.geometry.set_random_seed(int(weak_seed))
+        seed_compose(self.strong, int(strong_seed))
         entry = self.items[index]
         image = read_image(entry.image, self.data.in_channels)
         hidden = (read_mask(entry.hidden_mask, self.encoding) if entry.hidden_mask is not None

@@ -609,6 +609,8 @@ def check_resume(config: Config, run_dir: Path) -> tuple[dict[str, Any], Config]
     saved.data.mean, saved.data.std = saved.data.normalization()
     given = Config.from_dict(config.to_dict())
     given.data.mean, given.data.std = given.data.normalization()
+    if isinstance(given.loss.class_weights, str) and isinstance(saved.loss.class_weights, list):
+        given.loss.class_weights = saved.loss.class_weights  # the run recorded what the name gave at its start
     before, after = saved.flat(), given.flat()
     changed = sorted(key for key in before if key not in RESUMABLE_SETTINGS and before[key] != after.get(key))
     if changed:
@@ -663,6 +665,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
             config.data.mean, config.data.std = weights_normalization
     validate(config)
     checkpoint_state, saved = check_resume(config, run_dir) if resume else (None, None)
+    if saved is not None and isinstance(config.loss.class_weights, str):
+        config.loss.class_weights = saved.loss.class_weights  # not computed again from today's data
     # Under DDP Lightning starts the other ranks by running this command again, after rank 0 has
     # begun writing the run: the run folder is rank 0's alone.
     first_rank = rank_zero_only.rank == 0

@@ -6,6 +6,8 @@ only has to call `transform(image=, mask=)`.
 
 from __future__ import annotations
 
+import random
+
 import albumentations as A
 import cv2
 import numpy as np
@@ -59,9 +61,10 @@ class TrainTransform:
     def set_random_seed(self, seed: int | None) -> None:
         """Albumentations keeps its own random state, deaf to global seeds: this seeds it (and
         the crop window). Training reseeds it per sample (see `segan.data.EpochSampler`)."""
-        self.before.set_random_seed(seed)
-        self.after.set_random_seed(None if seed is None else seed + 1)
-        self.rng = np.random.default_rng(seed)
+        before, after, crop = (None, None, None) if seed is None else np.random.SeedSequence(seed).generate_state(3)
+        seed_compose(self.before, before)
+        seed_compose(self.after, after)
+        self.rng = np.random.default_rng(crop)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, focus_class: int | None = None) -> dict:
         sized = self.before(image=image, mask=mask)
@@ -70,6 +73,15 @@ class TrainTransform:
             y, x = crop_origin(mask, self.size, self.rng, focus_class)
             image, mask = image[y:y + self.size, x:x + self.size], mask[y:y + self.size, x:x + self.size]
         return self.after(image=image, mask=mask)
+
+
+def seed_compose(compose: A.Compose, seed: int | None) -> None:
+    """Seeds `compose` with one random stream that its transforms draw from in turn.
+
+    `Compose.set_random_seed` would give every transform a generator of its own from the same
+    seed: each would then draw the same numbers, and flips, rotations and colour jitter of equal
+    probability would happen all together or not at all."""
+    compose.set_random_state(np.random.default_rng(seed), random.Random(None if seed is None else int(seed)))
 
 
 def crop_origin(mask: np.ndarray, size: int, rng: np.random.Generator, focus_class: int | None = None) -> tuple[int, int]:

@@ -96,19 +96,23 @@ def test_bench_levers_combines_the_levers_that_beat_the_recipe(tmp_path):
         finished(row, 0, iou, pole)
     for seed, iou in enumerate((0.72, 0.74, 0.73)):
         finished("best", seed, iou, 0.25)
+        (out / "camvid" / f"best-seed{seed}" / "evaluation-test").mkdir()
+        (out / "camvid" / f"best-seed{seed}" / "evaluation-test" / "metrics.json").write_text(json.dumps(
+            {"headline": {"iou": iou - 0.05, "dice": 0.0}, "per_class": {}}))
 
     result = run_script("bench_levers.py", "--datasets", "camvid", "--data", str(data), "--out", str(out))
 
     best = [run for run in result["runs"] if run["row"] == "best"]
     assert [run["levers"] for run in best] == [["class-weights", "rare-class"]] * 3  # scale only ties the recipe
-    assert result["summary"]["camvid/best"] == {"iou_mean": 0.73, "iou_std": 0.01, "seeds": 3,
+    assert result["summary"]["camvid/best"] == {"iou_mean": 0.73, "iou_std": 0.01, "seeds": 3, "test_iou_mean": 0.68,
                                                 "iou_minus_recipe_seed0": 0.03}
     assert result["summary"]["camvid/ohem"]["iou_minus_recipe_seed0"] == -0.01
     assert best[0]["per_class_iou"] == {"Sky": 0.9, "Pole": 0.25}
     table = subprocess.run([sys.executable, str(SCRIPTS / "bench_levers.py"), "--out", str(out), "--markdown"],
                            capture_output=True, text=True, check=True).stdout
-    assert "| row | seed | levers | mean IoU | − recipe | Sky | Pole | epochs | wall time |" in table
-    assert "| best | 0 | class-weights rare-class | 0.7200 | +0.0300 | 0.900 | 0.250 | 30 | 3600 s |" in table
+    assert "| row | seed | levers | mean IoU | − recipe | Sky | Pole | epochs | wall time | test mean IoU |" in table
+    assert "| best | 0 | class-weights rare-class | 0.7200 | +0.0300 | 0.900 | 0.250 | 30 | 3600 s | 0.6700 |" in table
+    assert "| ohem | 0 | ohem | 0.6800 | -0.0100 | 0.900 | 0.100 | 30 | 3600 s |  |" in table
 
 
 def test_bench_plan_reads_finished_runs_and_their_budgets(tmp_path):

@@ -111,13 +111,14 @@ def test_tiny_multiclass_run_with_every_lever_records_the_values_used(tmp_path):
             image = np.stack([mask * 100 + rng.integers(0, 40, (64, 64))] * 3, axis=2).astype(np.uint8)
             write(root / split / "masks" / f"{i}.png", mask)
             write(root / split / "images" / f"{i}.png", image)
-    config = tiny_config(root, tmp_path / "run",
-                         data={"classes": CLASSES, "resize": "crop", "size": 32, "scale_range": [0.75, 1.5],
-                               "rare_class_crops": 0.5},
-                         loss={"terms": {"dice": 1.0, "ce": 1.0, "focal": 0.5, "lovasz": 0.5},
-                               "class_weights": "median-frequency", "ohem_keep": 0.25, "ohem_threshold": 0.7},
-                         train={"epochs": 1, "batch_size": 2})
-    result = train(config)
+    def config(epochs: int) -> Config:
+        return tiny_config(root, tmp_path / "run",
+                           data={"classes": CLASSES, "resize": "crop", "size": 32, "scale_range": [0.75, 1.5],
+                                 "rare_class_crops": 0.5},
+                           loss={"terms": {"dice": 1.0, "ce": 1.0, "focal": 0.5, "lovasz": 0.5},
+                                 "class_weights": "median-frequency", "ohem_keep": 0.25, "ohem_threshold": 0.7},
+                           train={"epochs": epochs, "batch_size": 2})
+    result = train(config(1))
     assert result.steps == 3
     saved = Config.load(tmp_path / "run" / "config.yaml")
     stats = json.loads((tmp_path / "run" / "class_stats.json").read_text())
@@ -128,3 +129,6 @@ def test_tiny_multiclass_run_with_every_lever_records_the_values_used(tmp_path):
     assert saved.loss.terms == {"dice": 1.0, "ce": 1.0, "focal": 0.5, "lovasz": 0.5}
     assert (saved.loss.ohem_keep, saved.loss.ohem_threshold) == (0.25, 0.7)
     assert (saved.data.scale_range, saved.data.rare_class_crops) == ([0.75, 1.5], 0.5)
+    # resumed with the same settings (the weighting by name): the recorded values go on
+    assert train(config(2), resume=True).steps == 6
+    assert Config.load(tmp_path / "run" / "config.yaml").loss.class_weights == expected

@@ -171,6 +171,23 @@ def test_presets_keep_image_and_mask_aligned(preset, resize):
         assert (bright[valid] == (out["mask"][valid] == 1)).mean() > 0.9
 
 
+def test_the_transforms_of_a_seeded_pipeline_draw_independently():
+    """Reseeded per sample, flips and 90-degree turns of equal probability still happen
+    independently: a corner block lands in each quadrant (albumentations' own per-transform
+    seeding would give each the same draw, so all or none would happen)."""
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[:8, :4] = 255
+    mask = (image[:, :, 0] > 0).astype(np.uint8)
+    transform = build_train_transform("light", 32, "resize", [0.0] * 3, [1.0] * 3)
+    quadrants = []
+    for seed in range(400):
+        transform.set_random_seed(seed)
+        ys, xs = np.nonzero(transform(image=image, mask=mask)["mask"])
+        quadrants.append((ys.mean() > 16, xs.mean() > 16))
+    counts = {quadrant: quadrants.count(quadrant) for quadrant in set(quadrants)}
+    assert len(counts) == 4 and min(counts.values()) > 60, counts
+
+
 def test_palette_png_masks_read_as_indices(tmp_path):
     from PIL import Image
     indices = np.array([[0, 1, 2], [3, 255, 1]], np.uint8)
