@@ -24,13 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchkit import ROOT, add_common_arguments, mean_std, require_datasets, segan
+
 # dataset -> protocol -> train flags
 PROTOCOLS = {
     "isbi2012": {"cpu": ["--size", "256", "--epochs", "30", "--batch-size", "8", "--augment", "medium"],
@@ -52,40 +49,24 @@ def run_one(dataset: str, config: str, seed: int, protocol: str, data: Path, out
     run = out / dataset / f"{config}-seed{seed}"
     summary = run / "summary.json"
     if not summary.is_file():
-        command = [sys.executable, "-m", "segan", "train", "--config", str(ROOT / "datasets" / dataset / "config.yaml"),
-                   "--data", str(data / dataset), "--out", str(run), "--seed", str(seed),
-                   *PROTOCOLS[dataset][protocol], *CONFIGS[config]]
-        if protocol == "cpu":
-            command += ["--accelerator", "cpu"]
-        started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-        print(f"{dataset} {config} seed {seed}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        segan("train", "--config", str(ROOT / "datasets" / dataset / "config.yaml"), "--data", str(data / dataset),
+              "--out", str(run), "--seed", str(seed), *PROTOCOLS[dataset][protocol], *CONFIGS[config],
+              *(["--accelerator", "cpu"] if protocol == "cpu" else []), label=f"{dataset} {config} seed {seed}")
     result = json.loads(summary.read_text())
     return {"dataset": dataset, "config": config, "seed": seed, "dice": result["best_val_dice"],
             "iou": result["best_val_iou"], "wall_time_s": result["wall_time_s"], "best_epoch": result["best_epoch"],
             "d_steps_skipped": result.get("d_steps_skipped", 0)}
 
 
-def mean_std(values: list[float]) -> dict:
-    return {"mean": round(statistics.fmean(values), 4),
-            "std": round(statistics.stdev(values), 4) if len(values) > 1 else None, "n": len(values)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
+    add_common_arguments(parser, PROTOCOLS, "bench-accuracy", markdown=False)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--configs", nargs="+", default=["gan", "plain"], choices=list(CONFIGS))
     parser.add_argument("--protocol", default="cpu", choices=("cpu", "gpu"))
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
-    parser.add_argument("--out", default=str(ROOT / "weights" / "bench-accuracy"))
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out) / args.protocol
-    for dataset in args.datasets:
-        if not (data / dataset).is_dir():
-            raise SystemExit(f"{data / dataset} not found: this benchmark trains on ../shared/data")
+    require_datasets(data, args.datasets)
     runs = [run_one(dataset, config, seed, args.protocol, data, out)
             for dataset in args.datasets for seed in args.seeds for config in args.configs]
     summary = {}

@@ -29,14 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-LITE0 = ["--encoder", "tu-efficientnet_lite0", "--encoder-weights", "imagenet"]
+from benchkit import LITE0, ROOT, add_common_arguments, mean_std, require_datasets, segan
+
 # The hand settings of issue 21's report (CamVid, 0.691 mean IoU in 56 minutes) and the ISBI
 # all-labels row of the semi-supervised benchmark, at native resolution for the thin membranes.
 HAND = {
@@ -51,13 +49,6 @@ LEVERS = {
 }
 ROWS = ("recipe", *LEVERS, "best")
 DATASET_ROWS = {"camvid": ROWS, "isbi2012": ("recipe", "class-weights", "ohem")}
-
-
-def segan(*arguments: str) -> None:
-    command = [sys.executable, "-m", "segan", *arguments]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
 
 
 def best_levers(dataset: str, out: Path) -> list[str]:
@@ -106,12 +97,10 @@ def summarise(runs: list[dict]) -> dict:
         mine = [run for run in runs if run["dataset"] == dataset]
         recipe = next((run for run in mine if run["row"] == "recipe" and run["seed"] == 0), None)
         for row in dict.fromkeys(run["row"] for run in mine):
-            ious = [run["iou"] for run in mine if run["row"] == row]
-            entry = {"iou_mean": round(statistics.fmean(ious), 4),
-                     "iou_std": round(statistics.stdev(ious), 4) if len(ious) > 1 else None, "seeds": len(ious)}
+            entry = {"iou": mean_std([run["iou"] for run in mine if run["row"] == row])}
             tests = [run["test_iou"] for run in mine if run["row"] == row and run["test_iou"] is not None]
             if tests:
-                entry["test_iou_mean"] = round(statistics.fmean(tests), 4)
+                entry["test_iou"] = mean_std(tests)
             first = next((run for run in mine if run["row"] == row and run["seed"] == 0), None)
             if recipe is not None and first is not None:
                 entry["iou_minus_recipe_seed0"] = round(first["iou"] - recipe["iou"], 4)
@@ -140,22 +129,17 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=list(HAND), choices=list(HAND))
+    add_common_arguments(parser, HAND, "bench-levers")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of every row but best")
     parser.add_argument("--final-seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of row best")
     parser.add_argument("--budget", default="1h", help="time budget of every run (segan train --time-budget)")
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
-    parser.add_argument("--out", default=str(ROOT / "weights" / "bench-levers"))
-    parser.add_argument("--markdown", action="store_true", help="print OUT/results.json as tables")
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out)
     if args.markdown:
         print(markdown(json.loads((out / "results.json").read_text())))
         return
-    for dataset in args.datasets:
-        if not (data / dataset).is_dir():
-            raise SystemExit(f"{data / dataset} not found: this benchmark trains on ../shared/data")
+    require_datasets(data, args.datasets)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(dataset, row, seed) for dataset in args.datasets for row in args.rows if row in DATASET_ROWS[dataset]
             for seed in (args.final_seeds if row == "best" else args.seeds)]

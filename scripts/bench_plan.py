@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchkit import LITE0, ROOT, add_common_arguments, require_datasets, segan
+
 BUDGETS = {"isbi2012": "30m", "kvasir-seg": "30m", "camvid": "60m"}
-LITE0 = ["--encoder", "tu-efficientnet_lite0", "--encoder-weights", "imagenet"]
 # The best hand-written recipes in BENCHMARKS.md: Kvasir-SEG from issue 7, CamVid from issue 21's
 # report, ISBI 2012 the semi-supervised benchmark's all-labels row.
 HAND = {
@@ -35,13 +34,6 @@ HAND = {
     "camvid": [*LITE0, "--size", "256", "--resize", "crop", "--batch-size", "8", "--augment", "medium"],
 }
 ROWS = ("plan", "hand")
-
-
-def segan(*arguments: str) -> None:
-    command = [sys.executable, "-m", "segan", *arguments]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
 
 
 def run_one(dataset: str, row: str, data: Path, out: Path) -> dict:
@@ -79,19 +71,14 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
+    add_common_arguments(parser, BUDGETS, "bench-plan")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
-    parser.add_argument("--out", default=str(ROOT / "weights" / "bench-plan"))
-    parser.add_argument("--markdown", action="store_true", help="print OUT/results.json as a table")
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out)
     if args.markdown:
         print(markdown(json.loads((out / "results.json").read_text())))
         return
-    for dataset in args.datasets:
-        if not (data / dataset).is_dir():
-            raise SystemExit(f"{data / dataset} not found: this benchmark trains on ../shared/data")
+    require_datasets(data, args.datasets)
     out.mkdir(parents=True, exist_ok=True)
     runs = [run_one(dataset, row, data, out) for dataset in args.datasets for row in args.rows]
     result = {"benchmark": "plan", "runs": runs}

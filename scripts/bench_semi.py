@@ -28,18 +28,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from concurrent.futures import ThreadPoolExecutor
 import platform
 import statistics
-import subprocess
-import sys
-import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
+from benchkit import LITE0, ROOT, add_common_arguments, mean_std, require_datasets, segan
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL = ["--encoder", "tu-efficientnet_lite0", "--encoder-weights", "imagenet"]
 # dataset -> protocol -> flags; epochs count passes over the labelled images.
 PROTOCOLS = {
     "kvasir-seg": {
@@ -65,9 +61,9 @@ def run_one(dataset: str, row: str, split: int, protocol: str, data: Path, out: 
     summary = run / "summary.json"
     if not summary.is_file():
         spec = PROTOCOLS[dataset]
-        command = [sys.executable, "-m", "segan", "train", "--config", str(recipe(dataset, row, out)),
+        command = ["train", "--config", str(recipe(dataset, row, out)),
                    "--data", str(data / dataset), "--out", str(run), "--split-seed", str(split), "--seed", "0",
-                   *MODEL, *spec[protocol], *ROWS[row], "--overwrite"]
+                   *LITE0, *spec[protocol], *ROWS[row], "--overwrite"]
         if row != "all-labels":
             labels = list(spec["labels"])
             if row == "labeled-only" and "--unlabeled" in labels:  # not read when nothing learns from it
@@ -78,11 +74,7 @@ def run_one(dataset: str, row: str, split: int, protocol: str, data: Path, out: 
                                                     * float(spec["labels"][1]))))]
         command += (["--accelerator", "cpu", "--num-workers", "1"] if protocol == "cpu"
                     else ["--accelerator", "gpu", "--precision", "bf16-mixed", "--num-workers", "3"])
-        started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-        print(f"{dataset} {row} split {split}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        segan(*command, label=f"{dataset} {row} split {split}")
     result = json.loads(summary.read_text())
     return {"dataset": dataset, "row": row, "split": split, "dice": result["best_val_dice"],
             "iou": result["best_val_iou"], "steps": result["steps"], "wall_time_s": result["wall_time_s"],
@@ -101,11 +93,6 @@ def recipe(dataset: str, row: str, out: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
-
-
-def mean_std(values: list[float]) -> dict:
-    return {"mean": round(statistics.fmean(values), 4),
-            "std": round(statistics.stdev(values), 4) if len(values) > 1 else None, "n": len(values)}
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -155,22 +142,17 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
+    add_common_arguments(parser, PROTOCOLS, "bench-semi")
     parser.add_argument("--splits", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--protocol", default="cpu", choices=("cpu", "gpu"))
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once")
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
-    parser.add_argument("--out", default=str(ROOT / "weights" / "bench-semi"))
-    parser.add_argument("--markdown", action="store_true", help="print OUT/PROTOCOL/results.json as tables")
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out) / args.protocol
     if args.markdown:
         print(markdown(json.loads((out / "results.json").read_text())))
         return
-    for dataset in args.datasets:
-        if not (data / dataset).is_dir():
-            raise SystemExit(f"{data / dataset} not found: this benchmark trains on ../shared/data")
+    require_datasets(data, args.datasets)
     out.mkdir(parents=True, exist_ok=True)
     # whole splits first: a partial benchmark still pairs its rows
     order = [(dataset, row, split) for split in args.splits for dataset in args.datasets for row in args.rows]

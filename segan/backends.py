@@ -22,7 +22,6 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
-from .config import BACKENDS
 from .preprocess import network_input, network_layout, pad_multiple
 
 EXPORT_DIR = "export"

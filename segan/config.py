@@ -594,8 +594,8 @@ def _relations_checked(config: Config, invalid: set[str]) -> Config:
                         "give loss.adv_weight > 0 (e.g. 0.01) or semi.mode self-training")
     if invalid.isdisjoint({"data.scale_range", "data.resize"}) and data.scale_range is not None:
         if data.resize != "crop":
-            problems.append(f"data.scale_range: rescaling applies to crops; set data.resize crop, or no scale_range "
-                            f"(resize mode scales every image to data.size)")
+            problems.append("data.scale_range: rescaling applies to crops; set data.resize crop, or no scale_range "
+                            "(resize mode scales every image to data.size)")
         elif data.scale_range[0] > data.scale_range[1]:
             problems.append(f"data.scale_range: {data.scale_range} runs backwards; give [low, high]")
     loss = config.loss

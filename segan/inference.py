@@ -7,14 +7,13 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 
-from .backends import BACKENDS, Network, TorchNetwork, load_exported
-from .config import Config, DataConfig
+from .backends import Network, TorchNetwork, load_exported
+from .config import BACKENDS, Config
 from .data.io import to_channels, to_uint8
 from .hardware import resolve_inference_precision
 from .models import output_channels

@@ -35,7 +35,7 @@ from typing import Callable
 
 import torch
 
-from .config import NETWORK_STRIDE, Config, DataConfig, merge
+from .config import NETWORK_STRIDE, Config, merge
 from .data.check import check_dataset
 from .hardware import resolve_training_precision, training_device
 from .models.pretrained import OFFLINE_PACKAGES

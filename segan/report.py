@@ -175,7 +175,7 @@ def report_run(run: str | Path, data_root: str | Path | None = None, split: str 
     out = Path(out) if out else run / "report"
     _prepare_out(out, overwrite)
     scored = score_run(run, out / "evaluation", data_root, split, **predict)
-    result, config = scored.result, scored.config
+    result = scored.result
     summary_file = run / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
 

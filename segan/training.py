@@ -400,7 +400,8 @@ def build_dataloaders(config: Config, class_stats: ClassStats | None = None) -> 
                                                                                      DataLoader]:
     """The training loader (with `semi.mode`, a CombinedLoader of labelled and unlabelled batches,
     as many of each per epoch as the labelled set gives) and the validation loader.
-    `class_stats` (the training split's, see `preflight`) is needed for data.rare_class_crops."""
+    `class_stats` (the labelled masks', `labelled_class_stats`) steers data.rare_class_crops; counted
+    here when not given."""
     data, train = config.data, config.train
     mean, std = data.normalization()
     encoding = MaskEncoding.from_config(data)
@@ -409,13 +410,13 @@ def build_dataloaders(config: Config, class_stats: ClassStats | None = None) -> 
         log.info("labelled: %d of the training images (--labeled-fraction %s); the other %d have their masks "
                  "hidden", len(splits["train"]), data.labeled_fraction, len(hidden))
     if data.rare_class_crops and class_stats is None:
-        class_stats = preflight(config)
+        class_stats = labelled_class_stats(config)
     train_set = SegmentationDataset(
         splits["train"],
         build_train_transform(data.augment, data.size, data.resize, mean, std, data.rotations, data.ignore_index,
                               scale_range=data.scale_range),
         data.in_channels, encoding, augment_seed=train.seed,
-        class_stats=class_stats.subset([pair.image for pair in splits["train"]]) if data.rare_class_crops else None,
+        class_stats=class_stats if data.rare_class_crops else None,
         rare_class_crops=data.rare_class_crops)
     val_set = SegmentationDataset(splits["val"], EvalTransform(data), data.in_channels, encoding)
     loader_args = dict(num_workers=data.num_workers, persistent_workers=data.num_workers > 0)
@@ -675,9 +676,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
             f"{run_dir} already holds a run (config.yaml, checkpoints/); nothing was changed. Continue it with "
             f"--resume --out {run_dir}, write the new run elsewhere with --out NEW_FOLDER, or replace it with "
             "--overwrite (the old run is kept until the new one has finished its first epoch)")
-    class_stats = preflight(config)
-    if class_stats is not None:  # the labelled masks alone (data.labeled_fraction hides the others)
-        class_stats = class_stats.subset([pair.image for pair in training_pairs(config)[0]["train"]])
+    class_stats = labelled_class_stats(config)
     resolve_class_weights(config, class_stats)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     train_loader, val_loader = build_dataloaders(config, class_stats)
@@ -797,6 +796,13 @@ def preflight(config: Config) -> ClassStats | None:
     log.info("data checked: %s in %.1f s", ", ".join(f"{s.name} {s.pairs} pairs" for s in report.splits),
              time.perf_counter() - started)
     return next((split.class_stats for split in report.splits if split.class_stats is not None), None)
+
+
+def labelled_class_stats(config: Config) -> ClassStats | None:
+    """Checks the data (`preflight`) and returns the class statistics of the masks training may
+    learn from: data.labeled_fraction hides the others."""
+    stats = preflight(config)
+    return None if stats is None else stats.subset([pair.image for pair in training_pairs(config)[0]["train"]])
 
 
 def training_pairs(config: Config) -> tuple[dict[str, list[Pair]], list[UnlabeledItem]]:

@@ -79,7 +79,6 @@ def test_bench_semi_pairs_rows_with_labeled_only_and_measures_the_gap_closed(tmp
 def test_bench_levers_combines_the_levers_that_beat_the_recipe(tmp_path):
     data, out = tmp_path / "data", tmp_path / "out"
     (data / "camvid").mkdir(parents=True)
-    classes = ["Sky", "Pole"]
 
     def finished(row: str, seed: int, iou: float, pole: float) -> None:
         run = out / "camvid" / f"{row}-seed{seed}"
@@ -104,7 +103,8 @@ def test_bench_levers_combines_the_levers_that_beat_the_recipe(tmp_path):
 
     best = [run for run in result["runs"] if run["row"] == "best"]
     assert [run["levers"] for run in best] == [["class-weights", "rare-class"]] * 3  # scale only ties the recipe
-    assert result["summary"]["camvid/best"] == {"iou_mean": 0.73, "iou_std": 0.01, "seeds": 3, "test_iou_mean": 0.68,
+    assert result["summary"]["camvid/best"] == {"iou": {"mean": 0.73, "std": 0.01, "n": 3},
+                                                "test_iou": {"mean": 0.68, "std": 0.01, "n": 3},
                                                 "iou_minus_recipe_seed0": 0.03}
     assert result["summary"]["camvid/ohem"]["iou_minus_recipe_seed0"] == -0.01
     assert best[0]["per_class_iou"] == {"Sky": 0.9, "Pole": 0.25}

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from segan.config import Config
 from segan.data import find_split, find_splits, read_mask

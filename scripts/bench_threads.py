@@ -1,0 +1,93 @@
+#!/usr/bin/env python
+"""Training-step time on a shared machine: torch's thread settings, alone and beside a busy process.
+
+A user's CPU is rarely idle. torch starts one OpenMP thread per core, and OpenMP threads that
+finish first spin at the end of every operation until the slowest one is done; when another
+process holds one of the cores, each of the thousands of operations in a step waits for the
+thread that shares that core to be scheduled again. This script measures what that costs and
+what each remedy gives back, at the quickstart's settings (resnet18 U-Net, 128 px, batch 8,
+bf16-mixed where the CPU has it, the GAN step):
+- default: torch's own choice (one thread per core, OpenMP's default wait policy);
+- passive: OMP_WAIT_POLICY=PASSIVE (waiting threads sleep instead of spinning);
+- one-thread: torch.set_num_threads(1).
+Each setting runs in a fresh process (OpenMP reads its environment once), alone and beside
+`--busy` processes that spin on a core each, for `--rounds` rounds of `--steps` steps; the
+best round's median step is kept. Prints one JSON line.
+
+    python scripts/bench_threads.py [--steps 8] [--rounds 2] [--busy 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPTS = Path(__file__).resolve().parent
+SETTINGS = {"default": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "one-thread": {"OMP_NUM_THREADS": "1"}}
+# A fresh process: times the quickstart's GAN step with bench_train's timer, prints seconds.
+CHILD = """
+import logging, sys, warnings
+import torch
+sys.path.insert(0, {scripts!r})
+from bench_train import step_time
+from segan.config import Config, merge
+from segan.hardware import resolve_training_precision
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore")
+torch.manual_seed(0)
+batch = dict(image=torch.randn(8, 3, 128, 128), mask=(torch.rand(8, 128, 128) > 0.8).long(), name=[str(i) for i in range(8)])
+config = merge(Config(), {{"data": {{"size": 128}}, "generator": {{"encoder_name": "resnet18"}},
+                          "loss": {{"adv_weight": 0.01, "adv_warmup_epochs": 0}},
+                          "train": {{"precision": resolve_training_precision("auto", "cpu")}}}})
+print(min(step_time(config, batch, {steps}) for _ in range({rounds})), torch.get_num_threads())
+"""
+
+
+def timed(setting: str, steps: int, rounds: int) -> tuple[float, int]:
+    env = {key: value for key, value in os.environ.items() if key not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    env.update(SETTINGS[setting])
+    done = subprocess.run([sys.executable, "-c", CHILD.format(scripts=str(SCRIPTS), steps=steps, rounds=rounds)],
+                          env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{setting} failed:\n{done.stderr[-3000:]}")
+    seconds, threads = done.stdout.split()[-2:]
+    return float(seconds), int(threads)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--busy", type=int, default=1, help="busy processes beside the loaded runs")
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    args = parser.parse_args()
+    result = {"benchmark": "threads", "cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+              "steps": args.steps, "rounds": args.rounds, "busy_processes": args.busy}
+    for setting in args.settings:
+        seconds, threads = timed(setting, args.steps, args.rounds)
+        result[f"{setting}_threads"] = threads
+        result[f"{setting}_alone_step_s"] = round(seconds, 3)
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        for setting in args.settings:
+            result[f"{setting}_loaded_step_s"] = round(timed(setting, args.steps, args.rounds)[0], 3)
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+    for setting in args.settings:
+        result[f"{setting}_loaded_slowdown"] = round(result[f"{setting}_loaded_step_s"]
+                                                     / result[f"{setting}_alone_step_s"], 2)
+        if setting != "default" and "default" in args.settings:
+            result[f"{setting}_alone_vs_default"] = round(result[f"{setting}_alone_step_s"]
+                                                          / result["default_alone_step_s"], 2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

