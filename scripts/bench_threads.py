@@ -9,7 +9,8 @@ what each remedy gives back, at the quickstart's settings (resnet18 U-Net, 128 p
 bf16-mixed where the CPU has it, the GAN step):
 - default: torch's own choice (one thread per core, OpenMP's default wait policy);
 - passive: OMP_WAIT_POLICY=PASSIVE (waiting threads sleep instead of spinning);
-- one-thread: torch.set_num_threads(1).
+- short-spin: GOMP_SPINCOUNT=10000 (they spin 10,000 rounds, not GNU OpenMP's 300,000, then sleep);
+- one-thread: OMP_NUM_THREADS=1 (torch runs one thread).
 Each setting runs in a fresh process (OpenMP reads its environment once), alone and beside
 `--busy` processes that spin on a core each, for `--rounds` rounds of `--steps` steps; the
 best round's median step is kept. Prints one JSON line.
@@ -28,7 +29,9 @@ import sys
 from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parent
-SETTINGS = {"default": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "one-thread": {"OMP_NUM_THREADS": "1"}}
+SETTINGS = {"default": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "short-spin": {"GOMP_SPINCOUNT": "10000"},
+            "one-thread": {"OMP_NUM_THREADS": "1"}}
+OPENMP_VARIABLES = {name for values in SETTINGS.values() for name in values}
 # A fresh process: times the quickstart's GAN step with bench_train's timer, prints seconds.
 CHILD = """
 import logging, sys, warnings
@@ -49,7 +52,7 @@ print(min(step_time(config, batch, {steps}) for _ in range({rounds})), torch.get
 
 
 def timed(setting: str, steps: int, rounds: int) -> tuple[float, int]:
-    env = {key: value for key, value in os.environ.items() if key not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    env = {key: value for key, value in os.environ.items() if key not in OPENMP_VARIABLES}
     env.update(SETTINGS[setting])
     done = subprocess.run([sys.executable, "-c", CHILD.format(scripts=str(SCRIPTS), steps=steps, rounds=rounds)],
                           env=env, capture_output=True, text=True)

@@ -278,7 +278,8 @@ def _add_train(subparsers) -> None:
     _add_config_flag(g, "--labeled-fraction", "keep this fraction of the training masks (chosen with --split-seed) "
                                               "and use the other training images as unlabelled", metavar="F")
     _add_config_flag(g, "--semi", "how the unlabelled images teach: self-training (confident pseudo-labels on "
-                                  "strong views), adversarial (the discriminator picks pseudo-labels), or both",
+                                  "strong views), adversarial (the discriminator picks pseudo-labels), both, "
+                                  "or none",
                      choices=SEMI_MODES)
     g = p.add_argument_group("optimisation and hardware")
     _add_config_flag(g, "--epochs", "training epochs")

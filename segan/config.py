@@ -332,13 +332,16 @@ class SemiConfig:
     here applies.
 
     Attributes:
-        mode: how unlabelled images teach, when there are any (the default is the mode that
-            measured best, BENCHMARKS.md): none (they are not used); self-training (UniMatch-style: pseudo-labels from a weak view where the
-            prediction is at least `confidence` sure, learnt on a strong view with CutMix and on a
+        mode: how unlabelled images teach, when there are any: none (they are not used);
+            self-training (UniMatch-style: pseudo-labels from a weak view where the prediction is
+            at least `confidence` sure, learnt on a strong view with CutMix and on a
             feature-perturbed view; no discriminator); adversarial (Hung et al.: the
             discriminator's per-patch confidence selects the pseudo-labels of the prediction
             itself, plus the adversarial term on unlabelled predictions); adversarial+self-training
-            (self-training whose pseudo-labels must also pass the discriminator once its gate opens).
+            (self-training whose pseudo-labels must also pass the discriminator once its gate
+            opens). The default is the mode that measured best over both benchmark datasets
+            (docs/semi-supervised.md); self-training needs no discriminator and did slightly
+            better on thin membranes (ISBI 2012).
         confidence: self-training: least probability of the predicted class for a pixel to
             become a pseudo-label.
         d_confidence: adversarial modes: least discriminator probability of "real" (per patch,
@@ -356,7 +359,7 @@ class SemiConfig:
 
     __pydantic_config__ = SCHEMA_RULES
 
-    mode: SemiMode = "self-training"
+    mode: SemiMode = "adversarial+self-training"
     confidence: Annotated[float, Field(ge=0, le=1)] = 0.95
     d_confidence: Annotated[float, Field(ge=0, le=1)] = 0.2
     gate_warmup_epochs: NonNegativeInt = 2
@@ -591,7 +594,8 @@ def _relations_checked(config: Config, invalid: set[str]) -> Config:
     if invalid.isdisjoint({"semi.mode", "loss.adv_weight"}) and semi.mode.startswith("adversarial") \
             and config.loss.adv_weight == 0 and has_unlabeled:
         problems.append(f"semi.mode: '{semi.mode}' needs a trained discriminator, but loss.adv_weight is 0; "
-                        "give loss.adv_weight > 0 (e.g. 0.01) or semi.mode self-training")
+                        "give loss.adv_weight > 0 (--adv-weight 0.01), or semi.mode self-training "
+                        "(--semi self-training) to learn from them without one")
     if invalid.isdisjoint({"data.scale_range", "data.resize"}) and data.scale_range is not None:
         if data.resize != "crop":
             problems.append("data.scale_range: rescaling applies to crops; set data.resize crop, or no scale_range "

@@ -174,3 +174,14 @@ def test_bench_train_prints_its_keys_and_the_flop_counts():
     # The fraction of peak is derived from the two figures beside it (their values are timings).
     assert result["plain_fraction_of_peak"] == round(
         result["plain_achieved_gflop_per_s"] / result["matmul_peak_gflop_per_s"], 3)
+
+
+def test_bench_threads_runs_each_setting_in_its_own_environment():
+    # OMP_NUM_THREADS reaches the fresh process (OpenMP reads it once, at start), alone and loaded.
+    result = run_script("bench_threads.py", "--settings", "one-thread", "--steps", "1", "--rounds", "1",
+                        "--busy", "1")
+    assert set(result) == {"benchmark", "cores", "cpu", "steps", "rounds", "busy_processes", "one-thread_threads",
+                           "one-thread_alone_step_s", "one-thread_loaded_step_s", "one-thread_loaded_slowdown"}
+    assert (result["benchmark"], result["one-thread_threads"], result["busy_processes"]) == ("threads", 1, 1)
+    assert result["one-thread_loaded_slowdown"] == round(
+        result["one-thread_loaded_step_s"] / result["one-thread_alone_step_s"], 2)

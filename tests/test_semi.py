@@ -187,8 +187,10 @@ def test_semi_settings_that_cannot_work_are_named(tmp_path):
                           "data": {"unlabeled": ["more"]}})
     assert "semi.mode: 'adversarial' needs a trained discriminator, but loss.adv_weight is 0" in str(error.value)
     # the measured best mode is the default; it applies only where there are unlabelled images
-    assert Config().semi.mode == "self-training"
-    assert Config.from_dict({"loss": {"adv_weight": 0}}).semi.mode == "self-training"
+    assert Config().semi.mode == "adversarial+self-training"
+    assert Config.from_dict({"loss": {"adv_weight": 0}}).semi.mode == "adversarial+self-training"
+    with pytest.raises(ConfigError, match=r"or semi.mode self-training \(--semi self-training\)"):
+        Config.from_dict({"loss": {"adv_weight": 0}, "data": {"labeled_fraction": 0.5}})
     with pytest.raises(ConfigError, match=r"semi.teacher_decay: semi.mode 'adversarial' makes no pseudo-labels"):
         Config.from_dict({"semi": {"mode": "adversarial", "teacher_decay": 0.99}})
     with pytest.raises(ConfigError, match=r"data.labeled_fraction: expected"):
