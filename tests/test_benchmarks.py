@@ -124,14 +124,35 @@ def test_bench_plan_reads_finished_runs_and_their_budgets(tmp_path):
         summary.write_text(json.dumps({**json.loads(summary.read_text()), "epochs": 40, "steps": 4000, "time_budget": {
             "budget_s": 1800.0, "spent_s": spent, "spent_share": round(spent / 1800, 3)}}))
         (out / "kvasir-seg" / row / "config.yaml").write_text("train:\n  time_budget: 30m\n")
+        (out / "kvasir-seg" / row / "evaluation").mkdir()
+        (out / "kvasir-seg" / row / "evaluation" / "metrics.json").write_text(json.dumps(
+            {"headline": {"iou": dice - 0.09, "dice": dice + 0.002}}))
 
     result = run_script("bench_plan.py", "--datasets", "kvasir-seg", "--data", str(data), "--out", str(out))
 
-    assert [(run["row"], run["dice"], run["time_budget"]["spent_share"]) for run in result["runs"]] == [
-        ("plan", 0.90, 0.994), ("hand", 0.88, 0.983)]
+    assert [(run["row"], run["dice"], run["native_dice"], run["time_budget"]["spent_share"])
+            for run in result["runs"]] == [("plan", 0.90, 0.902, 0.994), ("hand", 0.88, 0.882, 0.983)]
     table = subprocess.run([sys.executable, str(SCRIPTS / "bench_plan.py"), "--out", str(out), "--markdown"],
                            capture_output=True, text=True, check=True).stdout
-    assert "| kvasir-seg | plan | 1800 s | 1790 s | 0.994 | 40 | 4000 | 0.9000 | 0.8000 |" in table
+    assert "| kvasir-seg | plan | 1800 s | 1790 s | 0.994 | 40 | 4000 | 0.9000 | 0.8000 | 0.9020 | 0.8100 |" in table
+
+
+def test_bench_plan_lever_rows_change_only_their_keys_of_the_plan(tmp_path):
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import bench_plan
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    from segan.config import Config
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("# reasons\ndata:\n  size: 288\ngenerator:\n  encoder_name: tu-efficientnet_lite0\n"
+                    "train:\n  time_budget: 30m\n  epochs: 14\n")
+    for row, expected in (("plan+ema", (0.999, "tu-efficientnet_lite0")),
+                          ("plan+lite1", (None, "tu-efficientnet_lite1"))):
+        config = Config.load(bench_plan.with_lever(plan, bench_plan.LEVERS[row], tmp_path / f"{row}.yaml"))
+        assert (config.train.ema_decay, config.generator.encoder_name) == expected
+        assert (config.data.size, config.train.time_budget, config.train.epochs) == (288, "30m", 14)
 
 
 def patchgan_forward_flop(size: int, base: int, image_channels: int = 3, mask_channels: int = 1) -> int:
