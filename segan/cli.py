@@ -419,8 +419,10 @@ def _add_predict(subparsers) -> None:
     p.add_argument("--tile-size", type=int, default=1024,
                    help="images trained at native scale (--resize crop) and larger than this are tiled")
     p.add_argument("--tile-overlap", type=float, default=0.25, help="fraction of a tile shared with its neighbour")
-    p.add_argument("--save-probs", action="store_true", help="also write OUTPUT/probs/<rel>/<stem>.npy (float16, CxHxW)")
-    p.add_argument("--overlay", action="store_true", help="also write OUTPUT/overlays/<rel>/<stem>.jpg, the mask over the image")
+    p.add_argument("--save-probs", action="store_true",
+                   help="also write OUTPUT/probs/<rel>/<stem>.npy (float16, CxHxW)")
+    p.add_argument("--overlay", action="store_true",
+                   help="also write OUTPUT/overlays/<rel>/<stem>.jpg, the mask over the image")
     p.add_argument("--skip-existing", action="store_true", help="leave inputs whose mask exists (resume a job)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in the output folder")
     p.add_argument("--shard", help="K/N: take the K-th of N deterministic parts (K from 0); under torchrun, "
