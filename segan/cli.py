@@ -73,6 +73,7 @@ TRAIN_FLAGS = {
     "devices": ("train", "devices"),
     "precision": ("train", "precision"),
     "checkpoint_every_n_steps": ("train", "checkpoint_every_n_steps"),
+    "min_epoch_steps": ("train", "min_epoch_steps"),
 }
 _DEFAULTS = Config()
 
@@ -284,6 +285,9 @@ def _add_train(subparsers) -> None:
                      choices=SEMI_MODES)
     g = p.add_argument_group("optimisation and hardware")
     _add_config_flag(g, "--epochs", "training epochs")
+    _add_config_flag(g, "--min-epoch-steps", "an epoch holds at least N steps: a small training set is cycled "
+                                             "through, so validation runs less often (segan plan sets it)",
+                     metavar="N")
     _add_config_flag(g, "--time-budget", "train for this long instead of --epochs (30m, 1h30m, or seconds): "
                                          "the schedule is fitted to the measured epoch time and the run, its final "
                                          "scoring included, ends within the budget", metavar="DURATION")

@@ -395,8 +395,12 @@ class TrainConfig:
             bf16-mixed where the training device has native bf16, else 32-true (segan.hardware).
         checkpoint_every_n_steps: also write last.ckpt every N training steps; None writes it at
             the end of every epoch only.
+        min_epoch_steps: an epoch holds at least this many steps: a smaller training set is
+            cycled through (each pass in a new order, each sample augmented anew), so that
+            validation, checkpoints and pictures, which come once an epoch, take a smaller share
+            of the time (nnU-Net's epochs are a fixed number of steps too). None: one pass.
         progress_png: redraw RUN/progress.png (the training curves) after every epoch; about a
-            second of plotting each time, so runs of many tiny epochs may turn it off.
+            second of plotting each time (runs of many tiny epochs: see min_epoch_steps).
         out: run folder.
     """
 
@@ -414,6 +418,7 @@ class TrainConfig:
     devices: Devices = 1
     precision: Precision = "auto"
     checkpoint_every_n_steps: PositiveInt | None = None
+    min_epoch_steps: PositiveInt | None = None
     progress_png: bool = True
     out: str = "weights/run"
 

@@ -19,7 +19,10 @@ The rules, in order:
   holds `TARGET_STEPS` training steps, from the measured step time, and whose memory, scaled
   from the measured step's, fits in what the training device has free;
 - precision: bf16 where the training device has it;
+- epoch length: one pass over the training set, or, for a small set, as many passes as keep
+  validation (and the checkpoints and pictures that come with it) to a small share of the time;
 - epochs: what the budget holds at that size (the run re-measures and re-plans as it trains).
+The step time is that of `segan train`'s own step on its own batches (`measure_step`).
 """
 
 from __future__ import annotations
@@ -30,10 +33,13 @@ import math
 import resource
 import statistics
 import time
+import warnings
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from .config import NETWORK_STRIDE, Config, merge
 from .data.check import check_dataset
@@ -54,6 +60,8 @@ SIZES = tuple(range(128, 1024 + 1, NETWORK_STRIDE))
 PLANNED_ENCODER = "tu-efficientnet_lite0"
 RARE_SHARE = 0.01  # classes below this share of the labelled pixels are named as rare
 MARGIN = 0.05  # of the budget, for start-up (data check, loading) and the final scoring
+VALIDATION_SHARE = 0.1  # of an epoch's training time, at most, where epochs can be made longer
+MIN_EPOCHS = 30  # in a budget: the run stops at the last whole epoch, so an epoch is what it may leave unused
 
 
 @dataclass
@@ -78,44 +86,60 @@ class Plan:
 StepTimer = Callable[[Config], tuple[float, float]]
 
 
-def measure_step(config: Config, steps: int = 4, warmup: int = 2) -> tuple[float, float]:
-    """Seconds per training step (generator and discriminator forward and backward, both
-    optimisers) of `config` at `data.size` and `train.batch_size` on the training device, on
-    random data, and the memory it took in bytes (on a GPU its peak allocation; on a CPU the growth
-    of the process's peak resident size, 0 when the process had peaked higher before)."""
-    from .models import build_discriminator, build_generator, output_channels
-    from .preprocess import network_input, network_layout, probabilities
-    data, train = config.data, config.train
-    device = training_device(train.accelerator)
-    precision = resolve_training_precision(train.precision, train.accelerator)
-    # as training runs them: channels-last weights and inputs, fused Adam
-    generator = network_layout(build_generator(config.generator, data.in_channels, data.num_classes,
-                                               load_encoder_weights=False).to(device))
-    discriminator = network_layout(build_discriminator(config.discriminator, data.in_channels,
-                                                       output_channels(data.num_classes)).to(device))
-    optimizers = [torch.optim.Adam(net.parameters(), fused=True) for net in (generator, discriminator)]
-    images = network_input(torch.randn(train.batch_size, data.in_channels, data.size, data.size, device=device))
+class _BatchClock(Callback):
+    """Notes when each training batch ends, and stops the fit after `batches` of them."""
+
+    def __init__(self, batches: int) -> None:
+        self.batches = batches
+        self.ends: list[float] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self.ends.append(time.perf_counter())
+        if len(self.ends) >= self.batches:
+            trainer.should_stop = True
+
+
+def measure_step(config: Config, steps: int = 6, warmup: int = 2) -> tuple[float, float]:
+    """Seconds per training step of `config` at `data.size` and `train.batch_size` on one
+    training device, and the memory it took in bytes (on a GPU its peak allocation; on a CPU the
+    growth of the process's peak resident size, 0 when the process had peaked higher before).
+
+    The step is `segan train`'s own, on its own batches: `SeganModule.training_step` (the
+    configured losses, the discriminator on truth and prediction and its step, the generator's
+    adversarial pass, unlabelled views with `semi.mode`) under Lightning, fed by the training
+    loader, whose workers read, augment and crop the real images. A probe of the networks alone
+    on random tensors read CamVid's step 1.35x too fast: the discriminator runs three times per
+    real step, and on a CPU the loader's workers share its cores. The figure is the mean over the
+    `steps` batches after `warmup`, epoch ends included (the first batches start the workers and
+    pick kernels).
+    """
+    import tempfile
+
+    from .training import SeganModule, build_dataloaders
+    # What only changes values, not cost, is left out: loading encoder weights, counting class
+    # statistics (class weights, rare-class crops) and planning a budget.
+    probe = merge(config, {"generator": {"encoder_weights": None}, "loss": {"class_weights": None},
+                           "data": {"rare_class_crops": 0.0}, "train": {"time_budget": None}})
+    device = training_device(probe.train.accelerator)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    times = []
-    for index in range(warmup + steps):  # the first steps allocate and pick kernels: not timed
-        started = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision.startswith("bf16")):
-            logits = generator(images)
-            loss = logits.float().square().mean() + discriminator(images, probabilities(logits)).float().mean()
-        loss.backward()
-        for optimizer in optimizers:
-            optimizer.step()
-            optimizer.zero_grad()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if index >= warmup:
-            times.append(time.perf_counter() - started)
+    train_loader, _ = build_dataloaders(probe)
+    clock = _BatchClock(warmup + steps)
+    with tempfile.TemporaryDirectory(prefix="segan-plan-") as scratch:
+        trainer = L.Trainer(default_root_dir=scratch, accelerator=probe.train.accelerator, devices=1,
+                            precision=resolve_training_precision(probe.train.precision, probe.train.accelerator),
+                            max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            callbacks=[clock])
+        with warnings.catch_warnings():  # no validation here, by design
+            warnings.filterwarnings("ignore", message=".*no `val_dataloader`")
+            trainer.fit(SeganModule(probe.to_dict()), train_loader)
+    if len(clock.ends) < warmup + steps:
+        raise RuntimeError(f"the step probe stopped after {len(clock.ends)} of {warmup + steps} batches")
     grown = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
-    # the fastest step: what the machine does when nothing else runs on it
-    return min(times), float(max(0, grown))
+    return (clock.ends[-1] - clock.ends[warmup - 1]) / steps, float(max(0, grown))
 
 
 def available_memory(device: torch.device) -> float:
@@ -230,31 +254,51 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
         candidates = [size for size in candidates if size <= largest]
         reasons.append(f"sizes above {largest} px left out: a step at {probe_size} px took "
                        f"{memory / 2**30:.1f} GiB and {free / 2**30:.1f} GiB are free")
-    steps_per_epoch = math.ceil(split.pairs / batch)
+    pass_steps = split.pairs // batch if split.pairs > batch else 1  # the loader drops a last partial batch
     val_images = validation.pairs if validation is not None else 0
     native_pixels = statistics.median(w * h for w, h in found.sizes)
-
-    def epoch_seconds(size: int) -> float:
-        # validation runs forward only, about a third of a training image's cost, on whole
-        # images when training takes crops
-        val_pixels = val_images * (native_pixels if crop else size ** 2)
-        return steps_per_epoch * per_pixel * size ** 2 + per_pixel / batch / 3 * val_pixels
-
     usable_s = (1 - MARGIN) * budget_s
 
-    def epochs_in_budget(size: int) -> int:
-        return math.floor(usable_s / epoch_seconds(size))
+    def step_seconds(size: int) -> float:
+        return per_pixel * size ** 2
 
-    fits = [size for size in candidates if epochs_in_budget(size) * steps_per_epoch >= TARGET_STEPS]
+    def validation_seconds(size: int) -> float:
+        # forward only, about a third of a training image's cost, on whole images when training
+        # takes crops
+        return per_pixel / batch / 3 * val_images * (native_pixels if crop else size ** 2)
+
+    def epoch_steps(size: int) -> int:
+        # Validation, checkpoints and pictures come once an epoch. An epoch of a small set is a
+        # few steps, and they took most of the time (ISBI 2012, 4 steps of 0.6 s: 8.5 s epochs);
+        # a longer epoch cycles through the set, until validation is VALIDATION_SHARE of the
+        # training time or the epoch 1/MIN_EPOCHS of the budget (whole epochs must fill it).
+        wanted = math.ceil(validation_seconds(size) / (VALIDATION_SHARE * step_seconds(size)))
+        longest = math.floor(usable_s / MIN_EPOCHS / step_seconds(size))
+        return max(pass_steps, min(wanted, longest))
+
+    def epoch_seconds(size: int) -> float:
+        return epoch_steps(size) * step_seconds(size) + validation_seconds(size)
+
+    def steps_in_budget(size: int) -> int:
+        return math.floor(usable_s / epoch_seconds(size)) * epoch_steps(size)
+
+    fits = [size for size in candidates if steps_in_budget(size) >= TARGET_STEPS]
     size = max(fits) if fits else candidates[0]
-    epochs = max(1, epochs_in_budget(size))
+    steps_per_epoch = epoch_steps(size)
+    epochs = max(1, math.floor(usable_s / epoch_seconds(size)))
     config.data.size = size
     config.train.epochs = epochs
     config.train.time_budget = time_budget
     why = (f"the largest at which {time_budget} holds {TARGET_STEPS} steps" if fits else
            f"the smallest the objects allow; {time_budget} holds only about {epochs * steps_per_epoch} steps")
-    reasons.append(f"data.size {size}: {why} (a step of {batch} images took {step_s:.2f} s at {probe_size} px on "
-                   "this machine)")
+    reasons.append(f"data.size {size}: {why} (a training step of {batch} images took {step_s:.2f} s at {probe_size} "
+                   "px on this machine)")
+    if steps_per_epoch > pass_steps:
+        config.train.min_epoch_steps = steps_per_epoch
+        reasons.append(f"train.min_epoch_steps {steps_per_epoch}: one pass over the {split.pairs} training images is "
+                       f"{pass_steps} steps ({pass_steps * step_seconds(size):.1f} s) and validating "
+                       f"{val_images} images takes about {validation_seconds(size):.1f} s; an epoch cycles through "
+                       "the set so that validation, checkpoints and pictures take a small share of the time")
     reasons.append(f"train.time_budget {time_budget}: about {epochs} epochs of {steps_per_epoch} steps "
                    f"({epoch_seconds(size):.0f} s each); the run measures its epochs and fits the schedule to the budget")
     if crop:

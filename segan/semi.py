@@ -105,8 +105,8 @@ def strong_photometric(in_channels: int) -> A.Compose:
 class UnlabeledDataset(Dataset):
     """Yields `dict(weak=CxHxW, strong=CxHxW, hidden=HxW)`: the weak view (the training geometry),
     a strong view of the same crop, and the hidden mask in that geometry (all `ignore` when the
-    image has none). Asked for `(index, epoch)` by an `EpochSampler`, it seeds its views from
-    (seed, epoch, index) like the labelled set."""
+    image has none). Asked for `(index, cycle)` by an `EpochSampler`, it seeds its views from
+    (seed, cycle, index) like the labelled set."""
 
     def __init__(self, items: Sequence[UnlabeledItem], geometry: A.Compose, data: DataConfig,
                  encoding: MaskEncoding, augment_seed: int = 0) -> None:
@@ -122,8 +122,8 @@ class UnlabeledDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
-        index, epoch = item if isinstance(item, tuple) else (item, 0)
-        weak_seed, strong_seed = np.random.SeedSequence([self.augment_seed, epoch, index, 1]).generate_state(2)
+        index, cycle = item if isinstance(item, tuple) else (item, 0)
+        weak_seed, strong_seed = np.random.SeedSequence([self.augment_seed, cycle, index, 1]).generate_state(2)
         self.geometry.set_random_seed(int(weak_seed))
         seed_compose(self.strong, int(strong_seed))
         entry = self.items[index]

@@ -422,8 +422,10 @@ def build_dataloaders(config: Config, class_stats: ClassStats | None = None) -> 
     loader_args = dict(num_workers=data.num_workers, persistent_workers=data.num_workers > 0)
     # Crop mode validates whole images, whose sizes may differ: one per batch.
     val_batch = train.batch_size if data.resize == "resize" else 1
-    drop_last = len(train_set) > train.batch_size
-    sampler = EpochSampler(len(train_set), train.seed)
+    # With train.min_epoch_steps an epoch cycles through a small set, several passes per epoch.
+    samples = max(len(train_set), (train.min_epoch_steps or 0) * train.batch_size)
+    drop_last = samples > train.batch_size
+    sampler = EpochSampler(len(train_set), train.seed, length=samples)
     train_loader = DataLoader(train_set, batch_size=train.batch_size, sampler=sampler, drop_last=drop_last,
                               **loader_args)
     val_loader = DataLoader(val_set, batch_size=val_batch, shuffle=False, **loader_args)

@@ -219,3 +219,33 @@ def test_augmentation_repeats_with_the_seed(tmp_path, num_workers):
     a, b, c = first_batches(1), first_batches(1), first_batches(2)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
+
+
+def test_an_epoch_longer_than_the_set_cycles_through_it():
+    from segan.data import EpochSampler
+    sampler = EpochSampler(4, seed=0, length=10)
+    first = list(sampler)
+    assert [cycle for _, cycle in first] == [0] * 4 + [1] * 4 + [2] * 2
+    assert sorted(index for index, _ in first[:4]) == sorted(index for index, _ in first[4:8]) == [0, 1, 2, 3]
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert [cycle for _, cycle in second] == [2] * 2 + [3] * 4 + [4] * 4
+    assert sorted(index for index, _ in first[8:] + second[:2]) == [0, 1, 2, 3]  # the stream goes on
+    one_pass = EpochSampler(4, seed=0)
+    one_pass.set_epoch(3)
+    assert [cycle for _, cycle in one_pass] == [3] * 4  # an epoch of one pass: the cycle is the epoch
+
+
+def test_min_epoch_steps_augments_each_pass_anew(tmp_path):
+    from segan.config import Config, merge
+    from segan.training import build_dataloaders
+    root = make_demo_dataset(tmp_path / "d", n_train=4, n_val=1, size=32, seed=0)
+    config = merge(Config(), {"data": {"root": str(root), "size": 32, "augment": "heavy", "num_workers": 0},
+                              "train": {"batch_size": 4, "min_epoch_steps": 3}})
+    loader, _ = build_dataloaders(config)
+    batches = [batch for batch in loader]
+    assert len(batches) == 3  # the 4 images three times
+    names = [sorted(batch["name"]) for batch in batches]
+    assert names[0] == names[1] == names[2]
+    by_name = [dict(zip(batch["name"], batch["image"])) for batch in batches]
+    assert not any(torch.equal(by_name[0][name], by_name[1][name]) for name in by_name[0])

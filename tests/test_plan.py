@@ -103,9 +103,25 @@ def test_plan_resizes_wide_objects_and_sizes_them_to_the_budget(tmp_path):
     config = plan.config
     assert (config.data.resize, config.data.size, config.train.batch_size) == ("resize", 192, 2)
     assert config.train.epochs == 356 and config.train.time_budget == "10m"
+    assert config.train.min_epoch_steps is None  # validation is a tenth of an epoch of one pass
     assert config.data.in_channels == 3 and config.data.augment == "medium"
     assert config.generator.encoder_name == "tu-efficientnet_lite0"
     assert any(reason.startswith("data.size 192: the largest at which 10m holds 1200 steps") for reason in plan.reasons)
+
+
+def test_plan_lengthens_the_epochs_of_a_small_set_until_validation_is_a_tenth(tmp_path):
+    # 8 training images in batches of 2 (4 steps a pass), 8 validation images. At 1e-5 s per
+    # pixel a step at side S takes 1e-5 S^2 s and validation 8 / 2 / 3 of one: 1.33e-5 S^2, so
+    # validation is a tenth of an epoch's training at 14 steps (3.5 passes). An epoch then takes
+    # 1.533e-4 S^2 s; 570 s hold 86 such epochs (1,204 steps) up to S = 207: the plan takes 192,
+    # where 570 / 5.652 s = 100 epochs of 14 steps fit.
+    root = dataset(tmp_path / "data", disks, n_train=8, n_val=8)
+    plan = make_plan(Config.from_dict({"data": {"root": str(root)}}), "10m", timer=fake_timer)
+    config = plan.config
+    assert (config.data.size, config.train.batch_size) == (192, 2)
+    assert (config.train.min_epoch_steps, config.train.epochs) == (14, 100)
+    assert any(reason.startswith("train.min_epoch_steps 14: one pass over the 8 training images is 4 steps")
+               for reason in plan.reasons)
 
 
 def test_plan_takes_native_crops_of_thin_structures(tmp_path):
@@ -148,3 +164,23 @@ def test_plan_command_writes_a_config_that_trains(tmp_path, monkeypatch, capsys)
                             "data": {"size": 64, "num_workers": 0}})
     result = train(config)
     assert result.epochs == 1 and (tmp_path / "run" / "generator" / "model.safetensors").is_file()
+
+
+def test_the_step_probe_runs_training_steps_on_the_training_batches(tmp_path, monkeypatch):
+    from segan.plan import measure_step
+    from segan.training import SeganModule
+    root = dataset(tmp_path / "data", disks, n_train=4, n_val=1)
+    shapes = []
+    training_step = SeganModule.training_step
+
+    def counted(self, batch, batch_idx):
+        shapes.append(tuple(batch["image"].shape))
+        return training_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(SeganModule, "training_step", counted)
+    # Class weights named by a method are counted from the masks by train(), not by the probe.
+    config = tiny_config(root, tmp_path / "run", loss={"class_weights": "median-frequency"})
+    seconds, memory = measure_step(config, steps=3, warmup=2)
+    assert shapes == [(4, 3, 64, 64)] * 5  # 2 to warm up, 3 timed: 4 images, one batch a pass
+    assert seconds > 0 and memory >= 0
+    assert not (tmp_path / "run").exists()  # a probe writes no run

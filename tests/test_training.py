@@ -317,3 +317,13 @@ def test_last_checkpoint_holds_the_epochs_best_score(demo_root, tmp_path):
     saved = training.load_checkpoint(run / "checkpoints" / "last.ckpt")["callbacks"]
     best = next(state for key, state in saved.items() if key.startswith("BestCheckpoint"))
     assert best["best_model_score"] is not None and float(best["best_model_score"]) == pytest.approx(scores[0], abs=1e-6)
+
+
+def test_min_epoch_steps_makes_an_epoch_several_passes(tmp_path, demo_root):
+    # 12 training images in batches of 4: 3 steps a pass, 7 steps an epoch (2.33 passes).
+    run = tmp_path / "run"
+    result = train(tiny_config(demo_root, run, train={"epochs": 2, "min_epoch_steps": 7}))
+    assert (result.epochs, result.steps) == (2, 14)
+    import csv
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert sorted(int(row["epoch"]) for row in rows if row.get("val/iou")) == [0, 1]  # once an epoch

@@ -24,8 +24,8 @@ class SegmentationDataset(Dataset):
         in_channels: 1 or 3.
         encoding: how mask values become class indices (default binary). Pixels outside a
             pair's region of interest become `encoding.ignore_index`.
-        augment_seed: with an `EpochSampler`, which asks for `(index, epoch)`, the transform is
-            seeded from (augment_seed, epoch, index): each sample's augmentation is then the same
+        augment_seed: with an `EpochSampler`, which asks for `(index, cycle)`, the transform is
+            seeded from (augment_seed, cycle, index): each sample's augmentation is then the same
             whichever worker process draws it and whether or not the run was resumed.
         class_stats: the pairs' class pixels (in pair order), for rare-class crops.
         rare_class_crops: with an `EpochSampler`, the probability that a sample is instead a crop
@@ -51,10 +51,10 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def draw(self, index: int, epoch: int) -> tuple[int, int | None]:
-        """The pair a sampled `(index, epoch)` trains on, and the class its crop centres on
-        (None: a plain sample), drawn from (augment_seed, epoch, index)."""
-        rng = np.random.default_rng([self.augment_seed, epoch, index, 2])
+    def draw(self, index: int, cycle: int) -> tuple[int, int | None]:
+        """The pair a sampled `(index, cycle)` trains on, and the class its crop centres on
+        (None: a plain sample), drawn from (augment_seed, cycle, index)."""
+        rng = np.random.default_rng([self.augment_seed, cycle, index, 2])
         if not self.rare_class_crops or rng.random() >= self.rare_class_crops:
             return index, None
         focus = int(rng.choice(len(self.class_probabilities), p=self.class_probabilities))
@@ -63,11 +63,11 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
         focus = None
         if isinstance(item, tuple):
-            index, epoch = item
+            index, cycle = item
             if hasattr(self.transform, "set_random_seed"):  # albumentations keeps its own generators
-                seed = np.random.SeedSequence([self.augment_seed, epoch, index]).generate_state(1)[0]
+                seed = np.random.SeedSequence([self.augment_seed, cycle, index]).generate_state(1)[0]
                 self.transform.set_random_seed(int(seed))
-            index, focus = self.draw(index, epoch)
+            index, focus = self.draw(index, cycle)
         else:
             index = item
         pair = self.pairs[index]
@@ -91,8 +91,10 @@ class SegmentationDataset(Dataset):
 
 class EpochSampler(Sampler):
     """Shuffles `size` samples in an order that depends on (seed, epoch) alone, and yields
-    `(index, epoch)` so the dataset can seed each sample's augmentation the same way. With
-    `length`, each epoch takes that many samples from an endless stream of seeded permutations.
+    `(index, cycle)`, where cycle counts the passes through the set (the epoch, when an epoch is
+    one pass), so the dataset can seed each sample's augmentation the same way and a sample seen
+    twice in an epoch is augmented twice anew. With `length`, each epoch takes that many samples
+    from an endless stream of seeded permutations.
 
     A resumed run, or one whose workers start anew, then sees exactly the batches an
     uninterrupted run would have. The trainer calls `set_epoch` before each epoch.
@@ -120,6 +122,6 @@ class EpochSampler(Sampler):
             state = np.random.SeedSequence([self.seed, cycle]).generate_state(1)[0]
             order = torch.randperm(self.size, generator=torch.Generator().manual_seed(int(state))).tolist()
             for index in order[offset:offset + self.length - yielded]:
-                yield index, self.epoch
+                yield index, cycle
                 yielded += 1
             cycle, offset = cycle + 1, 0
