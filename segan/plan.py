@@ -279,13 +279,13 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
     def epoch_seconds(size: int) -> float:
         return epoch_steps(size) * step_seconds(size) + validation_seconds(size)
 
-    def steps_in_budget(size: int) -> int:
-        return math.floor(usable_s / epoch_seconds(size)) * epoch_steps(size)
+    def epochs_in_budget(size: int) -> int:
+        return math.floor(usable_s / epoch_seconds(size))
 
-    fits = [size for size in candidates if steps_in_budget(size) >= TARGET_STEPS]
+    fits = [size for size in candidates if epochs_in_budget(size) * epoch_steps(size) >= TARGET_STEPS]
     size = max(fits) if fits else candidates[0]
     steps_per_epoch = epoch_steps(size)
-    epochs = max(1, math.floor(usable_s / epoch_seconds(size)))
+    epochs = max(1, epochs_in_budget(size))
     config.data.size = size
     config.train.epochs = epochs
     config.train.time_budget = time_budget
