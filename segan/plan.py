@@ -22,7 +22,8 @@ The rules, in order:
 - epoch length: one pass over the training set, or, for a small set, as many passes as keep
   validation (and the checkpoints and pictures that come with it) to a small share of the time;
 - epochs: what the budget holds at that size (the run re-measures and re-plans as it trains).
-The step time is that of `segan train`'s own step on its own batches (`measure_step`).
+The times are `segan train`'s own, measured in a short epoch on its own batches (`measure_step`):
+its training step, its validation of an image, and the rest of its epoch's end.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ SIZES = tuple(range(128, 1024 + 1, NETWORK_STRIDE))
 PLANNED_ENCODER = "tu-efficientnet_lite0"
 RARE_SHARE = 0.01  # classes below this share of the labelled pixels are named as rare
 MARGIN = 0.05  # of the budget, for start-up (data check, loading) and the final scoring
-VALIDATION_SHARE = 0.1  # of an epoch's training time, at most, where epochs can be made longer
+EPOCH_END_SHARE = 0.1  # of an epoch's training time, at most, for its end, where epochs can be made longer
 MIN_EPOCHS = 30  # in a budget: the run stops at the last whole epoch, so an epoch is what it may leave unused
 
 
@@ -83,25 +84,40 @@ class Plan:
         return "\n".join(lines) + "\n" + yaml.safe_dump(self.config.to_dict(), sort_keys=False)
 
 
-StepTimer = Callable[[Config], tuple[float, float]]
+@dataclass
+class Probe:
+    """What `measure_step` timed on this machine, in seconds, and the memory a step took."""
+
+    step_s: float  # one training step of `train.batch_size` images at `data.size`
+    validation_image_s: float  # validating one image, as the run's validation does
+    epoch_end_s: float  # the rest of an epoch's end: checkpoints, pictures
+    memory: float = 0.0  # bytes
 
 
-class _BatchClock(Callback):
-    """Notes when each training batch ends, and stops the fit after `batches` of them."""
+StepTimer = Callable[[Config], Probe]
 
-    def __init__(self, batches: int) -> None:
-        self.batches = batches
-        self.ends: list[float] = []
+
+class _Clock(Callback):
+    """Notes when each training and validation batch ends, and each validation batch's size."""
+
+    def __init__(self) -> None:
+        self.train_ends: list[float] = []
+        self.validation_ends: list[float] = []
+        self.validation_sizes: list[int] = []
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        self.ends.append(time.perf_counter())
-        if len(self.ends) >= self.batches:
-            trainer.should_stop = True
+        self.train_ends.append(time.perf_counter())
+
+    def on_validation_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: dict,
+                                *args: Any) -> None:
+        self.validation_ends.append(time.perf_counter())
+        self.validation_sizes.append(len(batch["image"]))
 
 
-def measure_step(config: Config, steps: int = 6, warmup: int = 2) -> tuple[float, float]:
-    """Seconds per training step of `config` at `data.size` and `train.batch_size` on one
-    training device, and the memory it took in bytes (on a GPU its peak allocation; on a CPU the
+def measure_step(config: Config, steps: int = 6, warmup: int = 2, validation_batches: int = 2) -> Probe:
+    """Times one short epoch of `config` on one training device, as `segan train` runs it: the
+    training step at `data.size` and `train.batch_size`, validating an image, and the rest of the
+    epoch's end; and the memory a step took in bytes (on a GPU its peak allocation; on a CPU the
     growth of the process's peak resident size, 0 when the process had peaked higher before).
 
     The step is `segan train`'s own, on its own batches: `SeganModule.training_step` (the
@@ -109,37 +125,50 @@ def measure_step(config: Config, steps: int = 6, warmup: int = 2) -> tuple[float
     adversarial pass, unlabelled views with `semi.mode`) under Lightning, fed by the training
     loader, whose workers read, augment and crop the real images. A probe of the networks alone
     on random tensors read CamVid's step 1.35x too fast: the discriminator runs three times per
-    real step, and on a CPU the loader's workers share its cores. The figure is the mean over the
-    `steps` batches after `warmup`, epoch ends included (the first batches start the workers and
-    pick kernels).
+    real step, and on a CPU the loader's workers share its cores. The step figure is the mean
+    over the `steps` batches after `warmup` (the first batches start the workers and pick
+    kernels); the validation figure, over the images of `validation_batches` batches after a
+    first one; the epoch's end is the run's own (`segan.training.epoch_end_callbacks`), written
+    to a scratch folder. Estimating validation as a third of a training image's cost, and
+    leaving the rest out, had made ISBI 2012's epochs 15 % longer than planned.
     """
     import tempfile
+    from pathlib import Path
 
-    from .training import SeganModule, build_dataloaders
+    from .training import SeganModule, build_dataloaders, build_trainer, epoch_end_callbacks
     # What only changes values, not cost, is left out: loading encoder weights, counting class
-    # statistics (class weights, rare-class crops) and planning a budget.
+    # statistics (class weights, rare-class crops) and planning a budget. The epoch cycles through
+    # a small set to hold all the probe's steps.
     probe = merge(config, {"generator": {"encoder_weights": None}, "loss": {"class_weights": None},
-                           "data": {"rare_class_crops": 0.0}, "train": {"time_budget": None}})
+                           "data": {"rare_class_crops": 0.0},
+                           "train": {"time_budget": None, "min_epoch_steps": warmup + steps}})
     device = training_device(probe.train.accelerator)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    train_loader, _ = build_dataloaders(probe)
-    clock = _BatchClock(warmup + steps)
+    train_loader, val_loader = build_dataloaders(probe)
+    clock = _Clock()
     with tempfile.TemporaryDirectory(prefix="segan-plan-") as scratch:
-        trainer = L.Trainer(default_root_dir=scratch, accelerator=probe.train.accelerator, devices=1,
-                            precision=resolve_training_precision(probe.train.precision, probe.train.accelerator),
-                            max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
-                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                            callbacks=[clock])
-        with warnings.catch_warnings():  # no validation here, by design
-            warnings.filterwarnings("ignore", message=".*no `val_dataloader`")
-            trainer.fit(SeganModule(probe.to_dict()), train_loader)
-    if len(clock.ends) < warmup + steps:
-        raise RuntimeError(f"the step probe stopped after {len(clock.ends)} of {warmup + steps} batches")
+        best, last, pictures = epoch_end_callbacks(probe, Path(scratch))
+        trainer = build_trainer(probe, Path(scratch), [clock, best, last, *pictures], devices=1, strategy="auto",
+                           max_epochs=1, limit_train_batches=warmup + steps, limit_val_batches=validation_batches + 1,
+                           num_sanity_val_steps=0, enable_progress_bar=False)
+        with warnings.catch_warnings():  # a probe's epoch is shorter than the logging interval, by design
+            warnings.filterwarnings("ignore", message=".*smaller than the logging interval")
+            trainer.fit(SeganModule(probe.to_dict()), train_loader, val_loader)
+        finished = time.perf_counter()
+    if len(clock.train_ends) < warmup + steps or not clock.validation_ends:
+        raise RuntimeError(f"the step probe stopped after {len(clock.train_ends)} of {warmup + steps} batches and "
+                           f"{len(clock.validation_ends)} validation batches")
     grown = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
-    return (clock.ends[-1] - clock.ends[warmup - 1]) / steps, float(max(0, grown))
+    if len(clock.validation_ends) > 1:  # after the first batch, which picks kernels for its shape
+        validation_s = (clock.validation_ends[-1] - clock.validation_ends[0]) / sum(clock.validation_sizes[1:])
+    else:
+        validation_s = (clock.validation_ends[0] - clock.train_ends[-1]) / clock.validation_sizes[0]
+    return Probe(step_s=(clock.train_ends[-1] - clock.train_ends[warmup - 1]) / steps,
+                 validation_image_s=validation_s, epoch_end_s=finished - clock.validation_ends[-1],
+                 memory=float(max(0, grown)))
 
 
 def available_memory(device: torch.device) -> float:
@@ -245,7 +274,8 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
     config = merge(base, values)
     probe_size = min(candidates, key=lambda size: abs(size - 256))  # small sizes inflate the per-pixel time
     config.data.size = probe_size
-    step_s, memory = (timer or measure_step)(config)
+    measured = (timer or measure_step)(config)
+    step_s, memory = measured.step_s, measured.memory
     per_pixel = step_s / probe_size ** 2
     free = available_memory(training_device(config.train.accelerator))
     if memory and memory * (max(candidates) / probe_size) ** 2 > 0.8 * free:
@@ -256,28 +286,29 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
                        f"{memory / 2**30:.1f} GiB and {free / 2**30:.1f} GiB are free")
     pass_steps = split.pairs // batch if split.pairs > batch else 1  # the loader drops a last partial batch
     val_images = validation.pairs if validation is not None else 0
-    native_pixels = statistics.median(w * h for w, h in found.sizes)
     usable_s = (1 - MARGIN) * budget_s
 
     def step_seconds(size: int) -> float:
         return per_pixel * size ** 2
 
     def validation_seconds(size: int) -> float:
-        # forward only, about a third of a training image's cost, on whole images when training
-        # takes crops
-        return per_pixel / batch / 3 * val_images * (native_pixels if crop else size ** 2)
+        # whole images when training takes crops (the probe's size), else images at `size`
+        return measured.validation_image_s * val_images * (1.0 if crop else (size / probe_size) ** 2)
+
+    def epoch_end_seconds(size: int) -> float:
+        return validation_seconds(size) + measured.epoch_end_s
 
     def epoch_steps(size: int) -> int:
         # Validation, checkpoints and pictures come once an epoch. An epoch of a small set is a
         # few steps, and they took most of the time (ISBI 2012, 4 steps of 0.6 s: 8.5 s epochs);
-        # a longer epoch cycles through the set, until validation is VALIDATION_SHARE of the
+        # a longer epoch cycles through the set, until its end is EPOCH_END_SHARE of the
         # training time or the epoch 1/MIN_EPOCHS of the budget (whole epochs must fill it).
-        wanted = math.ceil(validation_seconds(size) / (VALIDATION_SHARE * step_seconds(size)))
+        wanted = math.ceil(epoch_end_seconds(size) / (EPOCH_END_SHARE * step_seconds(size)))
         longest = math.floor(usable_s / MIN_EPOCHS / step_seconds(size))
         return max(pass_steps, min(wanted, longest))
 
     def epoch_seconds(size: int) -> float:
-        return epoch_steps(size) * step_seconds(size) + validation_seconds(size)
+        return epoch_steps(size) * step_seconds(size) + epoch_end_seconds(size)
 
     def epochs_in_budget(size: int) -> int:
         return math.floor(usable_s / epoch_seconds(size))
@@ -296,11 +327,13 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
     if steps_per_epoch > pass_steps:
         config.train.min_epoch_steps = steps_per_epoch
         reasons.append(f"train.min_epoch_steps {steps_per_epoch}: one pass over the {split.pairs} training images is "
-                       f"{pass_steps} steps ({pass_steps * step_seconds(size):.1f} s) and validating "
-                       f"{val_images} images takes about {validation_seconds(size):.1f} s; an epoch cycles through "
-                       "the set so that validation, checkpoints and pictures take a small share of the time")
+                       f"{pass_steps} steps ({pass_steps * step_seconds(size):.1f} s), where an epoch's end takes "
+                       f"about {epoch_end_seconds(size):.1f} s (validating {val_images} images "
+                       f"{validation_seconds(size):.1f} s, checkpoints and pictures {measured.epoch_end_s:.1f} s); "
+                       f"an epoch cycles through the set so that its end is at most {EPOCH_END_SHARE:.0%} of it")
     reasons.append(f"train.time_budget {time_budget}: about {epochs} epochs of {steps_per_epoch} steps "
-                   f"({epoch_seconds(size):.0f} s each); the run measures its epochs and fits the schedule to the budget")
+                   f"({epoch_seconds(size):.0f} s each); the run measures its epochs and fits the schedule to "
+                   "the budget")
     if crop:
         reasons.append("segan predict: whole images at native resolution, in tiles of 1024 px above that "
                        "(--tile-size)")

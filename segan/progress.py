@@ -20,7 +20,6 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
 from .config import Config
-from .preprocess import labels, padded_logits
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +80,7 @@ class ValidationImages(Callback):
         self.height = height
         self.images: list[torch.Tensor] = []
         self.masks: list[torch.Tensor] = []
+        self.predicted: list[torch.Tensor] = []
 
     def on_validation_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: dict,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -91,18 +91,18 @@ class ValidationImages(Callback):
         if trainer.is_global_zero and fitting and taken < self.count:
             self.images.append(batch["image"][: self.count - taken].detach())
             self.masks.append(batch["mask"][: self.count - taken].detach())
+            self.predicted.append(outputs["predicted"][: self.count - taken])  # the raw generator's
 
     def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        images, masks, self.images, self.masks = self.images, self.masks, [], []
+        batches = list(zip(self.images, self.masks, self.predicted))
+        self.images, self.masks, self.predicted = [], [], []
         board = next((logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)), None)
-        if board is None or not images:
+        if board is None or not batches:
             return
         rows = []
-        with torch.no_grad():
-            for image, mask in zip(images, masks):  # batches (crop mode: one whole image each)
-                predicted = labels(padded_logits(module.generator, image))
-                for i in range(len(image)):
-                    rows.append(self.row(image[i], mask[i], predicted[i]))
+        for image, mask, predicted in batches:  # (crop mode: one whole image each)
+            for i in range(len(image)):
+                rows.append(self.row(image[i], mask[i], predicted[i]))
         width = max(row.shape[1] for row in rows)
         grid = np.concatenate([np.pad(row, ((0, 4), (0, width - row.shape[1]), (0, 0))) for row in rows])
         board.experiment.add_image("val/images", grid, global_step=trainer.global_step, dataformats="HWC")

@@ -316,15 +316,20 @@ class SeganModule(L.LightningModule):
         classes = self.config.data.num_classes
         self.val_confusion = torch.zeros(len(self.validated()), classes, classes, dtype=torch.long, device=self.device)
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Scores the batch; returns the raw generator's labels for the pictures
+        (`segan.progress.ValidationImages`), which would otherwise run the network again."""
+        predicted = []
         for index, network in enumerate(self.validated()):
             logits = padded_logits(network, batch["image"])  # what segan predict does
             if index == 0:
                 loss = self.segmentation_loss(logits, batch["mask"])
                 self.log("val/loss", loss, sync_dist=True, batch_size=len(batch["image"]))
-            confusion = metrics.confusion_matrix(labels(logits), batch["mask"], self.config.data.num_classes,
+            predicted.append(labels(logits))
+            confusion = metrics.confusion_matrix(predicted[-1], batch["mask"], self.config.data.num_classes,
                                                  self.config.data.ignore_index)
             self.val_confusion[index] += confusion.sum(dim=0)
+        return {"predicted": predicted[0]}
 
     def on_validation_epoch_end(self) -> None:
         confusion = self.trainer.strategy.reduce(self.val_confusion, reduce_op="sum").cpu()
@@ -553,7 +558,16 @@ class BestCheckpoint(ModelCheckpoint):
         super().load_state_dict(state)
 
 
-def _trainer(config: Config, run_dir: Path, callbacks: list[Callback]) -> L.Trainer:
+def epoch_end_callbacks(config: Config, run_dir: Path) -> tuple[BestCheckpoint, LastCheckpoint, list[Callback]]:
+    """What a run does at each epoch's end besides validating: `best.ckpt`, `last.ckpt`, and the
+    pictures (TensorBoard's validation images, `progress.png`). `segan.plan` times them too."""
+    pictures = [ValidationImages(config)] + ([ProgressPlot(run_dir)] if config.train.progress_png else [])
+    return (BestCheckpoint(run_dir / "checkpoints"),
+            LastCheckpoint(run_dir / "checkpoints" / "last.ckpt", config.train.checkpoint_every_n_steps), pictures)
+
+
+def build_trainer(config: Config, run_dir: Path, callbacks: list[Callback], **trainer_args: Any) -> L.Trainer:
+    """The run's Lightning trainer; `trainer_args` override its arguments (`segan.plan`'s probe)."""
     train = config.train
     strategy: Any = "auto"
     devices = train.devices
@@ -561,7 +575,7 @@ def _trainer(config: Config, run_dir: Path, callbacks: list[Callback]) -> L.Trai
         from lightning.pytorch.strategies import DDPStrategy
         # The D step leaves G's parameters unused and vice versa.
         strategy = DDPStrategy(find_unused_parameters=True)
-    return L.Trainer(
+    return L.Trainer(**{**dict(
         default_root_dir=str(run_dir),
         max_epochs=train.epochs if train.time_budget is None else budget.UNPLANNED,
         accelerator=train.accelerator,
@@ -576,7 +590,7 @@ def _trainer(config: Config, run_dir: Path, callbacks: list[Callback]) -> L.Trai
         log_every_n_steps=10,
         deterministic=False,
         enable_model_summary=False,
-    )
+    ), **trainer_args})
 
 
 def holds_run(folder: Path) -> bool:
@@ -701,15 +715,14 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
         config.save(run_dir / "config.yaml")
     if first_rank and class_stats is not None:  # what the class weights and rare-class crops came from
         class_stats.save(run_dir / "class_stats.json", config.loss.class_weights)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    best_checkpoint = BestCheckpoint(run_dir / "checkpoints")
-    last_checkpoint = LastCheckpoint(last, config.train.checkpoint_every_n_steps)
-    pictures = [ValidationImages(config)] + ([ProgressPlot(run_dir)] if config.train.progress_png else [])
+    best_checkpoint, last_checkpoint, pictures = epoch_end_callbacks(config, run_dir)
+    last = last_checkpoint.path
     planner = (budget.TimeBudget(parse_duration(config.train.time_budget), started_at)
                if config.train.time_budget is not None else None)
     # The planner goes first, so that last.ckpt holds the epoch it has just measured; the time
     # between two epoch ends still holds one of everything the other callbacks do.
-    trainer = _trainer(config, run_dir, [*([planner] if planner else []), best_checkpoint, last_checkpoint, *pictures])
+    callbacks = [*([planner] if planner else []), best_checkpoint, last_checkpoint, *pictures]
+    trainer = build_trainer(config, run_dir, callbacks)
     started = time.perf_counter()
     try:
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None, weights_only=True)

@@ -13,7 +13,7 @@ import pytest
 from segan.cli import main
 from segan.config import Config, DataConfig, merge
 from segan.data.check import check_dataset
-from segan.plan import make_plan
+from segan.plan import Probe, make_plan
 
 from conftest import tiny_config, write
 
@@ -55,8 +55,11 @@ def imbalanced(index: int) -> np.ndarray:
     return mask
 
 
-def fake_timer(config: Config) -> tuple[float, float]:
-    return 1e-5 * config.data.size ** 2, 0.0  # seconds per step: 1e-5 per pixel, whatever the batch
+def fake_timer(config: Config, epoch_end_s: float = 0.0) -> Probe:
+    # seconds per step: 1e-5 per pixel, whatever the batch; validating an image: a sixth of a
+    # step (a third of a training image's cost in batches of 2)
+    step_s = 1e-5 * config.data.size ** 2
+    return Probe(step_s=step_s, validation_image_s=step_s / 6, epoch_end_s=epoch_end_s)
 
 
 def fingerprint_of(root: Path, **data) -> dict:
@@ -124,6 +127,21 @@ def test_plan_lengthens_the_epochs_of_a_small_set_until_validation_is_a_tenth(tm
                for reason in plan.reasons)
 
 
+def test_plan_counts_checkpoints_and_pictures_in_an_epochs_end(tmp_path):
+    # As above with 2 validation images (3.33e-6 S^2 s) and 1 s of checkpoints and pictures at
+    # each epoch's end. At S = 192 a step takes 0.369 s and the end 1.123 s: a tenth of 31 steps.
+    # An epoch takes 12.55 s; 570 s hold 45 epochs, 1,395 steps. At 224 (24 steps, 13.21 s
+    # epochs) they would hold 43 epochs, 1,032 steps: under 1,200.
+    root = dataset(tmp_path / "data", disks, n_train=8, n_val=2)
+    plan = make_plan(Config.from_dict({"data": {"root": str(root)}}), "10m",
+                     timer=lambda config: fake_timer(config, epoch_end_s=1.0))
+    config = plan.config
+    assert (config.data.size, config.train.min_epoch_steps, config.train.epochs) == (192, 31, 45)
+    assert any(reason.startswith("train.min_epoch_steps 31: one pass over the 8 training images is 4 steps "
+                                 "(1.5 s), where an epoch's end takes about 1.1 s (validating 2 images 0.1 s, "
+                                 "checkpoints and pictures 1.0 s)") for reason in plan.reasons)
+
+
 def test_plan_takes_native_crops_of_thin_structures(tmp_path):
     root = dataset(tmp_path / "data", thin_lines, colour=False)
     plan = make_plan(Config.from_dict({"data": {"root": str(root)}}), "10m", timer=fake_timer)
@@ -168,8 +186,8 @@ def test_plan_command_writes_a_config_that_trains(tmp_path, monkeypatch, capsys)
 
 def test_the_step_probe_runs_training_steps_on_the_training_batches(tmp_path, monkeypatch):
     from segan.plan import measure_step
-    from segan.training import SeganModule
-    root = dataset(tmp_path / "data", disks, n_train=4, n_val=1)
+    from segan.training import LastCheckpoint, SeganModule
+    root = dataset(tmp_path / "data", disks, n_train=4, n_val=6)
     shapes = []
     training_step = SeganModule.training_step
 
@@ -177,10 +195,21 @@ def test_the_step_probe_runs_training_steps_on_the_training_batches(tmp_path, mo
         shapes.append(tuple(batch["image"].shape))
         return training_step(self, batch, batch_idx)
 
+    validated, saved = [], []
+    validation_step = SeganModule.validation_step
+
+    def counted_validation(self, batch, batch_idx):
+        validated.append(tuple(batch["image"].shape))
+        return validation_step(self, batch, batch_idx)
+
     monkeypatch.setattr(SeganModule, "training_step", counted)
+    monkeypatch.setattr(SeganModule, "validation_step", counted_validation)
+    monkeypatch.setattr(LastCheckpoint, "on_train_epoch_end", lambda self, trainer, module: saved.append(self.path))
     # Class weights named by a method are counted from the masks by train(), not by the probe.
     config = tiny_config(root, tmp_path / "run", loss={"class_weights": "median-frequency"})
-    seconds, memory = measure_step(config, steps=3, warmup=2)
+    measured = measure_step(config, steps=3, warmup=2, validation_batches=1)
     assert shapes == [(4, 3, 64, 64)] * 5  # 2 to warm up, 3 timed: 4 images, one batch a pass
-    assert seconds > 0 and memory >= 0
+    assert validated == [(4, 3, 64, 64), (2, 3, 64, 64)]  # one to warm up, one timed: 6 images in 4s
+    assert len(saved) == 1 and saved[0].name == "last.ckpt"  # the run's own epoch end, in a scratch folder
+    assert min(measured.step_s, measured.validation_image_s, measured.epoch_end_s) > 0
     assert not (tmp_path / "run").exists()  # a probe writes no run
