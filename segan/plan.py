@@ -98,20 +98,35 @@ StepTimer = Callable[[Config], Probe]
 
 
 class _Clock(Callback):
-    """Notes when each training and validation batch ends, and each validation batch's size."""
+    """Notes when each training and validation batch ends (and each validation batch's size),
+    the memory taken when training ends, and when the fit's last callback is done."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.train_ends: list[float] = []
         self.validation_ends: list[float] = []
         self.validation_sizes: list[int] = []
+        self.step_peak = 0.0
+        self.finished = 0.0
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         self.train_ends.append(time.perf_counter())
+        self.step_peak = peak_memory(self.device)  # training steps only: not whole-image validation
 
     def on_validation_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: dict,
                                 *args: Any) -> None:
         self.validation_ends.append(time.perf_counter())
         self.validation_sizes.append(len(batch["image"]))
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.finished = time.perf_counter()  # listed after the pictures: progress.png is drawn here too
+
+
+def peak_memory(device: torch.device) -> float:
+    """Bytes: a GPU's peak allocation, or the process's peak resident size on a CPU."""
+    if device.type == "cuda":
+        return float(torch.cuda.max_memory_allocated(device))
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
 def measure_step(config: Config, steps: int = 6, warmup: int = 2, validation_batches: int = 2) -> Probe:
@@ -130,7 +145,7 @@ def measure_step(config: Config, steps: int = 6, warmup: int = 2, validation_bat
     kernels); the validation figure, over the images of `validation_batches` batches after a
     first one; the epoch's end is the run's own (`segan.training.epoch_end_callbacks`), written
     to a scratch folder. Estimating validation as a third of a training image's cost, and
-    leaving the rest out, had made ISBI 2012's epochs 15 % longer than planned.
+    leaving the rest out, had made ISBI 2012's epochs 20 % longer than planned (40.8 s, not 34 s).
     """
     import tempfile
     from pathlib import Path
@@ -142,33 +157,32 @@ def measure_step(config: Config, steps: int = 6, warmup: int = 2, validation_bat
     probe = merge(config, {"generator": {"encoder_weights": None}, "loss": {"class_weights": None},
                            "data": {"rare_class_crops": 0.0},
                            "train": {"time_budget": None, "min_epoch_steps": warmup + steps}})
+    from . import batch_predict, plots  # noqa: F401  imported once a process, not once an epoch: not timed
     device = training_device(probe.train.accelerator)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = peak_memory(device) if device.type == "cpu" else 0.0
     train_loader, val_loader = build_dataloaders(probe)
-    clock = _Clock()
+    clock = _Clock(device)
     with tempfile.TemporaryDirectory(prefix="segan-plan-") as scratch:
         best, last, pictures = epoch_end_callbacks(probe, Path(scratch))
-        trainer = build_trainer(probe, Path(scratch), [clock, best, last, *pictures], devices=1, strategy="auto",
-                           max_epochs=1, limit_train_batches=warmup + steps, limit_val_batches=validation_batches + 1,
-                           num_sanity_val_steps=0, enable_progress_bar=False)
+        trainer = build_trainer(probe, Path(scratch), [*pictures, clock, best, last], devices=1, strategy="auto",
+                                max_epochs=1, limit_train_batches=warmup + steps,
+                                limit_val_batches=validation_batches + 1, num_sanity_val_steps=0,
+                                enable_progress_bar=False)
         with warnings.catch_warnings():  # a probe's epoch is shorter than the logging interval, by design
             warnings.filterwarnings("ignore", message=".*smaller than the logging interval")
             trainer.fit(SeganModule(probe.to_dict()), train_loader, val_loader)
-        finished = time.perf_counter()
     if len(clock.train_ends) < warmup + steps or not clock.validation_ends:
         raise RuntimeError(f"the step probe stopped after {len(clock.train_ends)} of {warmup + steps} batches and "
                            f"{len(clock.validation_ends)} validation batches")
-    grown = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
     if len(clock.validation_ends) > 1:  # after the first batch, which picks kernels for its shape
         validation_s = (clock.validation_ends[-1] - clock.validation_ends[0]) / sum(clock.validation_sizes[1:])
-    else:
+    else:  # a validation set of one batch: its first, warm-up included (an over-estimate)
         validation_s = (clock.validation_ends[0] - clock.train_ends[-1]) / clock.validation_sizes[0]
     return Probe(step_s=(clock.train_ends[-1] - clock.train_ends[warmup - 1]) / steps,
-                 validation_image_s=validation_s, epoch_end_s=finished - clock.validation_ends[-1],
-                 memory=float(max(0, grown)))
+                 validation_image_s=validation_s, epoch_end_s=clock.finished - clock.validation_ends[-1],
+                 memory=max(0.0, clock.step_peak - before))
 
 
 def available_memory(device: torch.device) -> float:
@@ -193,7 +207,7 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
         base: the data settings (root, layout, classes, mask encoding) and anything else the
             plan should keep (e.g. `data.rotations: false` for road scenes).
         time_budget: how long training may take, e.g. "30m" (`segan.config.parse_duration`).
-        timer: measures (seconds per step, bytes of memory) of a config; `measure_step` when None.
+        timer: times a short epoch of a config (a `Probe`); `measure_step` when None.
 
     Raises:
         DatasetLayoutError: the dataset has problems `segan data check` reports as errors.
@@ -330,7 +344,8 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
                        f"{pass_steps} steps ({pass_steps * step_seconds(size):.1f} s), where an epoch's end takes "
                        f"about {epoch_end_seconds(size):.1f} s (validating {val_images} images "
                        f"{validation_seconds(size):.1f} s, checkpoints and pictures {measured.epoch_end_s:.1f} s); "
-                       f"an epoch cycles through the set so that its end is at most {EPOCH_END_SHARE:.0%} of it")
+                       f"an epoch cycles through the set so that its end takes at most {EPOCH_END_SHARE:.0%} of its "
+                       f"training time, as long as an epoch stays under 1/{MIN_EPOCHS} of the budget")
     reasons.append(f"train.time_budget {time_budget}: about {epochs} epochs of {steps_per_epoch} steps "
                    f"({epoch_seconds(size):.0f} s each); the run measures its epochs and fits the schedule to "
                    "the budget")
