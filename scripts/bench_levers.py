@@ -3,7 +3,7 @@
 
     python scripts/bench_levers.py [--datasets camvid isbi2012] [--rows recipe class-weights ohem
                                    rare-class scale best] [--seeds 0] [--final-seeds 0 1 2]
-                                   [--budget 1h] [--out DIR] [--markdown]
+                                   [--budget 1h] [--best-levers NAME...] [--out DIR] [--markdown]
 
 Every row trains the dataset's recipe (datasets/NAME/config.yaml) with the hand settings below
 for the same `--time-budget` (the budget decides the epochs, so a slower lever trains fewer), then
@@ -15,6 +15,8 @@ the crop-trained CamVid, the figures `segan predict` would give. Rows:
 - best: every lever whose row beat recipe (mean IoU, seed 0), together; trained for each of
   `--final-seeds` (default 0 1 2). Without a lever that beat recipe, it is the recipe. As the
   levers were chosen on val, these runs are also scored on the test split, which chose nothing.
+  `--best-levers NAME...` names them instead, for a session whose OUT lacks the lever rows
+  (weights/ is not kept between sessions: take them from BENCHMARKS.md's seed-0 rows).
 ISBI 2012 (binary, thin membranes) gets the recipe, class-weights and ohem rows only.
 
 Per row: mean IoU over the classes (CamVid; the foreground IoU and Dice for ISBI), every class's
@@ -62,10 +64,14 @@ def best_levers(dataset: str, out: Path) -> list[str]:
     return [lever for lever in LEVERS if lever in DATASET_ROWS[dataset] and (score(lever) or 0.0) > recipe]
 
 
-def run_one(dataset: str, row: str, seed: int, budget: str, data: Path, out: Path) -> dict:
+def run_one(dataset: str, row: str, seed: int, budget: str, data: Path, out: Path,
+            chosen: list[str] | None = None) -> dict:
     run = out / dataset / f"{row}-seed{seed}"
     metrics = run / "evaluation" / "metrics.json"
-    levers = best_levers(dataset, out) if row == "best" else [row] if row in LEVERS else []
+    if row == "best":
+        levers = chosen if chosen is not None else best_levers(dataset, out)
+    else:
+        levers = [row] if row in LEVERS else []
     started = time.perf_counter()
     if not metrics.is_file():
         flags = [flag for lever in levers for flag in LEVERS[lever]]
@@ -134,6 +140,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of every row but best")
     parser.add_argument("--final-seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of row best")
     parser.add_argument("--budget", default="1h", help="time budget of every run (segan train --time-budget)")
+    parser.add_argument("--best-levers", nargs="*", choices=list(LEVERS), default=None,
+                        help="the levers of row best (default: those whose seed-0 rows in OUT beat recipe)")
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out)
     if args.markdown:
@@ -146,7 +154,7 @@ def main() -> None:
     runs: list[dict] = []
     result = {"benchmark": "levers", "budget": args.budget, "runs": runs}
     for job in jobs:
-        runs.append(run_one(*job, args.budget, data, out))
+        runs.append(run_one(*job, args.budget, data, out, args.best_levers))
         result = {"benchmark": "levers", "budget": args.budget, "machine": platform.machine(),
                   "summary": summarise(runs), "runs": runs}
         (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -113,6 +113,10 @@ def test_bench_levers_combines_the_levers_that_beat_the_recipe(tmp_path):
     assert "| row | seed | levers | mean IoU | − recipe | Sky | Pole | epochs | wall time | test mean IoU |" in table
     assert "| best | 0 | class-weights rare-class | 0.7200 | +0.0300 | 0.900 | 0.250 | 30 | 3600 s | 0.6700 |" in table
     assert "| ohem | 0 | ohem | 0.6800 | -0.0100 | 0.900 | 0.100 | 30 | 3600 s |  |" in table
+    # A later session, whose weights/ lacks the lever rows, names the levers BENCHMARKS.md found.
+    named = run_script("bench_levers.py", "--datasets", "camvid", "--rows", "best", "--best-levers", "ohem", "scale",
+                       "--data", str(data), "--out", str(out))
+    assert [run["levers"] for run in named["runs"]] == [["ohem", "scale"]] * 3
 
 
 def test_bench_plan_reads_finished_runs_and_their_budgets(tmp_path):
