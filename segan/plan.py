@@ -28,6 +28,7 @@ its training step, its validation of an image, and the rest of its epoch's end.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import math
@@ -36,7 +37,7 @@ import statistics
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import lightning as L
 import torch
@@ -54,9 +55,10 @@ log = logging.getLogger(__name__)
 # may be resized as long as they stay this wide.
 THIN_PX = 8
 MIN_STEPS_PER_EPOCH = 4
-# Optimizer steps a run should get at least: the Kvasir-SEG Lite0 recipe (BENCHMARKS.md, issue 7)
-# reached 0.88 validation Dice in 1,200 steps and gained little in its last epochs.
-TARGET_STEPS = 1200
+# Optimizer steps a run should get at least; the plan takes the largest size that still holds them.
+# BENCHMARKS.md (issue 18): on CamVid 2,205 steps of 256 px crops beat 1,305 of 352 px (0.720
+# against 0.712 mIoU in 60 minutes); on Kvasir-SEG 1,500 steps at 288 px tied with 3,000 at 192 px.
+TARGET_STEPS = 2000
 SIZES = tuple(range(128, 1024 + 1, NETWORK_STRIDE))
 PLANNED_ENCODER = "tu-efficientnet_lite0"
 RARE_SHARE = 0.01  # classes below this share of the labelled pixels are named as rare
@@ -129,7 +131,23 @@ def peak_memory(device: torch.device) -> float:
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
-def measure_step(config: Config, steps: int = 6, warmup: int = 2, validation_batches: int = 2) -> Probe:
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Keeps the probe's trainer from printing what a run's trainer prints (devices, precision,
+    tips, why it stopped) and its warnings (a probe's epoch is shorter than the logging interval,
+    by design): `segan plan` prints a plan, and a user reads those lines in the run's log."""
+    lightning = logging.getLogger("lightning.pytorch")
+    level = lightning.level
+    lightning.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        lightning.setLevel(level)
+
+
+def measure_step(config: Config, steps: int = 10, warmup: int = 4, validation_batches: int = 8) -> Probe:
     """Times one short epoch of `config` on one training device, as `segan train` runs it: the
     training step at `data.size` and `train.batch_size`, validating an image, and the rest of the
     epoch's end; and the memory a step took in bytes (on a GPU its peak allocation; on a CPU the
@@ -142,8 +160,9 @@ def measure_step(config: Config, steps: int = 6, warmup: int = 2, validation_bat
     on random tensors read CamVid's step 1.35x too fast: the discriminator runs three times per
     real step, and on a CPU the loader's workers share its cores. The step figure is the mean
     over the `steps` batches after `warmup` (the first batches start the workers and pick
-    kernels); the validation figure, over the images of `validation_batches` batches after a
-    first one; the epoch's end is the run's own (`segan.training.epoch_end_callbacks`), written
+    kernels; on CamVid at 256 px steps took 2.1, 1.5, then 1.25 s from the tenth on); the
+    validation figure, over the images of `validation_batches` batches after a first one (the
+    first took 1 s, the next few 0.2 s, then 0.15 s an image, as in a real run); the epoch's end is the run's own (`segan.training.epoch_end_callbacks`), written
     to a scratch folder. Estimating validation as a third of a training image's cost, and
     leaving the rest out, had made ISBI 2012's epochs 20 % longer than planned (40.8 s, not 34 s).
     """
@@ -164,15 +183,13 @@ def measure_step(config: Config, steps: int = 6, warmup: int = 2, validation_bat
     before = peak_memory(device) if device.type == "cpu" else 0.0
     train_loader, val_loader = build_dataloaders(probe)
     clock = _Clock(device)
-    with tempfile.TemporaryDirectory(prefix="segan-plan-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="segan-plan-") as scratch, _quiet_lightning():
         best, last, pictures = epoch_end_callbacks(probe, Path(scratch))
         trainer = build_trainer(probe, Path(scratch), [*pictures, clock, best, last], devices=1, strategy="auto",
                                 max_epochs=1, limit_train_batches=warmup + steps,
                                 limit_val_batches=validation_batches + 1, num_sanity_val_steps=0,
                                 enable_progress_bar=False)
-        with warnings.catch_warnings():  # a probe's epoch is shorter than the logging interval, by design
-            warnings.filterwarnings("ignore", message=".*smaller than the logging interval")
-            trainer.fit(SeganModule(probe.to_dict()), train_loader, val_loader)
+        trainer.fit(SeganModule(probe.to_dict()), train_loader, val_loader)
     if len(clock.train_ends) < warmup + steps or not clock.validation_ends:
         raise RuntimeError(f"the step probe stopped after {len(clock.train_ends)} of {warmup + steps} batches and "
                            f"{len(clock.validation_ends)} validation batches")
