@@ -4,6 +4,7 @@ chosen from it with a step time the test decides (never the machine's)."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import cv2
@@ -185,7 +186,7 @@ def test_plan_command_writes_a_config_that_trains(tmp_path, monkeypatch, capsys)
     assert result.epochs == 1 and (tmp_path / "run" / "generator" / "model.safetensors").is_file()
 
 
-def test_the_step_probe_runs_training_steps_on_the_training_batches(tmp_path, monkeypatch):
+def test_the_step_probe_runs_training_steps_on_the_training_batches(tmp_path, monkeypatch, caplog):
     from segan.plan import measure_step
     from segan.training import LastCheckpoint, SeganModule
     root = dataset(tmp_path / "data", disks, n_train=4, n_val=6)
@@ -208,9 +209,12 @@ def test_the_step_probe_runs_training_steps_on_the_training_batches(tmp_path, mo
     monkeypatch.setattr(LastCheckpoint, "on_train_epoch_end", lambda self, trainer, module: saved.append(self.path))
     # Class weights named by a method are counted from the masks by train(), not by the probe.
     config = tiny_config(root, tmp_path / "run", loss={"class_weights": "median-frequency"})
-    measured = measure_step(config, steps=3, warmup=2, validation_batches=1)
+    with caplog.at_level(logging.INFO):
+        measured = measure_step(config, steps=3, warmup=2, validation_batches=1)
     assert shapes == [(4, 3, 64, 64)] * 5  # 2 to warm up, 3 timed: 4 images, one batch a pass
     assert validated == [(4, 3, 64, 64), (2, 3, 64, 64)]  # one to warm up, one timed: 6 images in 4s
     assert len(saved) == 1 and saved[0].name == "last.ckpt"  # the run's own epoch end, in a scratch folder
     assert min(measured.step_s, measured.validation_image_s, measured.epoch_end_s) > 0
     assert not (tmp_path / "run").exists()  # a probe writes no run
+    # segan plan prints the plan, not the probe trainer's lines (devices, precision, a tip)
+    assert [record.getMessage() for record in caplog.records if record.name.startswith("lightning")] == []
