@@ -171,10 +171,13 @@ def measure_step(config: Config, steps: int = 10, warmup: int = 4, validation_ba
 
     from .training import SeganModule, build_dataloaders, build_trainer, epoch_end_callbacks
     # What only changes values, not cost, is left out: loading encoder weights, counting class
-    # statistics (class weights, rare-class crops) and planning a budget. The epoch cycles through
-    # a small set to hold all the probe's steps.
-    probe = merge(config, {"generator": {"encoder_weights": None}, "loss": {"class_weights": None},
-                           "data": {"rare_class_crops": 0.0},
+    # statistics (class weights, rare-class crops) and planning a budget. The probe's one epoch
+    # is past the warm-ups, so it times the step most of a run takes (with the generator's
+    # adversarial pass and open pseudo-label gates), and cycles through a small set to hold all
+    # its steps.
+    probe = merge(config, {"generator": {"encoder_weights": None},
+                           "loss": {"class_weights": None, "adv_warmup_epochs": 0},
+                           "semi": {"gate_warmup_epochs": 0}, "data": {"rare_class_crops": 0.0},
                            "train": {"time_budget": None, "min_epoch_steps": warmup + steps}})
     from . import batch_predict, plots  # noqa: F401  imported once a process, not once an epoch: not timed
     device = training_device(probe.train.accelerator)

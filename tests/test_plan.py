@@ -204,14 +204,24 @@ def test_the_step_probe_runs_training_steps_on_the_training_batches(tmp_path, mo
         validated.append(tuple(batch["image"].shape))
         return validation_step(self, batch, batch_idx)
 
+    logged = []
+    log = SeganModule.log
+
+    def recorded(self, name, *args, **kwargs):
+        logged.append(name)
+        return log(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(SeganModule, "log", recorded)
     monkeypatch.setattr(SeganModule, "training_step", counted)
     monkeypatch.setattr(SeganModule, "validation_step", counted_validation)
     monkeypatch.setattr(LastCheckpoint, "on_train_epoch_end", lambda self, trainer, module: saved.append(self.path))
     # Class weights named by a method are counted from the masks by train(), not by the probe.
-    config = tiny_config(root, tmp_path / "run", loss={"class_weights": "median-frequency"})
+    config = tiny_config(root, tmp_path / "run", loss={"class_weights": "median-frequency", "adv_warmup_epochs": 2})
     with caplog.at_level(logging.INFO):
         measured = measure_step(config, steps=3, warmup=2, validation_batches=1)
     assert shapes == [(4, 3, 64, 64)] * 5  # 2 to warm up, 3 timed: 4 images, one batch a pass
+    # the run's usual step, past its adversarial warm-up: the generator also learns to fool D
+    assert logged.count("train/adv_loss") == 5
     assert validated == [(4, 3, 64, 64), (2, 3, 64, 64)]  # one to warm up, one timed: 6 images in 4s
     assert len(saved) == 1 and saved[0].name == "last.ckpt"  # the run's own epoch end, in a scratch folder
     assert min(measured.step_s, measured.validation_image_s, measured.epoch_end_s) > 0
