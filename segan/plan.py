@@ -160,10 +160,10 @@ def measure_step(config: Config, steps: int = 10, warmup: int = 4, validation_ba
     on random tensors read CamVid's step 1.35x too fast: the discriminator runs three times per
     real step, and on a CPU the loader's workers share its cores. The step figure is the mean
     over the `steps` batches after `warmup` (the first batches start the workers and pick
-    kernels; on CamVid at 256 px steps took 2.1, 1.5, then 1.25 s from the tenth on); the
-    validation figure, over the images of `validation_batches` batches after a first one (the
-    first took 1 s, the next few 0.2 s, then 0.15 s an image, as in a real run); the epoch's end is the run's own (`segan.training.epoch_end_callbacks`), written
-    to a scratch folder. Estimating validation as a third of a training image's cost, and
+    kernels: on CamVid at 256 px the first two ran 1.7x slower than the tenth on); the
+    validation figure, over the images of `validation_batches` batches after a first one (there
+    the first took 1 s, the next few 0.2 s, then 0.15 s an image, as in a real run); the epoch's
+    end is the run's own (`segan.training.epoch_end_callbacks`), written to a scratch folder. Estimating validation as a third of a training image's cost, and
     leaving the rest out, had made ISBI 2012's epochs 20 % longer than planned (40.8 s, not 34 s).
     """
     import tempfile
