@@ -3,12 +3,14 @@
 
     python scripts/bench_levers.py [--datasets camvid isbi2012] [--rows recipe class-weights ohem
                                    rare-class scale best] [--seeds 0] [--final-seeds 0 1 2]
-                                   [--budget 1h] [--best-levers NAME...] [--out DIR] [--markdown]
+                                   [--budget 1h] [--best-levers NAME...] [--tta-scales S...]
+                                   [--out DIR] [--markdown]
 
 Every row trains the dataset's recipe (datasets/NAME/config.yaml) with the hand settings below
 for the same `--time-budget` (the budget decides the epochs, so a slower lever trains fewer), then
 scores the validation split with `segan evaluate --model RUN --split val`: native resolution for
-the crop-trained CamVid, the figures `segan predict` would give. Rows:
+the crop-trained CamVid, the figures `segan predict` would give (with `--tta-scales`, also with
+flips at those scales, on the same weights, and the seconds each scoring took). Rows:
 - recipe: the settings alone; class-weights: `--class-weights median-frequency`; ohem:
   `--ohem-keep 0.25 --ohem-threshold 0.7`; rare-class: `--rare-class-crops 0.5`; scale:
   `--scale-range 0.5 2.0` (crop-trained sets only);
@@ -64,33 +66,56 @@ def best_levers(dataset: str, out: Path) -> list[str]:
     return [lever for lever in LEVERS if lever in DATASET_ROWS[dataset] and (score(lever) or 0.0) > recipe]
 
 
+def evaluate(run: Path, folder: str, split: str, *flags: str) -> float | None:
+    """`segan evaluate --model RUN --split SPLIT FLAGS` into RUN/FOLDER, unless its metrics.json
+    exists; returns the seconds it took (start-up included, kept in FOLDER/seconds.json), or None
+    for an evaluation made before this script timed them."""
+    out_dir = run / folder
+    if not (out_dir / "metrics.json").is_file():
+        seconds = segan("evaluate", "--model", str(run), "--split", split, *flags, "--out", str(out_dir), "--overwrite")
+        (out_dir / "seconds.json").write_text(json.dumps({"seconds": round(seconds, 1)}) + "\n")
+    timing = out_dir / "seconds.json"
+    return json.loads(timing.read_text())["seconds"] if timing.is_file() else None
+
+
 def run_one(dataset: str, row: str, seed: int, budget: str, data: Path, out: Path,
-            chosen: list[str] | None = None) -> dict:
+            chosen: list[str] | None = None, tta_scales: list[float] | None = None) -> dict:
     run = out / dataset / f"{row}-seed{seed}"
-    metrics = run / "evaluation" / "metrics.json"
     if row == "best":
         levers = chosen if chosen is not None else best_levers(dataset, out)
     else:
         levers = [row] if row in LEVERS else []
     started = time.perf_counter()
-    if not metrics.is_file():
+    if not (run / "summary.json").is_file():
         flags = [flag for lever in levers for flag in LEVERS[lever]]
-        if not (run / "summary.json").is_file():
-            segan("train", "--config", str(ROOT / "datasets" / dataset / "config.yaml"), "--data", str(data / dataset),
-                  "--out", str(run), "--seed", str(seed), "--time-budget", budget, *HAND[dataset], *flags,
-                  "--overwrite")
-        segan("evaluate", "--model", str(run), "--split", "val", "--out", str(run / "evaluation"), "--overwrite")
-        if row == "best":
-            segan("evaluate", "--model", str(run), "--split", "test", "--out", str(run / "evaluation-test"),
-                  "--overwrite")
-        print(f"{dataset} {row} seed {seed}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-    scores = json.loads(metrics.read_text())
+        segan("train", "--config", str(ROOT / "datasets" / dataset / "config.yaml"), "--data", str(data / dataset),
+              "--out", str(run), "--seed", str(seed), "--time-budget", budget, *HAND[dataset], *flags,
+              "--overwrite")
+    eval_s = evaluate(run, "evaluation", "val")
+    if row == "best":
+        evaluate(run, "evaluation-test", "test")
+    # Multi-scale test-time augmentation costs inference time, not training time: scored on the
+    # same weights, so its change is paired with the row's own plain figure.
+    tta_folder = "evaluation-tta-" + "-".join(f"{scale:g}" for scale in tta_scales or [])
+    tta_s = evaluate(run, tta_folder, "val", "--tta", "--tta-scales", *map(str, tta_scales)) if tta_scales else None
+    print(f"{dataset} {row} seed {seed}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+
+    def read(folder: str) -> dict | None:
+        path = run / folder / "metrics.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    scores, test, tta = read("evaluation"), read("evaluation-test"), read(tta_folder) if tta_scales else None
     summary = json.loads((run / "summary.json").read_text())
-    test = run / "evaluation-test" / "metrics.json"
+
+    def per_class(metrics: dict) -> dict:
+        return {name: round(entry["iou"], 4) for name, entry in metrics["per_class"].items()}
+
     return {"dataset": dataset, "row": row, "seed": seed, "levers": levers,
-            "test_iou": round(json.loads(test.read_text())["headline"]["iou"], 4) if test.is_file() else None,
+            "test_iou": round(test["headline"]["iou"], 4) if test else None,
             "iou": round(scores["headline"]["iou"], 4), "dice": round(scores["headline"]["dice"], 4),
-            "per_class_iou": {name: round(entry["iou"], 4) for name, entry in scores["per_class"].items()},
+            "per_class_iou": per_class(scores), "eval_s": eval_s,
+            **({"tta_scales": tta_scales, "tta_iou": round(tta["headline"]["iou"], 4),
+                "tta_per_class_iou": per_class(tta), "tta_eval_s": tta_s} if tta else {}),
             "epochs": summary["epochs"], "steps": summary["steps"], "wall_time_s": summary["wall_time_s"],
             "time_budget": summary.get("time_budget"), "precision": summary.get("precision")}
 
@@ -114,6 +139,10 @@ def summarise(runs: list[dict]) -> dict:
     return summary
 
 
+def seconds(value: float | None) -> str:
+    return f"{value:.0f} s" if value is not None else ""
+
+
 def markdown(result: dict) -> str:
     """The BENCHMARKS.md tables: one per dataset, a row per run, every class's IoU."""
     lines = []
@@ -130,6 +159,17 @@ def markdown(result: dict) -> str:
                          + f" | {run['epochs']} | {run['wall_time_s']:.0f} s | "
                          + (f"{run['test_iou']:.4f} |" if run["test_iou"] is not None else " |"))
         lines.append("")
+        scored = [run for run in mine if "tta_iou" in run]
+        if scored:
+            lines += [f"### {dataset}: multi-scale test-time augmentation, the same weights",
+                      "| row | seed | scales, with flips | mean IoU | with TTA | change | " + " | ".join(classes)
+                      + " | seconds plain | seconds TTA |", "|---" * (len(classes) + 8) + "|"]
+            for run in scored:
+                lines.append(f"| {run['row']} | {run['seed']} | {' '.join(f'{s:g}' for s in run['tta_scales'])} | "
+                             f"{run['iou']:.4f} | {run['tta_iou']:.4f} | {run['tta_iou'] - run['iou']:+.4f} | "
+                             + " | ".join(f"{run['tta_per_class_iou'][name]:.3f}" for name in classes)
+                             + f" | {seconds(run['eval_s'])} | {seconds(run['tta_eval_s'])} |")
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -142,6 +182,9 @@ def main() -> None:
     parser.add_argument("--budget", default="1h", help="time budget of every run (segan train --time-budget)")
     parser.add_argument("--best-levers", nargs="*", choices=list(LEVERS), default=None,
                         help="the levers of row best (default: those whose seed-0 rows in OUT beat recipe)")
+    parser.add_argument("--tta-scales", nargs="+", type=float, default=None, metavar="S",
+                        help="also score every run with flips at these scales (segan evaluate --tta --tta-scales), "
+                             "e.g. 0.75 1 1.25")
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out)
     if args.markdown:
@@ -154,7 +197,7 @@ def main() -> None:
     runs: list[dict] = []
     result = {"benchmark": "levers", "budget": args.budget, "runs": runs}
     for job in jobs:
-        runs.append(run_one(*job, args.budget, data, out, args.best_levers))
+        runs.append(run_one(*job, args.budget, data, out, args.best_levers, args.tta_scales))
         result = {"benchmark": "levers", "budget": args.budget, "machine": platform.machine(),
                   "summary": summarise(runs), "runs": runs}
         (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")

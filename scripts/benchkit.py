@@ -35,16 +35,19 @@ def require_datasets(data: Path, datasets: Sequence[str]) -> None:
             raise SystemExit(f"{data / dataset} not found: this benchmark trains on ../shared/data")
 
 
-def segan(*arguments: str, label: str | None = None) -> None:
+def segan(*arguments: str, label: str | None = None) -> float:
     """Runs `python -m segan ARGUMENTS` and stops the benchmark with its error output if it fails.
-    With `label`, prints `LABEL: N s` to stderr when it ends."""
+    With `label`, prints `LABEL: N s` to stderr when it ends. Returns its wall time in seconds,
+    start-up included."""
     command = [sys.executable, "-m", "segan", *arguments]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    seconds = time.perf_counter() - started
     if label is not None:
-        print(f"{label}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        print(f"{label}: {seconds:.0f} s", file=sys.stderr, flush=True)
+    return seconds
 
 
 def mean_std(values: Sequence[float]) -> dict:

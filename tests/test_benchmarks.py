@@ -118,6 +118,22 @@ def test_bench_levers_combines_the_levers_that_beat_the_recipe(tmp_path):
                        "--data", str(data), "--out", str(out))
     assert [run["levers"] for run in named["runs"]] == [["ohem", "scale"]] * 3
 
+    # Multi-scale TTA re-scores finished runs on the same weights, from its own folder.
+    (out / "camvid" / "recipe-seed0" / "evaluation" / "seconds.json").write_text('{"seconds": 20.0}')
+    tta = out / "camvid" / "recipe-seed0" / "evaluation-tta-0.75-1-1.25"
+    tta.mkdir()
+    (tta / "metrics.json").write_text(json.dumps({"headline": {"iou": 0.705, "dice": 0.8},
+                                                  "per_class": {"Sky": {"iou": 0.92}, "Pole": {"iou": 0.06}}}))
+    (tta / "seconds.json").write_text('{"seconds": 95.0}')
+    scored = run_script("bench_levers.py", "--datasets", "camvid", "--rows", "recipe", "--tta-scales", "0.75",
+                        "1", "1.25", "--data", str(data), "--out", str(out))
+    recipe = scored["runs"][0]
+    assert (recipe["tta_iou"], recipe["tta_eval_s"], recipe["eval_s"]) == (0.705, 95.0, 20.0)
+    assert recipe["tta_per_class_iou"] == {"Sky": 0.92, "Pole": 0.06}
+    table = subprocess.run([sys.executable, str(SCRIPTS / "bench_levers.py"), "--out", str(out), "--markdown"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "| recipe | 0 | 0.75 1 1.25 | 0.6900 | 0.7050 | +0.0150 | 0.920 | 0.060 | 20 s | 95 s |" in table
+
 
 def test_bench_plan_reads_finished_runs_and_their_budgets(tmp_path):
     data, out = tmp_path / "data", tmp_path / "out"
