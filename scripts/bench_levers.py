@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchkit import LITE0, ROOT, add_common_arguments, mean_std, require_datasets, segan
+from benchkit import LITE0, ROOT, add_common_arguments, evaluate, mean_std, require_datasets, segan
 
 # The hand settings of issue 21's report (CamVid, 0.691 mean IoU in 56 minutes) and the ISBI
 # all-labels row of the semi-supervised benchmark, at native resolution for the thin membranes.
@@ -66,18 +66,6 @@ def best_levers(dataset: str, out: Path) -> list[str]:
     return [lever for lever in LEVERS if lever in DATASET_ROWS[dataset] and (score(lever) or 0.0) > recipe]
 
 
-def evaluate(run: Path, folder: str, split: str, *flags: str) -> float | None:
-    """`segan evaluate --model RUN --split SPLIT FLAGS` into RUN/FOLDER, unless its metrics.json
-    exists; returns the seconds it took (start-up included, kept in FOLDER/seconds.json), or None
-    for an evaluation made before this script timed them."""
-    out_dir = run / folder
-    if not (out_dir / "metrics.json").is_file():
-        seconds = segan("evaluate", "--model", str(run), "--split", split, *flags, "--out", str(out_dir), "--overwrite")
-        (out_dir / "seconds.json").write_text(json.dumps({"seconds": round(seconds, 1)}) + "\n")
-    timing = out_dir / "seconds.json"
-    return json.loads(timing.read_text())["seconds"] if timing.is_file() else None
-
-
 def run_one(dataset: str, row: str, seed: int, budget: str, data: Path, out: Path,
             chosen: list[str] | None = None, tta_scales: list[float] | None = None) -> dict:
     run = out / dataset / f"{row}-seed{seed}"
@@ -96,15 +84,15 @@ def run_one(dataset: str, row: str, seed: int, budget: str, data: Path, out: Pat
         evaluate(run, "evaluation-test", "test")
     # Multi-scale test-time augmentation costs inference time, not training time: scored on the
     # same weights, so its change is paired with the row's own plain figure.
-    tta_folder = "evaluation-tta-" + "-".join(f"{scale:g}" for scale in tta_scales or [])
-    tta_s = evaluate(run, tta_folder, "val", "--tta", "--tta-scales", *map(str, tta_scales)) if tta_scales else None
+    tta_folder = "evaluation-tta-" + "-".join(f"{scale:g}" for scale in tta_scales) if tta_scales else None
+    tta_s = evaluate(run, tta_folder, "val", "--tta", "--tta-scales", *map(str, tta_scales)) if tta_folder else None
     print(f"{dataset} {row} seed {seed}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
 
     def read(folder: str) -> dict | None:
         path = run / folder / "metrics.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
-    scores, test, tta = read("evaluation"), read("evaluation-test"), read(tta_folder) if tta_scales else None
+    scores, test, tta = read("evaluation"), read("evaluation-test"), read(tta_folder) if tta_folder else None
     summary = json.loads((run / "summary.json").read_text())
 
     def per_class(metrics: dict) -> dict:

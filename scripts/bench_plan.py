@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import yaml
-from benchkit import LITE0, ROOT, add_common_arguments, require_datasets, segan
+from benchkit import LITE0, ROOT, add_common_arguments, evaluate, require_datasets, segan
 
 BUDGETS = {"isbi2012": "30m", "kvasir-seg": "30m", "camvid": "60m"}
 # The best hand-written recipes in BENCHMARKS.md: Kvasir-SEG from issue 7, CamVid from issue 21's
@@ -66,10 +66,8 @@ def run_one(dataset: str, row: str, data: Path, out: Path) -> dict:
             segan("train", "--config", str(recipe), "--data", str(data / dataset), "--out", str(run),
                   "--time-budget", BUDGETS[dataset], *HAND[dataset], "--overwrite")
         print(f"{dataset} {row}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-    native = run / "evaluation" / "metrics.json"
-    if not native.is_file():
-        segan("evaluate", "--model", str(run), "--split", "val", "--out", str(native.parent), "--overwrite")
-    headline = json.loads(native.read_text())["headline"]
+    evaluate(run, "evaluation", "val")
+    headline = json.loads((run / "evaluation" / "metrics.json").read_text())["headline"]
     result = json.loads(summary.read_text())
     config = (run / "config.yaml").read_text()
     return {"dataset": dataset, "row": row, "dice": result["best_val_dice"], "iou": result["best_val_iou"],

@@ -5,6 +5,7 @@ folder on the path)."""
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -48,6 +49,18 @@ def segan(*arguments: str, label: str | None = None) -> float:
     if label is not None:
         print(f"{label}: {seconds:.0f} s", file=sys.stderr, flush=True)
     return seconds
+
+
+def evaluate(run: Path, folder: str, split: str, *flags: str) -> float | None:
+    """`segan evaluate --model RUN --split SPLIT FLAGS` into RUN/FOLDER, unless its metrics.json
+    exists; returns the seconds it took (start-up included, kept in FOLDER/seconds.json), or None
+    for an evaluation made before the benchmarks timed them."""
+    out_dir = run / folder
+    if not (out_dir / "metrics.json").is_file():
+        seconds = segan("evaluate", "--model", str(run), "--split", split, *flags, "--out", str(out_dir), "--overwrite")
+        (out_dir / "seconds.json").write_text(json.dumps({"seconds": round(seconds, 1)}) + "\n")
+    timing = out_dir / "seconds.json"
+    return json.loads(timing.read_text())["seconds"] if timing.is_file() else None
 
 
 def mean_std(values: Sequence[float]) -> dict:

@@ -163,8 +163,9 @@ def measure_step(config: Config, steps: int = 10, warmup: int = 4, validation_ba
     kernels: on CamVid at 256 px the first two ran 1.7x slower than the tenth on); the
     validation figure, over the images of `validation_batches` batches after a first one (there
     the first took 1 s, the next few 0.2 s, then 0.15 s an image, as in a real run); the epoch's
-    end is the run's own (`segan.training.epoch_end_callbacks`), written to a scratch folder. Estimating validation as a third of a training image's cost, and
-    leaving the rest out, had made ISBI 2012's epochs 20 % longer than planned (40.8 s, not 34 s).
+    end is the run's own (`segan.training.epoch_end_callbacks`), written to a scratch folder.
+    Estimating validation as a third of a training image's cost, and leaving the rest out, had
+    made ISBI 2012's epochs 20 % longer than planned (40.8 s, not 34 s).
     """
     import tempfile
     from pathlib import Path
