@@ -385,10 +385,10 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
     if absent:
         reasons.append(f"classes with no pixel in the training masks: {', '.join(absent)}; the model cannot learn them")
     if rare:
-        reasons.append(f"rare classes (under {RARE_SHARE:.0%} of the labelled pixels): {', '.join(rare)}; no class "
-                       "weighting is set: on CamVid, median-frequency class weights, OHEM and rare-class crops each "
-                       "scored under the plain recipe in the same hour (BENCHMARKS.md, scripts/bench_levers.py); "
-                       "to try them on your data, see README 'Multi-class data'")
+        reasons.append(f"rare classes (under {RARE_SHARE:.0%} of the labelled pixels): {', '.join(rare)}; none of "
+                       "class weights, OHEM or rare-class crops is set: on CamVid each scored under the plain recipe "
+                       "in the same hour (BENCHMARKS.md, scripts/bench_levers.py); to try them on your data, see "
+                       "README 'Multi-class data'")
     reasons.append("data.rotations true (kept): flips and 90-degree rotations keep these labels valid; set it false "
                    "for scenes with an up and a down" if data.rotations else
                    "data.rotations false (kept): left-right flips only, for scenes with an up and a down")
