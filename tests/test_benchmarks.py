@@ -138,7 +138,7 @@ def test_bench_levers_combines_the_levers_that_beat_the_recipe(tmp_path):
 def test_bench_plan_reads_finished_runs_and_their_budgets(tmp_path):
     data, out = tmp_path / "data", tmp_path / "out"
     (data / "kvasir-seg").mkdir(parents=True)
-    for row, dice, spent in (("plan", 0.90, 1790.0), ("hand", 0.88, 1770.0)):
+    for row, dice, spent in (("plan", 0.90, 1790.0), ("hand", 0.88, 1770.0), ("plan-seed1", 0.91, 1780.0)):
         write_summary(out / "kvasir-seg" / row, dice, dice - 0.1, spent - 20)
         summary = out / "kvasir-seg" / row / "summary.json"
         summary.write_text(json.dumps({**json.loads(summary.read_text()), "epochs": 40, "steps": 4000, "time_budget": {
@@ -155,6 +155,29 @@ def test_bench_plan_reads_finished_runs_and_their_budgets(tmp_path):
     table = subprocess.run([sys.executable, str(SCRIPTS / "bench_plan.py"), "--out", str(out), "--markdown"],
                            capture_output=True, text=True, check=True).stdout
     assert "| kvasir-seg | plan | 1800 s | 1790 s | 0.994 | 40 | 4000 | 0.9000 | 0.8000 | 0.9020 | 0.8100 |" in table
+
+    # Flip TTA re-scores the plan's finished run from its own folder; the hand row was not scored with it.
+    (out / "kvasir-seg" / "plan" / "evaluation" / "seconds.json").write_text('{"seconds": 11.0}')
+    tta = out / "kvasir-seg" / "plan" / "evaluation-tta-1"
+    tta.mkdir()
+    (tta / "metrics.json").write_text(json.dumps({"headline": {"iou": 0.8193, "dice": 0.9007}}))
+    (tta / "seconds.json").write_text('{"seconds": 19.0}')
+    scored = run_script("bench_plan.py", "--datasets", "kvasir-seg", "--rows", "plan", "--tta-scales", "1",
+                        "--data", str(data), "--out", str(out))
+    plan = scored["runs"][0]
+    assert (plan["native_tta_dice"], plan["native_tta_iou"], plan["eval_s"], plan["tta_eval_s"]) == (
+        0.9007, 0.8193, 11.0, 19.0)
+    table = subprocess.run([sys.executable, str(SCRIPTS / "bench_plan.py"), "--out", str(out), "--markdown"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "| 0.9000 | 0.8000 | 0.9020 | 0.8100 | 0.9007 | 0.8193 | 11 / 19 |" in table
+
+    # Another seed of the same plan is its own run folder, named in the table.
+    seeded = run_script("bench_plan.py", "--datasets", "kvasir-seg", "--rows", "plan", "--seeds", "0", "1",
+                        "--data", str(data), "--out", str(out))
+    assert [(run["seed"], run["dice"]) for run in seeded["runs"]] == [(0, 0.90), (1, 0.91)]
+    table = subprocess.run([sys.executable, str(SCRIPTS / "bench_plan.py"), "--out", str(out), "--markdown"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "| kvasir-seg | plan seed 1 | 1800 s | 1780 s | 0.989 | 40 | 4000 | 0.9100 |" in table
 
 
 def test_bench_plan_lever_rows_change_only_their_keys_of_the_plan(tmp_path):
