@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 from benchkit import (LITE0, ROOT, add_common_arguments, add_tta_argument, evaluate, evaluate_tta, mean_std,
-                      require_datasets, segan)
+                      require_datasets, seconds, segan)
 
 # The hand settings of issue 21's report (CamVid, 0.691 mean IoU in 56 minutes) and the ISBI
 # all-labels row of the semi-supervised benchmark, at native resolution for the thin membranes.
@@ -123,10 +123,6 @@ def summarise(runs: list[dict]) -> dict:
                 entry["iou_minus_recipe_seed0"] = round(first["iou"] - recipe["iou"], 4)
             summary[f"{dataset}/{row}"] = entry
     return summary
-
-
-def seconds(value: float | None) -> str:
-    return f"{value:.0f} s" if value is not None else ""
 
 
 def markdown(result: dict) -> str:

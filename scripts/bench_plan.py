@@ -36,7 +36,7 @@ from pathlib import Path
 
 import yaml
 from benchkit import (LITE0, ROOT, add_common_arguments, add_tta_argument, evaluate, evaluate_tta, require_datasets,
-                      segan)
+                      seconds, segan)
 
 BUDGETS = {"isbi2012": "30m", "kvasir-seg": "30m", "camvid": "60m"}
 # The best hand-written recipes in BENCHMARKS.md: Kvasir-SEG from issue 7, CamVid from issue 21's
@@ -105,7 +105,7 @@ def markdown(result: dict) -> str:
     header = ["dataset", "row", "budget", "spent", "share", "epochs", "steps", "validation Dice", "validation IoU",
               "native Dice", "native IoU"]
     if with_tta:
-        header += ["native Dice with TTA", "native IoU with TTA", "scoring s (plain / TTA)"]
+        header += ["native Dice with TTA", "native IoU with TTA", "seconds plain", "seconds TTA"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in result["runs"]:
         spent = run["time_budget"] or {}
@@ -114,10 +114,10 @@ def markdown(result: dict) -> str:
                  f"{spent.get('spent_share', 0):.3f}", str(run["epochs"]), str(run["steps"]), f"{run['dice']:.4f}",
                  f"{run['iou']:.4f}", f"{run['native_dice']:.4f}", f"{run['native_iou']:.4f}"]
         if with_tta and "native_tta_dice" in run:
-            cells += [f"{run['native_tta_dice']:.4f}", f"{run['native_tta_iou']:.4f}",
-                      f"{run.get('eval_s') or 0:.0f} / {run.get('tta_eval_s') or 0:.0f}"]
+            cells += [f"{run['native_tta_dice']:.4f}", f"{run['native_tta_iou']:.4f}", seconds(run["eval_s"]),
+                      seconds(run["tta_eval_s"])]
         elif with_tta:
-            cells += ["", "", ""]
+            cells += [""] * 4
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -82,6 +82,11 @@ def evaluate_tta(run: Path, split: str, scales: Sequence[float] | None) -> tuple
     return json.loads((run / folder / "metrics.json").read_text()), seconds
 
 
+def seconds(value: float | None) -> str:
+    """A table cell for a timing: blank where the run has none (scored before timings were kept)."""
+    return f"{value:.0f} s" if value is not None else ""
+
+
 def mean_std(values: Sequence[float]) -> dict:
     """Mean, sample standard deviation (None for one value) and count, rounded for the tables."""
     return {"mean": round(statistics.fmean(values), 4),

@@ -169,7 +169,7 @@ def test_bench_plan_reads_finished_runs_and_their_budgets(tmp_path):
         0.9007, 0.8193, 11.0, 19.0)
     table = subprocess.run([sys.executable, str(SCRIPTS / "bench_plan.py"), "--out", str(out), "--markdown"],
                            capture_output=True, text=True, check=True).stdout
-    assert "| 0.9000 | 0.8000 | 0.9020 | 0.8100 | 0.9007 | 0.8193 | 11 / 19 |" in table
+    assert "| 0.9000 | 0.8000 | 0.9020 | 0.8100 | 0.9007 | 0.8193 | 11 s | 19 s |" in table
 
     # Another seed of the same plan is its own run folder, named in the table.
     seeded = run_script("bench_plan.py", "--datasets", "kvasir-seg", "--rows", "plan", "--seeds", "0", "1",
