@@ -16,7 +16,8 @@ flips at those scales, on the same weights, and the seconds each scoring took). 
   `--scale-range 0.5 2.0` (crop-trained sets only);
 - best: every lever whose row beat recipe (mean IoU, seed 0), together; trained for each of
   `--final-seeds` (default 0 1 2). Without a lever that beat recipe, it is the recipe. As the
-  levers were chosen on val, these runs are also scored on the test split, which chose nothing.
+  levers were chosen on val, these runs are also scored on the test split, which chose nothing
+  (where the data has one: a test/ folder, as CamVid's published layout).
   `--best-levers NAME...` names them instead, for a session whose OUT lacks the lever rows
   (weights/ is not kept between sessions: take them from BENCHMARKS.md's seed-0 rows).
 ISBI 2012 (binary, thin membranes) gets the recipe, class-weights and ohem rows only.
@@ -81,8 +82,10 @@ def run_one(dataset: str, row: str, seed: int, budget: str, data: Path, out: Pat
               "--out", str(run), "--seed", str(seed), "--time-budget", budget, *HAND[dataset], *flags,
               "--overwrite")
     eval_s = evaluate(run, "evaluation", "val")
-    if row == "best":
+    if row == "best" and (data / dataset / "test").is_dir():
         evaluate(run, "evaluation-test", "test")
+    elif row == "best":
+        print(f"{data / dataset} has no test/ split: row best is scored on val only", file=sys.stderr, flush=True)
     tta, tta_s = evaluate_tta(run, "val", tta_scales)
     print(f"{dataset} {row} seed {seed}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
 
