@@ -78,7 +78,7 @@ def test_bench_semi_pairs_rows_with_labeled_only_and_measures_the_gap_closed(tmp
 
 def test_bench_levers_combines_the_levers_that_beat_the_recipe(tmp_path):
     data, out = tmp_path / "data", tmp_path / "out"
-    (data / "camvid").mkdir(parents=True)
+    (data / "camvid" / "test").mkdir(parents=True)
 
     def finished(row: str, seed: int, iou: float, pole: float) -> None:
         run = out / "camvid" / f"{row}-seed{seed}"
@@ -117,6 +117,16 @@ def test_bench_levers_combines_the_levers_that_beat_the_recipe(tmp_path):
     named = run_script("bench_levers.py", "--datasets", "camvid", "--rows", "best", "--best-levers", "ohem", "scale",
                        "--data", str(data), "--out", str(out))
     assert [run["levers"] for run in named["runs"]] == [["ohem", "scale"]] * 3
+    # Data without a test split (../shared/data/camvid has train and val only): row best says so and is
+    # scored on val alone, where it used to fail after its training hour.
+    (data / "camvid" / "test").rmdir()
+    finished("best", 3, 0.75, 0.3)
+    done = subprocess.run([sys.executable, str(SCRIPTS / "bench_levers.py"), "--datasets", "camvid", "--rows", "best",
+                           "--best-levers", "--final-seeds", "3", "--data", str(data), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"{data / 'camvid'} has no test/ split: row best is scored on val only" in done.stderr
+    assert [(run["levers"], run["iou"], run["test_iou"]) for run in json.loads(done.stdout)["runs"]] == [([], 0.75, None)]
 
     # Multi-scale TTA re-scores finished runs on the same weights, from its own folder.
     (out / "camvid" / "recipe-seed0" / "evaluation" / "seconds.json").write_text('{"seconds": 20.0}')
