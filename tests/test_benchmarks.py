@@ -126,7 +126,8 @@ def test_bench_levers_combines_the_levers_that_beat_the_recipe(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"{data / 'camvid'} has no test/ split: row best is scored on val only" in done.stderr
-    assert [(run["levers"], run["iou"], run["test_iou"]) for run in json.loads(done.stdout)["runs"]] == [([], 0.75, None)]
+    runs = json.loads(done.stdout)["runs"]
+    assert [(run["levers"], run["iou"], run["test_iou"]) for run in runs] == [([], 0.75, None)]
 
     # Multi-scale TTA re-scores finished runs on the same weights, from its own folder.
     (out / "camvid" / "recipe-seed0" / "evaluation" / "seconds.json").write_text('{"seconds": 20.0}')
