@@ -17,7 +17,7 @@ flips at those scales, on the same weights, and the seconds each scoring took). 
 - best: every lever whose row beat recipe (mean IoU, seed 0), together; trained for each of
   `--final-seeds` (default 0 1 2). Without a lever that beat recipe, it is the recipe. As the
   levers were chosen on val, these runs are also scored on the test split, which chose nothing
-  (where the data has one: a test/ folder, as CamVid's published layout).
+  (where the data has one in the recipe's layout, as CamVid's published test/ and testannot/).
   `--best-levers NAME...` names them instead, for a session whose OUT lacks the lever rows
   (weights/ is not kept between sessions: take them from BENCHMARKS.md's seed-0 rows).
 ISBI 2012 (binary, thin membranes) gets the recipe, class-weights and ohem rows only.
@@ -68,6 +68,19 @@ def best_levers(dataset: str, out: Path) -> list[str]:
     return [lever for lever in LEVERS if lever in DATASET_ROWS[dataset] and (score(lever) or 0.0) > recipe]
 
 
+def missing_split(dataset: str, data: Path, split: str) -> str | None:
+    """Why `segan evaluate --split SPLIT` would find no such split in the recipe's layout under DATA
+    (segan's own rule, so a broken test/ folder is reported too), or None where it would."""
+    from segan.config import Config, merge
+    from segan.data.pairs import DatasetLayoutError, find_split
+    config = merge(Config.load(ROOT / "datasets" / dataset / "config.yaml"), {"data": {"root": str(data / dataset)}})
+    try:
+        find_split(config.data, split)
+    except DatasetLayoutError as error:
+        return str(error)
+    return None
+
+
 def run_one(dataset: str, row: str, seed: int, budget: str, data: Path, out: Path,
             chosen: list[str] | None = None, tta_scales: list[float] | None = None) -> dict:
     run = out / dataset / f"{row}-seed{seed}"
@@ -82,10 +95,10 @@ def run_one(dataset: str, row: str, seed: int, budget: str, data: Path, out: Pat
               "--out", str(run), "--seed", str(seed), "--time-budget", budget, *HAND[dataset], *flags,
               "--overwrite")
     eval_s = evaluate(run, "evaluation", "val")
-    if row == "best" and (data / dataset / "test").is_dir():
+    if row == "best" and not (why := missing_split(dataset, data, "test")):
         evaluate(run, "evaluation-test", "test")
     elif row == "best":
-        print(f"{data / dataset} has no test/ split: row best is scored on val only", file=sys.stderr, flush=True)
+        print(f"row best is scored on val only: {why}", file=sys.stderr, flush=True)
     tta, tta_s = evaluate_tta(run, "val", tta_scales)
     print(f"{dataset} {row} seed {seed}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
 

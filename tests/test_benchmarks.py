@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -78,7 +81,10 @@ def test_bench_semi_pairs_rows_with_labeled_only_and_measures_the_gap_closed(tmp
 
 def test_bench_levers_combines_the_levers_that_beat_the_recipe(tmp_path):
     data, out = tmp_path / "data", tmp_path / "out"
-    (data / "camvid" / "test").mkdir(parents=True)
+    for folder in ("test", "testannot"):  # CamVid's published test split: one image and its mask
+        (data / "camvid" / folder).mkdir(parents=True)
+        shape = (8, 8, 3) if folder == "test" else (8, 8)
+        cv2.imwrite(str(data / "camvid" / folder / "0001TP_008550.png"), np.zeros(shape, np.uint8))
 
     def finished(row: str, seed: int, iou: float, pole: float) -> None:
         run = out / "camvid" / f"{row}-seed{seed}"
@@ -119,13 +125,14 @@ def test_bench_levers_combines_the_levers_that_beat_the_recipe(tmp_path):
     assert [run["levers"] for run in named["runs"]] == [["ohem", "scale"]] * 3
     # Data without a test split (../shared/data/camvid has train and val only): row best says so and is
     # scored on val alone, where it used to fail after its training hour.
-    (data / "camvid" / "test").rmdir()
+    for folder in ("test", "testannot"):
+        shutil.rmtree(data / "camvid" / folder)
     finished("best", 3, 0.75, 0.3)
     done = subprocess.run([sys.executable, str(SCRIPTS / "bench_levers.py"), "--datasets", "camvid", "--rows", "best",
                            "--best-levers", "--final-seeds", "3", "--data", str(data), "--out", str(out)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"{data / 'camvid'} has no test/ split: row best is scored on val only" in done.stderr
+    assert f"row best is scored on val only: {data / 'camvid'}: no split 'test' in the layout" in done.stderr
     runs = json.loads(done.stdout)["runs"]
     assert [(run["levers"], run["iou"], run["test_iou"]) for run in runs] == [([], 0.75, None)]
 
@@ -191,12 +198,30 @@ def test_bench_plan_reads_finished_runs_and_their_budgets(tmp_path):
     assert "| kvasir-seg | plan seed 1 | 1800 s | 1780 s | 0.989 | 40 | 4000 | 0.9100 |" in table
 
 
-def test_bench_plan_lever_rows_change_only_their_keys_of_the_plan(tmp_path):
+def import_script(name: str):
     sys.path.insert(0, str(SCRIPTS))
     try:
-        import bench_plan
+        return __import__(name)
     finally:
         sys.path.remove(str(SCRIPTS))
+
+
+def test_bench_levers_finds_the_test_split_by_segans_layout_rule(tmp_path):
+    bench_levers = import_script("bench_levers")
+    camvid = tmp_path / "camvid"
+    (camvid / "test").mkdir(parents=True)
+    cv2.imwrite(str(camvid / "test" / "0001TP_008550.png"), np.zeros((8, 8, 3), np.uint8))
+    # A test/ folder segan evaluate cannot use is reported with segan's reason, not taken for a split.
+    assert bench_levers.missing_split("camvid", tmp_path, "test") == f"folder not found: {camvid / 'testannot'}"
+    (camvid / "testannot").mkdir()
+    cv2.imwrite(str(camvid / "testannot" / "0001TP_008550.png"), np.zeros((8, 8), np.uint8))
+    assert bench_levers.missing_split("camvid", tmp_path, "test") is None
+    assert bench_levers.missing_split("camvid", tmp_path, "holdout") == (
+        f"{camvid}: no split 'holdout' in the layout (images {{split}}/, masks {{split}}annot/)")
+
+
+def test_bench_plan_lever_rows_change_only_their_keys_of_the_plan(tmp_path):
+    bench_plan = import_script("bench_plan")
     from segan.config import Config
 
     plan = tmp_path / "plan.yaml"
