@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
+
+from conftest import write
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -81,10 +82,9 @@ def test_bench_semi_pairs_rows_with_labeled_only_and_measures_the_gap_closed(tmp
 
 def test_bench_levers_combines_the_levers_that_beat_the_recipe(tmp_path):
     data, out = tmp_path / "data", tmp_path / "out"
-    for folder in ("test", "testannot"):  # CamVid's published test split: one image and its mask
-        (data / "camvid" / folder).mkdir(parents=True)
-        shape = (8, 8, 3) if folder == "test" else (8, 8)
-        cv2.imwrite(str(data / "camvid" / folder / "0001TP_008550.png"), np.zeros(shape, np.uint8))
+    # CamVid's published test split: one image and its mask
+    write(data / "camvid" / "test" / "0001TP_008550.png", np.zeros((8, 8, 3)))
+    write(data / "camvid" / "testannot" / "0001TP_008550.png", np.zeros((8, 8)))
 
     def finished(row: str, seed: int, iou: float, pole: float) -> None:
         run = out / "camvid" / f"{row}-seed{seed}"
@@ -209,12 +209,10 @@ def import_script(name: str):
 def test_bench_levers_finds_the_test_split_by_segans_layout_rule(tmp_path):
     bench_levers = import_script("bench_levers")
     camvid = tmp_path / "camvid"
-    (camvid / "test").mkdir(parents=True)
-    cv2.imwrite(str(camvid / "test" / "0001TP_008550.png"), np.zeros((8, 8, 3), np.uint8))
+    write(camvid / "test" / "0001TP_008550.png", np.zeros((8, 8, 3)))
     # A test/ folder segan evaluate cannot use is reported with segan's reason, not taken for a split.
     assert bench_levers.missing_split("camvid", tmp_path, "test") == f"folder not found: {camvid / 'testannot'}"
-    (camvid / "testannot").mkdir()
-    cv2.imwrite(str(camvid / "testannot" / "0001TP_008550.png"), np.zeros((8, 8), np.uint8))
+    write(camvid / "testannot" / "0001TP_008550.png", np.zeros((8, 8)))
     assert bench_levers.missing_split("camvid", tmp_path, "test") is None
     assert bench_levers.missing_split("camvid", tmp_path, "holdout") == (
         f"{camvid}: no split 'holdout' in the layout (images {{split}}/, masks {{split}}annot/)")
