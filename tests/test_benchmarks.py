@@ -225,11 +225,15 @@ def test_bench_plan_lever_rows_change_only_their_keys_of_the_plan(tmp_path):
     plan = tmp_path / "plan.yaml"
     plan.write_text("# reasons\ndata:\n  size: 288\ngenerator:\n  encoder_name: tu-efficientnet_lite0\n"
                     "train:\n  time_budget: 30m\n  epochs: 14\n")
-    for row, expected in (("plan+ema", (0.999, "tu-efficientnet_lite0", 1e-3)),
-                          ("plan+lite1", (None, "tu-efficientnet_lite1", 1e-3)),
-                          ("plan+lr3e-4", (None, "tu-efficientnet_lite0", 3e-4))):
+    plan_terms = {"dice": 1.0, "ce": 1.0}
+    for row, expected in (("plan+ema", (0.999, "tu-efficientnet_lite0", 1e-3, "unet", plan_terms)),
+                          ("plan+lite1", (None, "tu-efficientnet_lite1", 1e-3, "unet", plan_terms)),
+                          ("plan+lr3e-4", (None, "tu-efficientnet_lite0", 3e-4, "unet", plan_terms)),
+                          ("plan+lovasz", (None, "tu-efficientnet_lite0", 1e-3, "unet", {"ce": 1.0, "lovasz": 1.0})),
+                          ("plan+fpn", (None, "tu-efficientnet_lite0", 1e-3, "fpn", plan_terms))):
         config = Config.load(bench_plan.with_lever(plan, bench_plan.LEVERS[row], tmp_path / f"{row}.yaml"))
-        assert (config.train.ema_decay, config.generator.encoder_name, config.train.lr) == expected
+        assert (config.train.ema_decay, config.generator.encoder_name, config.train.lr, config.generator.arch,
+                config.loss.terms) == expected
         assert (config.data.size, config.train.time_budget, config.train.epochs) == (288, "30m", 14)
 
 
