@@ -154,11 +154,31 @@ def test_plan_takes_native_crops_of_thin_structures(tmp_path):
 def test_plan_names_rare_classes_and_keeps_the_base_settings(tmp_path):
     root = dataset(tmp_path / "data", imbalanced)
     base = Config.from_dict({"data": {"root": str(root), "classes": ["background", "large", "rare"],
-                                      "rotations": False}, "loss": {"adv_weight": 0.0}})
+                                      "rotations": False}, "loss": {"terms": {"ce": 1.0, "lovasz": 1.0}}})
     plan = make_plan(base, "10m", timer=fake_timer)
-    assert plan.config.data.rotations is False and plan.config.loss.adv_weight == 0.0
+    assert plan.config.data.rotations is False and plan.config.loss.terms == {"ce": 1.0, "lovasz": 1.0}
     assert any("rare classes" in reason and "rare" in reason.split(":")[1] and "large" not in reason.split(":")[1]
                for reason in plan.reasons)
+
+
+def test_plan_turns_the_adversarial_term_off_only_when_every_image_is_labelled(tmp_path):
+    root = dataset(tmp_path / "data", disks)
+    write(tmp_path / "unlabelled" / "0.png", np.zeros((SIDE, SIDE, 3), np.uint8))
+    timed = []
+
+    def timer(config: Config) -> Probe:
+        timed.append(config.loss.adv_weight)  # the step the plan sizes the run by
+        return fake_timer(config)
+
+    labelled = Config.from_dict({"data": {"root": str(root)}, "loss": {"adv_weight": 0.05}})
+    plan = make_plan(labelled, "10m", timer=timer)
+    assert plan.config.loss.adv_weight == 0.0 and timed == [0.0]
+    assert any(reason.startswith("loss.adv_weight 0 (not 0.05): every training image is labelled") and
+               "--adv-weight 0.05" in reason for reason in plan.reasons)
+    for semi in ({"unlabeled": [str(tmp_path / "unlabelled")]}, {"labeled_fraction": 0.5}):
+        plan = make_plan(merge(labelled, {"data": semi}), "10m", timer=timer)
+        assert plan.config.loss.adv_weight == 0.05 and not any("adv_weight" in reason for reason in plan.reasons)
+    assert timed == [0.0, 0.05, 0.05]
 
 
 def test_plan_command_writes_a_config_that_trains(tmp_path, monkeypatch, capsys):
