@@ -386,8 +386,8 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
                f"images resized to {size} px and the masks back to each image's size")
     # TTA is a predict/evaluate flag, not a config key: the plan can only say what it is worth.
     reasons.append(f"segan predict: {predict}; add --tta where inference time allows: on the same weights, "
-                   "8 views (flips, quarter turns) gave +0.000, +0.006 and +0.001 Dice on Kvasir-SEG (three seeds of this "
-                   "plan) for about 2.3x the inference time, 2 (flips) +0.008 mean IoU on CamVid for 1.7x")
+                   "8 views (flips, quarter turns) gave +0.000, +0.006 and +0.001 Dice on Kvasir-SEG (three seeds of "
+                   "this plan) for about 2.3x the inference time, 2 (flips) +0.008 mean IoU on CamVid for 1.7x")
 
     labelled = sum(split.class_pixels[:-1])
     shares = {name: pixels / labelled for name, pixels in zip(data.classes[1:], split.class_pixels[1:-1])} \
