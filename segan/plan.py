@@ -15,12 +15,13 @@ The rules, in order:
   (on Kvasir-SEG it reached 0.87 validation Dice where a random-init resnet18 reached 0.72);
 - batch size: 8, less for a small training split (an epoch keeps at least `MIN_STEPS_PER_EPOCH`
   steps);
+- adversarial term: off (`loss.adv_weight: 0`) unless the discriminator is to judge unlabelled
+  images (`data.unlabeled` or `data.labeled_fraction` with an adversarial `semi.mode`); decided
+  before the size, because the measured step is then the plain one;
 - size: the largest side (a multiple of 32, at most the images' own) at which the budget still
   holds `TARGET_STEPS` training steps, from the measured step time, and whose memory, scaled
   from the measured step's, fits in what the training device has free;
 - precision: bf16 where the training device has it;
-- adversarial term: off (`loss.adv_weight: 0`) when every training image is labelled; the
-  discriminator stays for semi-supervised data (`data.unlabeled`, `data.labeled_fraction`);
 - epoch length: one pass over the training set, or, for a small set, as many passes as keep
   validation (and the checkpoints and pictures that come with it) to a small share of the time;
 - epochs: what the budget holds at that size (the run re-measures and re-plans as it trains).
@@ -307,14 +308,17 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
     reasons.append(f"train.precision auto ({precision} here): bf16 where the training device has native bf16 "
                    "units, about 2.5x faster per step on this project's CPUs at the same accuracy")
 
-    # The discriminator earns its passes only where it has unlabelled images to judge; before the
-    # size, because its passes are part of the step the probe times.
-    if base.loss.adv_weight > 0 and not (base.data.unlabeled or base.data.labeled_fraction is not None):
+    # The discriminator earns its passes only where it judges unlabelled images (the rule
+    # segan.config checks); before the size, because its passes are part of the step the probe times.
+    unlabelled = bool(base.data.unlabeled) or base.data.labeled_fraction is not None
+    if base.loss.adv_weight > 0 and not (unlabelled and base.semi.mode.startswith("adversarial")):
         values["loss"] = {"adv_weight": 0.0}
-        reasons.append(f"loss.adv_weight 0 (not {base.loss.adv_weight:g}): every training image is labelled, where "
-                       "the adversarial term measured no gain and adds about 9 % to a step (Kvasir-SEG in 30 "
-                       "minutes, three seeds: 0.896 Dice without it, 0.888 with it); to learn from unlabelled "
-                       f"images too (--unlabeled), give it back (--adv-weight {base.loss.adv_weight:g})")
+        why = (f"semi.mode {base.semi.mode} learns from the unlabelled images without the discriminator"
+               if unlabelled else "every training image is labelled")
+        reasons.append(f"loss.adv_weight 0 (not {base.loss.adv_weight:g}): {why}, and with labelled images alone the "
+                       "adversarial term measured no gain and adds about 9 % to a step (Kvasir-SEG in 30 minutes, "
+                       "three seeds: 0.896 Dice without it, 0.888 with it); to learn from unlabelled images with "
+                       f"the discriminator (--unlabeled), give it back (--adv-weight {base.loss.adv_weight:g})")
 
     # size from the measured step time and the budget
     config = merge(base, values)
@@ -387,7 +391,7 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
     # TTA is a predict/evaluate flag, not a config key: the plan can only say what it is worth.
     reasons.append(f"segan predict: {predict}; add --tta where inference time allows: on the same weights, "
                    "8 views (flips, quarter turns) gave +0.000, +0.006 and +0.001 Dice on Kvasir-SEG (three seeds of "
-                   "this plan) for about 2.3x the inference time, 2 (flips) +0.008 mean IoU on CamVid for 1.7x")
+                   "this plan) for 2.1-2.3x the inference time, 2 (flips) +0.008 mean IoU on CamVid for 1.7x")
 
     labelled = sum(split.class_pixels[:-1])
     shares = {name: pixels / labelled for name, pixels in zip(data.classes[1:], split.class_pixels[1:-1])} \

@@ -178,7 +178,13 @@ def test_plan_turns_the_adversarial_term_off_only_when_every_image_is_labelled(t
     for semi in ({"unlabeled": [str(tmp_path / "unlabelled")]}, {"labeled_fraction": 0.5}):
         plan = make_plan(merge(labelled, {"data": semi}), "10m", timer=timer)
         assert plan.config.loss.adv_weight == 0.05 and not any("adv_weight" in reason for reason in plan.reasons)
-    assert timed == [0.0, 0.05, 0.05]
+    # self-training learns from unlabelled images without the discriminator
+    plan = make_plan(merge(labelled, {"data": {"labeled_fraction": 0.5}, "semi": {"mode": "self-training"}}), "10m",
+                     timer=timer)
+    assert plan.config.loss.adv_weight == 0.0
+    assert any(reason.startswith("loss.adv_weight 0 (not 0.05): semi.mode self-training learns from the unlabelled")
+               for reason in plan.reasons)
+    assert timed == [0.0, 0.05, 0.05, 0.0]
 
 
 def test_plan_command_writes_a_config_that_trains(tmp_path, monkeypatch, capsys):
@@ -192,7 +198,7 @@ def test_plan_command_writes_a_config_that_trains(tmp_path, monkeypatch, capsys)
     summary = json.loads(printed.strip().splitlines()[-1])
     loaded = Config.load(out)  # the reasons are YAML comments
     assert out.read_text().startswith("# written by segan plan")
-    assert (loaded.data.size, loaded.train.time_budget) == (summary["size"], "5m")
+    assert (loaded.data.size, loaded.train.time_budget, loaded.loss.adv_weight) == (summary["size"], "5m", 0.0)
     before = out.read_text()
     assert main(["plan", str(root), "--out", str(out)]) == 2  # an existing plan is kept
     assert "plan.yaml exists; nothing was changed" in capsys.readouterr().err and out.read_text() == before
