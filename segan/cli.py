@@ -626,8 +626,8 @@ def _add_plan(subparsers) -> None:
         description="Reads the training split once (image sizes, channels, bit depth, class shares, object sizes "
                     "and widths), measures a training step on this machine, and writes a config that trains "
                     "within the time budget: resize or native-resolution crops, image size, encoder, batch size, "
-                    "augmentation, precision, the adversarial term (off when every image is labelled) and the epochs "
-                    "that fit, each with its reason. Train with: "
+                    "augmentation, precision, the adversarial term (off unless the discriminator judges unlabelled "
+                    "images) and the epochs that fit, each with its reason. Train with: "
                     "segan train --config PLAN.yaml --out RUN (flags given there override the plan).")
     p.add_argument("data", help="dataset folder")
     p.add_argument("--config", help="YAML config whose settings the plan starts from and keeps where it chooses "

@@ -15,13 +15,13 @@ The rules, in order:
   (on Kvasir-SEG it reached 0.87 validation Dice where a random-init resnet18 reached 0.72);
 - batch size: 8, less for a small training split (an epoch keeps at least `MIN_STEPS_PER_EPOCH`
   steps);
+- augmentation: the `medium` preset; precision: bf16 where the training device has it;
 - adversarial term: off (`loss.adv_weight: 0`) unless the discriminator is to judge unlabelled
   images (`data.unlabeled` or `data.labeled_fraction` with an adversarial `semi.mode`); decided
   before the size, because the measured step is then the plain one;
 - size: the largest side (a multiple of 32, at most the images' own) at which the budget still
   holds `TARGET_STEPS` training steps, from the measured step time, and whose memory, scaled
   from the measured step's, fits in what the training device has free;
-- precision: bf16 where the training device has it;
 - epoch length: one pass over the training set, or, for a small set, as many passes as keep
   validation (and the checkpoints and pictures that come with it) to a small share of the time;
 - epochs: what the budget holds at that size (the run re-measures and re-plans as it trains).
@@ -313,12 +313,19 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
     unlabelled = bool(base.data.unlabeled) or base.data.labeled_fraction is not None
     if base.loss.adv_weight > 0 and not (unlabelled and base.semi.mode.startswith("adversarial")):
         values["loss"] = {"adv_weight": 0.0}
-        why = (f"semi.mode {base.semi.mode} learns from the unlabelled images without the discriminator"
-               if unlabelled else "every training image is labelled")
-        reasons.append(f"loss.adv_weight 0 (not {base.loss.adv_weight:g}): {why}, and with labelled images alone the "
-                       "adversarial term measured no gain and adds about 9 % to a step (Kvasir-SEG in 30 minutes, "
-                       "three seeds: 0.896 Dice without it, 0.888 with it); to learn from unlabelled images with "
-                       f"the discriminator (--unlabeled), give it back (--adv-weight {base.loss.adv_weight:g})")
+        weight, mode = base.loss.adv_weight, base.semi.mode
+        if not unlabelled:
+            why = "every training image is labelled"
+            back = f"to learn from unlabelled images with the discriminator (--unlabeled), give it back " \
+                   f"(--adv-weight {weight:g})"
+        else:
+            why = f"semi.mode {mode} " + ("leaves the unlabelled images unused" if mode == "none" else
+                                          "learns from the unlabelled images without the discriminator")
+            back = f"for the discriminator to judge them, set --semi adversarial+self-training and give it back " \
+                   f"(--adv-weight {weight:g})"
+        reasons.append(f"loss.adv_weight 0 (not {weight:g}): {why}; with labelled images alone the adversarial term "
+                       "measured no gain and adds about 9 % to a step (Kvasir-SEG in 30 minutes, three seeds: 0.896 "
+                       f"Dice without it, 0.888 with it); {back}")
 
     # size from the measured step time and the budget
     config = merge(base, values)

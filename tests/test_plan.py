@@ -161,7 +161,7 @@ def test_plan_names_rare_classes_and_keeps_the_base_settings(tmp_path):
                for reason in plan.reasons)
 
 
-def test_plan_turns_the_adversarial_term_off_only_when_every_image_is_labelled(tmp_path):
+def test_plan_keeps_the_adversarial_term_only_where_the_discriminator_judges_unlabelled_images(tmp_path):
     root = dataset(tmp_path / "data", disks)
     write(tmp_path / "unlabelled" / "0.png", np.zeros((SIDE, SIDE, 3), np.uint8))
     timed = []
@@ -170,21 +170,26 @@ def test_plan_turns_the_adversarial_term_off_only_when_every_image_is_labelled(t
         timed.append(config.loss.adv_weight)  # the step the plan sizes the run by
         return fake_timer(config)
 
+    def plan_of(**sections):
+        plan = make_plan(merge(labelled, sections), "10m", timer=timer)
+        reason = next((reason for reason in plan.reasons if reason.startswith("loss.adv_weight")), None)
+        return plan.config.loss.adv_weight, reason
+
     labelled = Config.from_dict({"data": {"root": str(root)}, "loss": {"adv_weight": 0.05}})
-    plan = make_plan(labelled, "10m", timer=timer)
-    assert plan.config.loss.adv_weight == 0.0 and timed == [0.0]
-    assert any(reason.startswith("loss.adv_weight 0 (not 0.05): every training image is labelled") and
-               "--adv-weight 0.05" in reason for reason in plan.reasons)
-    for semi in ({"unlabeled": [str(tmp_path / "unlabelled")]}, {"labeled_fraction": 0.5}):
-        plan = make_plan(merge(labelled, {"data": semi}), "10m", timer=timer)
-        assert plan.config.loss.adv_weight == 0.05 and not any("adv_weight" in reason for reason in plan.reasons)
-    # self-training learns from unlabelled images without the discriminator
-    plan = make_plan(merge(labelled, {"data": {"labeled_fraction": 0.5}, "semi": {"mode": "self-training"}}), "10m",
-                     timer=timer)
-    assert plan.config.loss.adv_weight == 0.0
-    assert any(reason.startswith("loss.adv_weight 0 (not 0.05): semi.mode self-training learns from the unlabelled")
-               for reason in plan.reasons)
-    assert timed == [0.0, 0.05, 0.05, 0.0]
+    weight, reason = plan_of()
+    assert weight == 0.0 and timed == [0.0]
+    assert reason.startswith("loss.adv_weight 0 (not 0.05): every training image is labelled;")
+    assert reason.endswith("with the discriminator (--unlabeled), give it back (--adv-weight 0.05)")
+    unlabelled = {"unlabeled": [str(tmp_path / "unlabelled")]}
+    for data, mode in ((unlabelled, "adversarial+self-training"), ({"labeled_fraction": 0.5}, "adversarial"),
+                       (unlabelled, "adversarial")):
+        assert plan_of(data=data, semi={"mode": mode}) == (0.05, None)
+    for mode, why in (("self-training", "learns from the unlabelled images without the discriminator"),
+                      ("none", "leaves the unlabelled images unused")):
+        weight, reason = plan_of(data={"labeled_fraction": 0.5}, semi={"mode": mode})
+        assert weight == 0.0 and reason.startswith(f"loss.adv_weight 0 (not 0.05): semi.mode {mode} {why};")
+        assert reason.endswith("set --semi adversarial+self-training and give it back (--adv-weight 0.05)")
+    assert timed == [0.0, 0.05, 0.05, 0.05, 0.0, 0.0]
 
 
 def test_plan_command_writes_a_config_that_trains(tmp_path, monkeypatch, capsys):
