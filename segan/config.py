@@ -230,6 +230,12 @@ class DataConfig:
     def binary(self) -> bool:
         return self.num_classes == 2
 
+    @property
+    def has_unlabeled(self) -> bool:
+        """Whether training gets images without masks: `unlabeled` folders, or the training images
+        whose masks `labeled_fraction` hides."""
+        return bool(self.unlabeled) or self.labeled_fraction is not None
+
     def normalization(self) -> tuple[list[float], list[float]]:
         """(mean, std) per channel: the configured values, or defaults for the channel count."""
         mean = self.mean if self.mean is not None else (
@@ -595,9 +601,8 @@ def _relations_checked(config: Config, invalid: set[str]) -> Config:
             problems.append(f"data.{name}: expected {data.in_channels} value(s), one per input channel "
                             f"(data.in_channels is {data.in_channels}), got {values}")
     semi = config.semi
-    has_unlabeled = bool(data.unlabeled) or data.labeled_fraction is not None
     if invalid.isdisjoint({"semi.mode", "loss.adv_weight"}) and semi.mode.startswith("adversarial") \
-            and config.loss.adv_weight == 0 and has_unlabeled:
+            and config.loss.adv_weight == 0 and data.has_unlabeled:
         problems.append(f"semi.mode: '{semi.mode}' needs a trained discriminator, but loss.adv_weight is 0; "
                         "give loss.adv_weight > 0 (--adv-weight 0.01), or semi.mode self-training "
                         "(--semi self-training) to learn from them without one")

@@ -310,7 +310,7 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
 
     # The discriminator earns its passes only where it judges unlabelled images (the rule
     # segan.config checks); before the size, because its passes are part of the step the probe times.
-    unlabelled = bool(base.data.unlabeled) or base.data.labeled_fraction is not None
+    unlabelled = base.data.has_unlabeled
     if base.loss.adv_weight > 0 and not (unlabelled and base.semi.mode.startswith("adversarial")):
         values["loss"] = {"adv_weight": 0.0}
         weight, mode = base.loss.adv_weight, base.semi.mode
