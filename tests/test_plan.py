@@ -101,46 +101,46 @@ def test_plan_resizes_wide_objects_and_sizes_them_to_the_budget(tmp_path):
     # 8 training images in batches of 2: 4 steps an epoch. At 1e-5 s per pixel, an epoch at side S
     # takes 4e-5 S^2 s plus validation (2 images, a third of a training image's cost each):
     # 4.33e-5 S^2. 95 % of 15 minutes (855 s; the rest for start-up and the final scoring) hold
-    # 2000 steps (500 epochs) up to S = 198: the plan takes 192, and 855 s / 1.597 s = 535 epochs.
-    # At 224 they would hold 393 epochs, 1,572 steps.
+    # 2200 steps (550 epochs) up to S = 189: the plan takes 160, and 855 s / 1.109 s = 770 epochs.
+    # At 192 they would hold 535 epochs, 2,140 steps.
     root = dataset(tmp_path / "data", disks)
     plan = make_plan(Config.from_dict({"data": {"root": str(root)}}), "15m", timer=fake_timer)
     config = plan.config
-    assert (config.data.resize, config.data.size, config.train.batch_size) == ("resize", 192, 2)
-    assert config.train.epochs == 535 and config.train.time_budget == "15m"
+    assert (config.data.resize, config.data.size, config.train.batch_size) == ("resize", 160, 2)
+    assert config.train.epochs == 770 and config.train.time_budget == "15m"
     assert config.train.min_epoch_steps is None  # validation is a tenth of an epoch of one pass
     assert config.data.in_channels == 3 and config.data.augment == "medium"
     assert config.generator.encoder_name == "tu-efficientnet_lite0"
-    assert any(reason.startswith("data.size 192: the largest at which 15m holds 2000 steps") for reason in plan.reasons)
+    assert any(reason.startswith("data.size 160: the largest at which 15m holds 2200 steps") for reason in plan.reasons)
 
 
 def test_plan_lengthens_the_epochs_of_a_small_set_until_validation_is_a_tenth(tmp_path):
     # 8 training images in batches of 2 (4 steps a pass), 8 validation images. At 1e-5 s per
     # pixel a step at side S takes 1e-5 S^2 s and validation 8 / 2 / 3 of one: 1.33e-5 S^2, so
     # validation is a tenth of an epoch's training at 14 steps (3.5 passes). An epoch then takes
-    # 1.533e-4 S^2 s; 855 s hold 143 such epochs (2,002 steps) up to S = 197: the plan takes 192,
-    # where 855 / 5.652 s = 151 epochs of 14 steps fit.
+    # 1.533e-4 S^2 s; 855 s hold 158 such epochs (2,212 steps) up to S = 187: the plan takes 160,
+    # where 855 / 3.925 s = 217 epochs of 14 steps fit.
     root = dataset(tmp_path / "data", disks, n_train=8, n_val=8)
     plan = make_plan(Config.from_dict({"data": {"root": str(root)}}), "15m", timer=fake_timer)
     config = plan.config
-    assert (config.data.size, config.train.batch_size) == (192, 2)
-    assert (config.train.min_epoch_steps, config.train.epochs) == (14, 151)
+    assert (config.data.size, config.train.batch_size) == (160, 2)
+    assert (config.train.min_epoch_steps, config.train.epochs) == (14, 217)
     assert any(reason.startswith("train.min_epoch_steps 14: one pass over the 8 training images is 4 steps")
                for reason in plan.reasons)
 
 
 def test_plan_counts_checkpoints_and_pictures_in_an_epochs_end(tmp_path):
     # As above with 2 validation images (3.33e-6 S^2 s) and 1 s of checkpoints and pictures at
-    # each epoch's end. At S = 192 a step takes 0.369 s and the end 1.123 s: a tenth of 31 steps.
-    # An epoch takes 12.55 s; 855 s hold 68 epochs, 2,108 steps. At 224 (24 steps, 13.21 s
-    # epochs) they would hold 64 epochs, 1,536 steps: under 2,000.
+    # each epoch's end. At S = 160 a step takes 0.256 s and the end 1.085 s: a tenth of 43 steps.
+    # An epoch takes 12.09 s; 855 s hold 70 epochs, 3,010 steps. At 192 (31 steps, 12.55 s
+    # epochs) they would hold 68 epochs, 2,108 steps: under 2,200.
     root = dataset(tmp_path / "data", disks, n_train=8, n_val=2)
     plan = make_plan(Config.from_dict({"data": {"root": str(root)}}), "15m",
                      timer=lambda config: fake_timer(config, epoch_end_s=1.0))
     config = plan.config
-    assert (config.data.size, config.train.min_epoch_steps, config.train.epochs) == (192, 31, 68)
-    assert any(reason.startswith("train.min_epoch_steps 31: one pass over the 8 training images is 4 steps "
-                                 "(1.5 s), where an epoch's end takes about 1.1 s (validating 2 images 0.1 s, "
+    assert (config.data.size, config.train.min_epoch_steps, config.train.epochs) == (160, 43, 70)
+    assert any(reason.startswith("train.min_epoch_steps 43: one pass over the 8 training images is 4 steps "
+                                 "(1.0 s), where an epoch's end takes about 1.1 s (validating 2 images 0.1 s, "
                                  "checkpoints and pictures 1.0 s)") for reason in plan.reasons)
 
 
