@@ -61,9 +61,10 @@ MIN_STEPS_PER_EPOCH = 4
 # Optimizer steps a run should get at least; the plan takes the largest size that still holds them.
 # BENCHMARKS.md (issue 18): on CamVid 2,205 steps of 256 px crops beat 1,305 of 352 px (0.720
 # against 0.712 mIoU in 60 minutes); on Kvasir-SEG, without the adversarial term, 2,400-2,700
-# steps at 224 px beat 1,900-2,100 at 256 px (0.896 against 0.887 Dice, three seeds each), where
-# with it 1,500 steps at 288 px had tied with 3,000 at 192 px. 2,200 lies between the two, so a
-# step measured 10 % slower or faster (this machine varies so) still chooses 224 px there.
+# steps at 224 px scored higher than 1,900-2,100 at 256 px (0.896 against 0.887 Dice, means of
+# three seeds), where with it 1,500 steps at 288 px had tied with 3,000 at 192 px. 2,200 lies
+# between those step counts, so there a step measured from about 7 % faster to 20 % slower than
+# that day's (this machine's speed varies by about 10 %) still chooses 224 px.
 TARGET_STEPS = 2200
 SIZES = tuple(range(128, 1024 + 1, NETWORK_STRIDE))
 PLANNED_ENCODER = "tu-efficientnet_lite0"
