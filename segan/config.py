@@ -375,6 +375,11 @@ class SemiConfig:
     unlabeled_batch_size: PositiveInt | None = None
     teacher_decay: Annotated[float, Field(gt=0, lt=1)] | None = None
 
+    @property
+    def uses_discriminator(self) -> bool:
+        """Whether the discriminator judges the unlabelled images (the adversarial modes)."""
+        return self.mode.startswith("adversarial")
+
 
 @dataclass
 class TrainConfig:
@@ -601,7 +606,7 @@ def _relations_checked(config: Config, invalid: set[str]) -> Config:
             problems.append(f"data.{name}: expected {data.in_channels} value(s), one per input channel "
                             f"(data.in_channels is {data.in_channels}), got {values}")
     semi = config.semi
-    if invalid.isdisjoint({"semi.mode", "loss.adv_weight"}) and semi.mode.startswith("adversarial") \
+    if invalid.isdisjoint({"semi.mode", "loss.adv_weight"}) and semi.uses_discriminator \
             and config.loss.adv_weight == 0 and data.has_unlabeled:
         problems.append(f"semi.mode: '{semi.mode}' needs a trained discriminator, but loss.adv_weight is 0; "
                         "give loss.adv_weight > 0 (--adv-weight 0.01), or semi.mode self-training "

@@ -315,7 +315,7 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
     # The discriminator earns its passes only where it judges unlabelled images (the rule
     # segan.config checks); before the size, because its passes are part of the step the probe times.
     unlabelled = base.data.has_unlabeled
-    if base.loss.adv_weight > 0 and not (unlabelled and base.semi.mode.startswith("adversarial")):
+    if base.loss.adv_weight > 0 and not (unlabelled and base.semi.uses_discriminator):
         values["loss"] = {"adv_weight": 0.0}
         weight, mode = base.loss.adv_weight, base.semi.mode
         if not unlabelled:

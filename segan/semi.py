@@ -226,10 +226,6 @@ class SemiSupervision:
         self.discriminate = discriminate
         self.adversarial_loss = adversarial_loss
 
-    @property
-    def uses_discriminator(self) -> bool:
-        return self.semi.mode.startswith("adversarial")
-
     def d_confidence(self, image: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """D's probability of "real" per pixel (patch logits upsampled) and its loss for calling
         these predictions fake (logged: D's loss on unlabelled inputs)."""
@@ -261,7 +257,7 @@ class SemiSupervision:
                 probs = probabilities(generator(weak) if teacher is None else evaluated(teacher, weak))
                 labels, confidence = pseudo_labels(probs)
                 selected = confidence >= self.semi.confidence
-                if self.uses_discriminator:
+                if self.semi.uses_discriminator:
                     real, d_loss = self.d_confidence(weak, probs)
                     stats["d_loss_unlabeled"] = d_loss
                     if gate_open:
