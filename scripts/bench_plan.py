@@ -3,7 +3,7 @@
 
     python scripts/bench_plan.py [--datasets isbi2012 kvasir-seg camvid]
                                  [--rows plan hand plan+ema plan+lite1 plan+lr3e-4 plan+lovasz plan+fpn
-                                        plan+gan plan+batch4]
+                                        plan+gan plan+batch4 plan+light plan+heavy]
                                  [--seeds 0]
                                  [--tta-scales S...] [--out DIR] [--markdown]
 
@@ -30,7 +30,10 @@ parameters; it predicts at 1/4 resolution and upsamples), or with the adversaria
 segan's default weight (`plan+gan`: `loss.adv_weight: 0.01`; the plan turns it off when every
 training image is labelled, which measured better on Kvasir-SEG), or with batches of 4 in place of
 8 (`plan+batch4`: nearly twice the optimizer steps in the same budget, for fewer images a second;
-on Kvasir-SEG it scored 0.873 against 0.895, one seed). They are not run by default.
+on Kvasir-SEG it scored 0.873 against 0.895, one seed), or with the `light` or `heavy` augmentation
+preset in place of the plan's `medium` (`plan+light`: flips and quarter turns only, which a short run
+may fit sooner; `plan+heavy`: stronger affine, elastic or grid distortion, noise and blur). They are
+not run by default.
 Runs go to OUT/DATASET/ROW (OUT/DATASET/ROW-seedS for `--seeds` other than 0, each with `segan
 train --seed S`, on the same plan.yaml) and are not run again once their summary.json exists.
 Prints one JSON line; writes OUT/results.json. `--markdown` trains nothing and prints the table.
@@ -66,6 +69,8 @@ LEVERS = {
     "plan+fpn": {"generator": {"arch": "fpn"}},
     "plan+gan": {"loss": {"adv_weight": 0.01}},
     "plan+batch4": {"train": {"batch_size": 4}},
+    "plan+light": {"data": {"augment": "light"}},
+    "plan+heavy": {"data": {"augment": "heavy"}},
 }
 
 

@@ -223,22 +223,25 @@ def test_bench_plan_lever_rows_change_only_their_keys_of_the_plan(tmp_path):
     from segan.config import Config
 
     plan = tmp_path / "plan.yaml"
-    plan.write_text("# reasons\ndata:\n  size: 288\ngenerator:\n  encoder_name: tu-efficientnet_lite0\n"
+    plan.write_text("# reasons\ndata:\n  size: 288\n  augment: medium\n"
+                    "generator:\n  encoder_name: tu-efficientnet_lite0\n"
                     "loss:\n  terms:\n    dice: 1.0\n    ce: 1.0\n  adv_weight: 0.05\n"
                     "train:\n  time_budget: 30m\n  epochs: 14\n  batch_size: 8\n")
     plan_terms = {"dice": 1.0, "ce": 1.0}  # a lever's terms replace the plan's, not join them
-    # (EMA decay, encoder, lr, decoder, loss terms, adversarial weight, batch size) of each row
-    lite0 = "tu-efficientnet_lite0"
-    for row, expected in (("plan+ema", (0.999, lite0, 1e-3, "unet", plan_terms, 0.05, 8)),
-                          ("plan+lite1", (None, "tu-efficientnet_lite1", 1e-3, "unet", plan_terms, 0.05, 8)),
-                          ("plan+lr3e-4", (None, lite0, 3e-4, "unet", plan_terms, 0.05, 8)),
-                          ("plan+lovasz", (None, lite0, 1e-3, "unet", {"ce": 1.0, "lovasz": 1.0}, 0.05, 8)),
-                          ("plan+fpn", (None, lite0, 1e-3, "fpn", plan_terms, 0.05, 8)),
-                          ("plan+gan", (None, lite0, 1e-3, "unet", plan_terms, 0.01, 8)),
-                          ("plan+batch4", (None, lite0, 1e-3, "unet", plan_terms, 0.05, 4))):
+    # (EMA decay, encoder, lr, decoder, loss terms, adversarial weight, batch size, augmentation) of each row
+    lite0, lite1, lovasz = "tu-efficientnet_lite0", "tu-efficientnet_lite1", {"ce": 1.0, "lovasz": 1.0}
+    for row, expected in (("plan+ema", (0.999, lite0, 1e-3, "unet", plan_terms, 0.05, 8, "medium")),
+                          ("plan+lite1", (None, lite1, 1e-3, "unet", plan_terms, 0.05, 8, "medium")),
+                          ("plan+lr3e-4", (None, lite0, 3e-4, "unet", plan_terms, 0.05, 8, "medium")),
+                          ("plan+lovasz", (None, lite0, 1e-3, "unet", lovasz, 0.05, 8, "medium")),
+                          ("plan+fpn", (None, lite0, 1e-3, "fpn", plan_terms, 0.05, 8, "medium")),
+                          ("plan+gan", (None, lite0, 1e-3, "unet", plan_terms, 0.01, 8, "medium")),
+                          ("plan+batch4", (None, lite0, 1e-3, "unet", plan_terms, 0.05, 4, "medium")),
+                          ("plan+light", (None, lite0, 1e-3, "unet", plan_terms, 0.05, 8, "light")),
+                          ("plan+heavy", (None, lite0, 1e-3, "unet", plan_terms, 0.05, 8, "heavy"))):
         config = Config.load(bench_plan.with_lever(plan, bench_plan.LEVERS[row], tmp_path / f"{row}.yaml"))
         assert (config.train.ema_decay, config.generator.encoder_name, config.train.lr, config.generator.arch,
-                config.loss.terms, config.loss.adv_weight, config.train.batch_size) == expected
+                config.loss.terms, config.loss.adv_weight, config.train.batch_size, config.data.augment) == expected
         assert (config.data.size, config.train.time_budget, config.train.epochs) == (288, "30m", 14)
 
 
