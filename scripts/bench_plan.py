@@ -3,7 +3,7 @@
 
     python scripts/bench_plan.py [--datasets isbi2012 kvasir-seg camvid]
                                  [--rows plan hand plan+ema plan+lite1 plan+lr3e-4 plan+lovasz plan+fpn
-                                        plan+gan plan+batch4 plan+light plan+heavy]
+                                        plan+gan plan+batch4 plan+light plan+heavy plan+unetplusplus]
                                  [--seeds 0]
                                  [--tta-scales S...] [--out DIR] [--markdown]
 
@@ -33,7 +33,9 @@ training image is labelled, which measured better on Kvasir-SEG), or with batche
 on Kvasir-SEG it scored 0.873 against 0.895, one seed), or with the `light` or `heavy` augmentation
 preset in place of the plan's `medium` (`plan+light`: flips and quarter turns only; `plan+heavy`:
 twice medium's affine range, elastic or grid distortion, noise and blur; on Kvasir-SEG, one seed,
-0.872 and 0.887 against medium's 0.892). They are not run by default.
+0.872 and 0.887 against medium's 0.892), or with smp's UNet++ decoder (`plan+unetplusplus`: nested
+skip connections, about 1.4x the U-Net's FLOPs with Lite0 at 224 px, so fewer steps in the same
+budget). They are not run by default.
 Runs go to OUT/DATASET/ROW (OUT/DATASET/ROW-seedS for `--seeds` other than 0, each with `segan
 train --seed S`, on the same plan.yaml) and are not run again once their summary.json exists.
 Prints one JSON line; writes OUT/results.json. `--markdown` trains nothing and prints the table.
@@ -71,6 +73,7 @@ LEVERS = {
     "plan+batch4": {"train": {"batch_size": 4}},
     "plan+light": {"data": {"augment": "light"}},
     "plan+heavy": {"data": {"augment": "heavy"}},
+    "plan+unetplusplus": {"generator": {"arch": "unetplusplus"}},
 }
 
 

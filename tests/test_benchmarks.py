@@ -238,7 +238,8 @@ def test_bench_plan_lever_rows_change_only_their_keys_of_the_plan(tmp_path):
                           ("plan+gan", (None, lite0, 1e-3, "unet", plan_terms, 0.01, 8, "medium")),
                           ("plan+batch4", (None, lite0, 1e-3, "unet", plan_terms, 0.05, 4, "medium")),
                           ("plan+light", (None, lite0, 1e-3, "unet", plan_terms, 0.05, 8, "light")),
-                          ("plan+heavy", (None, lite0, 1e-3, "unet", plan_terms, 0.05, 8, "heavy"))):
+                          ("plan+heavy", (None, lite0, 1e-3, "unet", plan_terms, 0.05, 8, "heavy")),
+                          ("plan+unetplusplus", (None, lite0, 1e-3, "unetplusplus", plan_terms, 0.05, 8, "medium"))):
         config = Config.load(bench_plan.with_lever(plan, bench_plan.LEVERS[row], tmp_path / f"{row}.yaml"))
         assert (config.train.ema_decay, config.generator.encoder_name, config.train.lr, config.generator.arch,
                 config.loss.terms, config.loss.adv_weight, config.train.batch_size, config.data.augment) == expected
