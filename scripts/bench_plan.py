@@ -31,11 +31,11 @@ segan's default weight (`plan+gan`: `loss.adv_weight: 0.01`; the plan turns it o
 training image is labelled, which measured better on Kvasir-SEG), or with batches of 4 in place of
 8 (`plan+batch4`: nearly twice the optimizer steps in the same budget, for fewer images a second;
 on Kvasir-SEG it scored 0.873 against 0.895, one seed), or with the `light` or `heavy` augmentation
-preset in place of the plan's `medium` (`plan+light`: flips and quarter turns only; `plan+heavy`:
-twice medium's affine range, elastic or grid distortion, noise and blur; on Kvasir-SEG, one seed,
-0.872 and 0.887 against medium's 0.892), or with smp's UNet++ decoder (`plan+unetplusplus`: nested
-skip connections, about 1.4x the U-Net's FLOPs with Lite0 at 224 px, so fewer steps in the same
-budget). They are not run by default.
+preset in place of the plan's `medium` (`plan+light`: flips, and quarter turns where `data.rotations`
+allows them; `plan+heavy`: medium's colour jitter, twice its affine range, elastic or grid
+distortion, noise and blur; on Kvasir-SEG, one seed, 0.872 and 0.887 against medium's 0.892), or
+with smp's UNet++ decoder (`plan+unetplusplus`: nested skip connections, about 1.4x the U-Net's
+FLOPs with Lite0 at 224 px, so fewer steps in the same budget). They are not run by default.
 Runs go to OUT/DATASET/ROW (OUT/DATASET/ROW-seedS for `--seeds` other than 0, each with `segan
 train --seed S`, on the same plan.yaml) and are not run again once their summary.json exists.
 Prints one JSON line; writes OUT/results.json. `--markdown` trains nothing and prints the table.

@@ -15,7 +15,8 @@ The rules, in order:
   (on Kvasir-SEG it reached 0.87 validation Dice where a random-init resnet18 reached 0.72);
 - batch size: 8, less for a small training split (an epoch keeps at least `MIN_STEPS_PER_EPOCH`
   steps);
-- augmentation: the `medium` preset (on Kvasir-SEG it scored higher than `light` and `heavy`);
+- augmentation: the `medium` preset (on Kvasir-SEG, one seed, it scored higher than `light` and
+  `heavy`);
   precision: bf16 where the training device has it;
 - adversarial term: off (`loss.adv_weight: 0`) unless the discriminator is to judge unlabelled
   images (`data.unlabeled` or `data.labeled_fraction` with an adversarial `semi.mode`); decided
@@ -309,7 +310,7 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
     values["data"]["augment"] = "medium"
     # Measured on Kvasir-SEG, 30 minutes, one seed: medium 0.892 native Dice, light 0.872 (its best epoch was the
     # 17th of 24), heavy 0.887 (epochs of 77 s against 73 s: 22 epochs, not 24).
-    reasons.append("data.augment medium: it scored higher than light and heavy on Kvasir-SEG (BENCHMARKS.md)")
+    reasons.append("data.augment medium: it scored higher than light and heavy on Kvasir-SEG, one seed (BENCHMARKS.md)")
     precision = resolve_training_precision("auto", base.train.accelerator)
     values["train"]["precision"] = "auto"
     reasons.append(f"train.precision auto ({precision} here): bf16 where the training device has native bf16 "
