@@ -16,8 +16,7 @@ The rules, in order:
 - batch size: 8, less for a small training split (an epoch keeps at least `MIN_STEPS_PER_EPOCH`
   steps);
 - augmentation: the `medium` preset (on Kvasir-SEG, one seed, it scored higher than `light` and
-  `heavy`);
-  precision: bf16 where the training device has it;
+  `heavy`); precision: bf16 where the training device has it;
 - adversarial term: off (`loss.adv_weight: 0`) unless the discriminator is to judge unlabelled
   images (`data.unlabeled` or `data.labeled_fraction` with an adversarial `semi.mode`); decided
   before the size, because the measured step is then the plain one;
