@@ -56,9 +56,10 @@ from benchkit import (LITE0, ROOT, add_common_arguments, add_tta_argument, evalu
 
 BUDGETS = {"isbi2012": "30m", "kvasir-seg": "30m", "camvid": "60m"}
 # The best hand-written recipes in BENCHMARKS.md: Kvasir-SEG from issue 7, CamVid from issue 21's
-# report, ISBI 2012 the semi-supervised benchmark's all-labels row.
+# report, ISBI 2012 the levers benchmark's recipe row (native-resolution crops: 0.823 membrane Dice
+# in 30 minutes, where the same size resized scored 0.812).
 HAND = {
-    "isbi2012": [*LITE0, "--size", "256", "--batch-size", "8", "--augment", "medium"],
+    "isbi2012": [*LITE0, "--size", "256", "--resize", "crop", "--batch-size", "8", "--augment", "medium"],
     "kvasir-seg": [*LITE0, "--size", "192", "--batch-size", "8", "--augment", "medium"],
     "camvid": [*LITE0, "--size", "256", "--resize", "crop", "--batch-size", "8", "--augment", "medium"],
 }

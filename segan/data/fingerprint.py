@@ -9,7 +9,8 @@ fingerprint=True)`), then pooled over the split:
 An object's width is that of the band that would fit inside it: read off the distance transform
 along its ridge (the pixels farthest from the background locally), as 2 x distance - 1 pixels,
 averaged along the ridge. A line 3 pixels wide is 3, a disk of diameter 21 is 21, and a
-network of membranes gets the width of its strands, not of its junctions.
+network of membranes gets the width of its strands, not of its junctions. A class whose median
+object is under `THIN_PX` wide is flagged thin.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+# Objects narrower than this (at native resolution) are thin: membranes, vessels, poles. Resizing
+# would narrow them further, so `segan plan` trains their datasets on native-resolution crops.
+THIN_PX = 8
 # Pixels sampled per image for the intensity range: enough for the percentiles, cheap on 4k images.
 INTENSITY_SAMPLES = 65_536
 
@@ -109,16 +113,20 @@ class Fingerprint:
             p10, p50, p90 = weighted_percentiles(values, weights, (10, 50, 90))
             return {"p10": round(p10, digits), "median": round(p50, digits), "p90": round(p90, digits)}
         widths, heights = zip(*self.sizes) if self.sizes else ((), ())
+        found = {}
+        for index in range(1, len(classes)):
+            width = pct(self.widths.get(index, []), 1, self.areas.get(index))
+            found[classes[index]] = {
+                "image_share": pct(self.class_shares.get(index, [])),
+                "images_with_it": sum(share > 0 for share in self.class_shares.get(index, [])),
+                "objects": len(self.areas.get(index, [])),
+                "object_area": pct(self.areas.get(index, []), 5, self.areas.get(index)),
+                "object_width_px": width,
+                "thin": bool(width) and width["median"] < THIN_PX}
         return {
             "images": self.images,
             "width": pct(list(widths), 0), "height": pct(list(heights), 0),
             "bits": sorted(self.bits), "channels": sorted(self.channels), "colour": self.colour,
             "intensity": [round(self.low, 1), round(self.high, 1)] if self.images else [],
-            "classes": {classes[index]: {
-                "image_share": pct(self.class_shares.get(index, [])),
-                "images_with_it": sum(share > 0 for share in self.class_shares.get(index, [])),
-                "objects": len(self.areas.get(index, [])),
-                "object_area": pct(self.areas.get(index, []), 5, self.areas.get(index)),
-                "object_width_px": pct(self.widths.get(index, []), 1, self.areas.get(index))}
-                for index in range(1, len(classes))},
+            "classes": found,
         }
