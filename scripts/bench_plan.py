@@ -3,7 +3,8 @@
 
     python scripts/bench_plan.py [--datasets isbi2012 kvasir-seg camvid]
                                  [--rows plan hand plan+ema plan+lite1 plan+lr3e-4 plan+lovasz plan+fpn
-                                        plan+gan plan+batch4 plan+light plan+heavy plan+unetplusplus]
+                                        plan+gan plan+batch4 plan+light plan+heavy plan+unetplusplus
+                                        plan+val-native]
                                  [--seeds 0]
                                  [--tta-scales S...] [--out DIR] [--markdown]
 
@@ -36,7 +37,9 @@ allows them; `plan+heavy`: medium's colour jitter, twice its affine range, elast
 distortion, noise and blur; on Kvasir-SEG, one seed, 0.872 and 0.887 against medium's 0.892), or
 with smp's UNet++ decoder (`plan+unetplusplus`: nested skip connections, about 1.4x the U-Net's
 FLOPs with Lite0 at 224 px, so fewer steps in the same budget: on Kvasir-SEG 0.886, one seed, 1,800
-steps). They are not run by default.
+steps), or with validation at each image's own size (`plan+val-native`: `data.val_native`, resize
+mode; the best checkpoint is then chosen by the score `segan predict` gives, one image a batch).
+They are not run by default.
 Runs go to OUT/DATASET/ROW (OUT/DATASET/ROW-seedS for `--seeds` other than 0, each with `segan
 train --seed S`, on the same plan.yaml) and are not run again once their summary.json exists.
 Prints one JSON line; writes OUT/results.json. `--markdown` trains nothing and prints the table.
@@ -76,6 +79,7 @@ LEVERS = {
     "plan+light": {"data": {"augment": "light"}},
     "plan+heavy": {"data": {"augment": "heavy"}},
     "plan+unetplusplus": {"generator": {"arch": "unetplusplus"}},
+    "plan+val-native": {"data": {"val_native": True}},
 }
 
 

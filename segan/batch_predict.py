@@ -32,7 +32,7 @@ from .config import DataConfig
 from .data.io import IMAGE_SUFFIXES, read_image
 from .atomic import atomic_write
 from .inference import Predictor
-from .preprocess import prepare_image
+from .preprocess import prepare_image, restore
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +293,7 @@ def predict_folder(predictor: Predictor, inputs: Sequence[str | Path], output: s
         probs = predictor.probabilities_batch([s["array"] for s in samples], batch_size)
         for sample, p in zip(samples, probs):
             item = todo[sample["index"]]
-            p = predictor.restore(p, *sample["size"])
+            p = restore(p, *sample["size"])
             if observe is not None:
                 observe(item.path, p)
             pending.append((item, writer.submit(write, item, p, sample["image"]), sample["size"]))

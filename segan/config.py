@@ -169,6 +169,9 @@ class DataConfig:
         size: training side length in pixels, a multiple of the network stride (32).
         resize: "resize" scales every image to `size` x `size`; "crop" takes random `size` crops
             for training and validates at full resolution (padded to the network stride).
+        val_native: resize mode: validation scores each prediction resized back to its image's own
+            size, against the mask as stored (what `segan predict` gives and `segan evaluate
+            --model` scores), rather than at `size`; one image a batch. Crop mode always does.
         augment: albumentations preset: none, light, medium or heavy.
         rotations: whether 90-degree rotations and vertical flips keep the labels valid (true for
             microscopy and endoscopy, false for road scenes). Augmentation and TTA honour it.
@@ -214,6 +217,7 @@ class DataConfig:
     in_channels: InChannels = 3
     size: ImageSize = 256
     resize: ResizeMode = "resize"
+    val_native: bool = False
     augment: AugmentPreset = "light"
     rotations: bool = True
     scale_range: Annotated[list[PositiveFloat] | None, Field(min_length=2, max_length=2)] = None
@@ -229,6 +233,12 @@ class DataConfig:
     @property
     def binary(self) -> bool:
         return self.num_classes == 2
+
+    @property
+    def validates_native(self) -> bool:
+        """Whether validation scores masks at their stored size (whole images of any size: one a
+        batch): crop mode, or `val_native`."""
+        return self.resize == "crop" or self.val_native
 
     @property
     def has_unlabeled(self) -> bool:

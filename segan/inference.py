@@ -17,7 +17,8 @@ from .config import BACKENDS, Config
 from .data.io import to_channels, to_uint8
 from .hardware import resolve_inference_precision
 from .models import output_channels
-from .preprocess import labels_from_probabilities, pad_multiple, pad_to_multiple, prepare_image, probabilities
+from .preprocess import (labels_from_probabilities, pad_multiple, pad_to_multiple, prepare_image, probabilities,
+                         restore)
 
 
 class RunFolderError(ValueError):
@@ -136,12 +137,6 @@ class Predictor:
     def prepare(self, image: np.ndarray) -> np.ndarray:
         return prepare_image(image, self.config.data)
 
-    def restore(self, probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """Probabilities at model scale (C, h, w) back to the original image size."""
-        if probs.shape[-2:] != (height, width):
-            probs = F.interpolate(probs[None], size=(height, width), mode="bilinear", align_corners=False)[0]
-        return probs
-
     # --- the network ----------------------------------------------------------------------------
 
     def _views(self) -> list[tuple[int, bool]]:
@@ -227,7 +222,7 @@ class Predictor:
         """Probabilities for one uint8 image (HxW or HxWxC): float32 (C, H, W), C = 1 for binary."""
         image = self._channels(image)
         probs = self.probabilities_batch([self.prepare(image)])[0]
-        return self.restore(probs, *image.shape[:2]).numpy()
+        return restore(probs, *image.shape[:2]).numpy()
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Class-index mask (uint8 HxW; binary: 0/1) for one uint8 image (HxW or HxWxC)."""

@@ -48,13 +48,24 @@ def prepare_mask(mask: np.ndarray, data: DataConfig) -> np.ndarray:
 
 class EvalTransform:
     """`prepare_image` and `prepare_mask` as a dataset transform (`transform(image=, mask=)`,
-    returning HxWxC like an albumentations pipeline)."""
+    returning HxWxC like an albumentations pipeline); with `data.val_native` the mask stays as
+    stored, to score the prediction `restore`d to it."""
 
     def __init__(self, data: DataConfig) -> None:
         self.data = data
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> dict:
-        return {"image": prepare_image(image, self.data).transpose(1, 2, 0), "mask": prepare_mask(mask, self.data)}
+        return {"image": prepare_image(image, self.data).transpose(1, 2, 0),
+                "mask": mask if self.data.val_native else prepare_mask(mask, self.data)}
+
+
+def restore(probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Probabilities at model scale (..., C, h, w) back to an image's own size (bilinear)."""
+    if probs.shape[-2:] == (height, width):
+        return probs
+    batched = probs if probs.ndim == 4 else probs[None]
+    resized = F.interpolate(batched, size=(height, width), mode="bilinear", align_corners=False)
+    return resized if probs.ndim == 4 else resized[0]
 
 
 def pad_to_multiple(batch: torch.Tensor, multiple: int) -> torch.Tensor:

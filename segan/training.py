@@ -33,7 +33,8 @@ from .data import EpochSampler, MaskEncoding, Pair, SegmentationDataset, find_sp
 from .data.classes import ClassStats
 from .losses import AdversarialLoss, SegmentationLoss
 from .models import build_discriminator, build_generator, one_hot, output_channels
-from .preprocess import EvalTransform, labels, network_input, network_layout, padded_logits, probabilities
+from .preprocess import (EvalTransform, labels_from_probabilities, network_input, network_layout, padded_logits,
+                         probabilities, restore)
 from .progress import ProgressPlot, ValidationImages
 from .semi import SemiSupervision, UnlabeledDataset, UnlabeledItem, find_unlabeled, split_labeled
 from .transforms import build_train_transform, build_weak_transform
@@ -320,12 +321,13 @@ class SeganModule(L.LightningModule):
         """Scores the batch; returns the raw generator's labels for the pictures
         (`segan.progress.ValidationImages`), which would otherwise run the network again."""
         predicted = []
+        height, width = batch["mask"].shape[-2:]
         for index, network in enumerate(self.validated()):
             logits = padded_logits(network, batch["image"])  # what segan predict does
-            if index == 0:
-                loss = self.segmentation_loss(logits, batch["mask"])
+            if index == 0:  # (data.val_native: the loss of the logits resized to the mask)
+                loss = self.segmentation_loss(restore(logits, height, width), batch["mask"])
                 self.log("val/loss", loss, sync_dist=True, batch_size=len(batch["image"]))
-            predicted.append(labels(logits))
+            predicted.append(labels_from_probabilities(restore(probabilities(logits), height, width)))
             confusion = metrics.confusion_matrix(predicted[-1], batch["mask"], self.config.data.num_classes,
                                                  self.config.data.ignore_index)
             self.val_confusion[index] += confusion.sum(dim=0)
@@ -425,8 +427,8 @@ def build_dataloaders(config: Config, class_stats: ClassStats | None = None) -> 
         rare_class_crops=data.rare_class_crops)
     val_set = SegmentationDataset(splits["val"], EvalTransform(data), data.in_channels, encoding)
     loader_args = dict(num_workers=data.num_workers, persistent_workers=data.num_workers > 0)
-    # Crop mode validates whole images, whose sizes may differ: one per batch.
-    val_batch = train.batch_size if data.resize == "resize" else 1
+    # Masks at their stored sizes, which may differ: one per batch.
+    val_batch = 1 if data.validates_native else train.batch_size
     # With train.min_epoch_steps an epoch cycles through a small set, several passes per epoch.
     samples = max(len(train_set), (train.min_epoch_steps or 0) * train.batch_size)
     drop_last = samples > train.batch_size

@@ -228,21 +228,25 @@ def test_bench_plan_lever_rows_change_only_their_keys_of_the_plan(tmp_path):
                     "loss:\n  terms:\n    dice: 1.0\n    ce: 1.0\n  adv_weight: 0.05\n"
                     "train:\n  time_budget: 30m\n  epochs: 14\n  batch_size: 8\n")
     plan_terms = {"dice": 1.0, "ce": 1.0}  # a lever's terms replace the plan's, not join them
-    # (EMA decay, encoder, lr, decoder, loss terms, adversarial weight, batch size, augmentation) of each row
+    # (EMA decay, encoder, lr, decoder, loss terms, adversarial weight, batch size, augmentation,
+    # native validation) of each row
     lite0, lite1, lovasz = "tu-efficientnet_lite0", "tu-efficientnet_lite1", {"ce": 1.0, "lovasz": 1.0}
-    for row, expected in (("plan+ema", (0.999, lite0, 1e-3, "unet", plan_terms, 0.05, 8, "medium")),
-                          ("plan+lite1", (None, lite1, 1e-3, "unet", plan_terms, 0.05, 8, "medium")),
-                          ("plan+lr3e-4", (None, lite0, 3e-4, "unet", plan_terms, 0.05, 8, "medium")),
-                          ("plan+lovasz", (None, lite0, 1e-3, "unet", lovasz, 0.05, 8, "medium")),
-                          ("plan+fpn", (None, lite0, 1e-3, "fpn", plan_terms, 0.05, 8, "medium")),
-                          ("plan+gan", (None, lite0, 1e-3, "unet", plan_terms, 0.01, 8, "medium")),
-                          ("plan+batch4", (None, lite0, 1e-3, "unet", plan_terms, 0.05, 4, "medium")),
-                          ("plan+light", (None, lite0, 1e-3, "unet", plan_terms, 0.05, 8, "light")),
-                          ("plan+heavy", (None, lite0, 1e-3, "unet", plan_terms, 0.05, 8, "heavy")),
-                          ("plan+unetplusplus", (None, lite0, 1e-3, "unetplusplus", plan_terms, 0.05, 8, "medium"))):
+    for row, expected in (("plan+ema", (0.999, lite0, 1e-3, "unet", plan_terms, 0.05, 8, "medium", False)),
+                          ("plan+lite1", (None, lite1, 1e-3, "unet", plan_terms, 0.05, 8, "medium", False)),
+                          ("plan+lr3e-4", (None, lite0, 3e-4, "unet", plan_terms, 0.05, 8, "medium", False)),
+                          ("plan+lovasz", (None, lite0, 1e-3, "unet", lovasz, 0.05, 8, "medium", False)),
+                          ("plan+fpn", (None, lite0, 1e-3, "fpn", plan_terms, 0.05, 8, "medium", False)),
+                          ("plan+gan", (None, lite0, 1e-3, "unet", plan_terms, 0.01, 8, "medium", False)),
+                          ("plan+batch4", (None, lite0, 1e-3, "unet", plan_terms, 0.05, 4, "medium", False)),
+                          ("plan+light", (None, lite0, 1e-3, "unet", plan_terms, 0.05, 8, "light", False)),
+                          ("plan+heavy", (None, lite0, 1e-3, "unet", plan_terms, 0.05, 8, "heavy", False)),
+                          ("plan+unetplusplus", (None, lite0, 1e-3, "unetplusplus", plan_terms, 0.05, 8, "medium",
+                                                 False)),
+                          ("plan+val-native", (None, lite0, 1e-3, "unet", plan_terms, 0.05, 8, "medium", True))):
         config = Config.load(bench_plan.with_lever(plan, bench_plan.LEVERS[row], tmp_path / f"{row}.yaml"))
         assert (config.train.ema_decay, config.generator.encoder_name, config.train.lr, config.generator.arch,
-                config.loss.terms, config.loss.adv_weight, config.train.batch_size, config.data.augment) == expected
+                config.loss.terms, config.loss.adv_weight, config.train.batch_size, config.data.augment,
+                config.data.val_native) == expected
         assert (config.data.size, config.train.time_budget, config.train.epochs) == (288, "30m", 14)
 
 
