@@ -38,10 +38,12 @@ distortion, noise and blur; on Kvasir-SEG, one seed, 0.872 and 0.887 against med
 with smp's UNet++ decoder (`plan+unetplusplus`: nested skip connections, about 1.4x the U-Net's
 FLOPs with Lite0 at 224 px, so fewer steps in the same budget: on Kvasir-SEG 0.886, one seed, 1,800
 steps), or with validation at each image's own size (`plan+val-native`: `data.val_native`, resize
-mode; the best checkpoint is then chosen by the score `segan predict` gives, one image a batch).
+mode; the best checkpoint is then chosen by the score `segan predict` gives, one image a batch, and
+the row's validation columns are those native figures).
 They are not run by default.
 Runs go to OUT/DATASET/ROW (OUT/DATASET/ROW-seedS for `--seeds` other than 0, each with `segan
-train --seed S`, on the same plan.yaml) and are not run again once their summary.json exists.
+train --seed S`, on the same plan.yaml) and are not run again once their summary.json exists (give a
+new --out after a row's recipe changes, as ISBI 2012's `hand` did on 2026-12-06: native crops).
 Prints one JSON line; writes OUT/results.json. `--markdown` trains nothing and prints the table.
 """
 

@@ -9,7 +9,7 @@ the time budget (`train.time_budget`).
 The rules, in order:
 - input channels: greyscale when no image has colour;
 - scale: when the thinnest class's objects are under `THIN_PX` pixels wide at native resolution,
-  or would become so at any size, training takes crops at native resolution (membranes,
+  or would become so at every size the images allow, training takes crops at native resolution (membranes,
   vessels, poles); validation and `segan predict` then work on whole images, in tiles when large;
 - encoder: EfficientNet-Lite0 with its offline ImageNet weights where that package is installed
   (on Kvasir-SEG it reached 0.87 validation Dice where a random-init resnet18 reached 0.72);
@@ -52,6 +52,7 @@ from .data.check import check_dataset
 from .data.fingerprint import THIN_PX
 from .hardware import resolve_training_precision, training_device
 from .models.pretrained import OFFLINE_PACKAGES
+from .text import count
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class Plan:
     config: Config
     reasons: list[str] = field(default_factory=list)
     fingerprint: dict = field(default_factory=dict)
-    step_seconds: float = 0.0  # measured at the planned size and batch
+    step_seconds: float = 0.0  # at the planned size and batch, scaled from the measured step
 
     def to_yaml(self) -> str:
         """The config as YAML, headed by the fingerprint and the reasons as comments."""
@@ -211,6 +212,11 @@ def measure_step(config: Config, steps: int = 10, warmup: int = 4, validation_ba
                  memory=max(0.0, clock.step_peak - before))
 
 
+def gib(size: float) -> str:
+    """Bytes in GiB, for a reason line: "1.52 GiB"."""
+    return f"{size / 2 ** 30:.2f} GiB"
+
+
 def available_memory(device: torch.device) -> float:
     """Bytes free on the training device (a CPU's MemAvailable), or infinity when unknown."""
     if device.type == "cuda":
@@ -274,7 +280,8 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
     crop = smallest_size is None
     if crop:
         values["data"]["resize"] = "crop"
-        why = (f"thin (under {THIN_PX} px): resizing would narrow them further" if widths[thinnest] < THIN_PX else
+        why = (f"thin (under {THIN_PX} px): resizing would narrow them further"
+               if fingerprint["classes"][thinnest]["thin"] else
                f"and would be under {THIN_PX} px at every size up to {native[-1]} px, since resizing shrinks the "
                f"{long_side} px side most")
         reasons.append(f"data.resize crop: '{thinnest}' objects are about {widths[thinnest]:.1f} px wide at native "
@@ -302,9 +309,9 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
     batch = min(base.train.batch_size, max(2, split.pairs // MIN_STEPS_PER_EPOCH))
     values["train"]["batch_size"] = batch
     batch_why = (f"{split.pairs} training images, so that an epoch holds at least {MIN_STEPS_PER_EPOCH} steps"
-                 if batch < base.train.batch_size else
-                 "kept from the base config; batches of 4 scored lower on Kvasir-SEG (0.873 against 0.895 Dice in "
-                 "30 minutes, one seed)")
+                 if batch < base.train.batch_size else "kept from the base config" +
+                 ("; batches of 4 scored lower on Kvasir-SEG (0.873 against 0.895 Dice in 30 minutes, one seed)"
+                  if batch == 8 else ""))
 
     values["data"]["augment"] = "medium"
     # Measured on Kvasir-SEG, 30 minutes, one seed: medium 0.892 native Dice, light 0.872 (its best epoch was the
@@ -341,34 +348,39 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
     config.data.size = probe_size
     measured = (timer or measure_step)(config)
     free = available_memory(training_device(config.train.accelerator))
-    gib, probed = 2 ** 30, batch
+    usable, probed = 0.8 * free, batch
 
     def step_memory(size: int, images: int) -> float:
-        # Activations dominate a step's memory and grow with its pixels; scaling the whole
-        # measured peak (model and libraries included) errs on the safe side.
+        # Activations dominate a step's memory and grow with its images and pixels. The measured
+        # figure also holds what does not grow (weights, optimiser state: tens of MB for Lite0),
+        # so scaled up it errs on the safe side, scaled down by up to that much on the other.
         return measured.memory * images / probed * (size / probe_size) ** 2
 
-    if step_memory(candidates[0], batch) > 0.8 * free:
-        # Even the smallest size would not fit: fewer images a step. Not probed again: a CPU's
-        # peak resident size only grows within a process. Per image, a step's time holds.
-        fewer = max([images for images in range(1, batch) if step_memory(candidates[0], images) <= 0.8 * free] or [1])
-        batch_why = (f"a step of {batch} images at {candidates[0]} px would take about "
-                     f"{step_memory(candidates[0], batch) / gib:.2f} GiB, more than 80 % of the {free / gib:.2f} GiB "
-                     f"free (a step of {batch} at {probe_size} px peaked at {measured.memory / gib:.2f} GiB)")
+    if step_memory(candidates[0], batch) > usable:
+        # Even the smallest size would not fit: fewer images a step, timed per image as measured.
+        # Not probed again: on a CPU the peak resident size only grows within a process. (On a
+        # GPU small batches use it less well, so there this time is optimistic.)
+        fewer = max([images for images in range(1, batch) if step_memory(candidates[0], images) <= usable] or [1])
+        batch_why = (f"a step of {count(batch, 'image')} at {candidates[0]} px would take about "
+                     f"{gib(step_memory(candidates[0], batch))}, more than 80 % of the {gib(free)} free (a step of "
+                     f"{batch} at {probe_size} px peaked at {gib(measured.memory)})")
+        if step_memory(candidates[0], fewer) > usable:
+            batch_why += (f"; even one image would take about {gib(step_memory(candidates[0], 1))}: the run may run "
+                          "out of memory (close other programs, or plan on a machine with more)")
         step_s, batch = measured.step_s * fewer / probed, fewer
         config.train.batch_size = batch
     else:
         step_s = measured.step_s
         if measured.memory and free < math.inf:
-            batch_why += (f"; a step of {batch} images at {probe_size} px peaked at {measured.memory / gib:.1f} GiB, "
-                          f"with {free / gib:.1f} GiB free")
+            batch_why += (f"; a step of {count(batch, 'image')} at {probe_size} px peaked at "
+                          f"{gib(measured.memory)}, with {gib(free)} free")
     reasons.append(f"train.batch_size {batch}: {batch_why}")
     per_pixel = step_s / probe_size ** 2
-    if step_memory(max(candidates), batch) > 0.8 * free:
-        largest = max(size for size in candidates if step_memory(size, batch) <= 0.8 * free or size == candidates[0])
+    if step_memory(max(candidates), batch) > usable:
+        largest = max(size for size in candidates if step_memory(size, batch) <= usable or size == candidates[0])
         candidates = [size for size in candidates if size <= largest]
         reasons.append(f"sizes above {largest} px left out: a step of batch {batch} would take more than 80 % of the "
-                       f"{free / gib:.1f} GiB free")
+                       f"{gib(free)} free")
     pass_steps = split.pairs // batch if split.pairs > batch else 1  # the loader drops a last partial batch
     val_images = validation.pairs if validation is not None else 0
     usable_s = (1 - MARGIN) * budget_s

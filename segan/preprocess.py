@@ -48,15 +48,16 @@ def prepare_mask(mask: np.ndarray, data: DataConfig) -> np.ndarray:
 
 class EvalTransform:
     """`prepare_image` and `prepare_mask` as a dataset transform (`transform(image=, mask=)`,
-    returning HxWxC like an albumentations pipeline); with `data.val_native` the mask stays as
-    stored, to score the prediction `restore`d to it."""
+    returning HxWxC like an albumentations pipeline); where validation is native
+    (`DataConfig.validates_native`) the mask stays as stored, to score the prediction `restore`d
+    to it."""
 
     def __init__(self, data: DataConfig) -> None:
         self.data = data
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> dict:
         return {"image": prepare_image(image, self.data).transpose(1, 2, 0),
-                "mask": mask if self.data.val_native else prepare_mask(mask, self.data)}
+                "mask": mask if self.data.validates_native else prepare_mask(mask, self.data)}
 
 
 def restore(probs: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -100,7 +100,7 @@ class ValidationImages(Callback):
         if board is None or not batches:
             return
         rows = []
-        for image, mask, predicted in batches:  # (crop mode: one whole image each)
+        for image, mask, predicted in batches:  # (native validation: one whole image each)
             for i in range(len(image)):
                 rows.append(self.row(image[i], mask[i], predicted[i]))
         width = max(row.shape[1] for row in rows)
@@ -120,6 +120,8 @@ class ValidationImages(Callback):
             picture = np.repeat(picture[:, :, :1], 3, axis=2)
         truth = mask.cpu().numpy()
         truth = np.where(truth == data.ignore_index, 0, truth)
+        if picture.shape[:2] != truth.shape:  # data.val_native: the image at `size`, the masks as stored
+            picture = cv2.resize(picture, truth.shape[::-1], interpolation=cv2.INTER_LINEAR)
         panels = [picture, colour_mask(truth, data.binary), colour_mask(predicted.cpu().numpy(), data.binary)]
         width = round(picture.shape[1] * self.height / picture.shape[0])
         panels = [cv2.resize(np.ascontiguousarray(p), (width, self.height), interpolation=cv2.INTER_NEAREST)

@@ -27,3 +27,8 @@ def name_list(items: Iterable[str | os.PathLike], limit: int = 10, parens: bool 
     shown = ", ".join(Path(item).name if isinstance(item, os.PathLike) else str(item) for item in items[:limit])
     listed = shown + (f", ... {len(items) - limit} more" if len(items) > limit else "")
     return f"({listed})" if parens else listed
+
+
+def count(number: int, noun: str) -> str:
+    """ "1 image", "8 images": a number with its noun, plural unless one."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"

@@ -10,10 +10,11 @@ from segan.config import Config, DataConfig
 from segan.evaluation import evaluate_model
 from segan.inference import Predictor
 from segan.preprocess import (EvalTransform, labels, labels_from_probabilities, pad_multiple, pad_to_multiple,
-                              padded_logits, prepare_image)
+                              padded_logits, prepare_image, restore)
+from segan.progress import ValidationImages
 from segan.training import train
 
-from conftest import make_run, tiny_config
+from conftest import make_run, smooth_image, tiny_config, write
 
 
 @pytest.mark.parametrize("resize, precision", [("resize", "fp32"), ("crop", "fp32"), ("resize", "bf16")])
@@ -30,6 +31,48 @@ def test_validation_iou_in_summary_equals_evaluate_model_on_the_same_split(tmp_p
     headline = result.report["headline"]
     assert (round(headline["iou"], 4), round(headline["dice"], 4)) == (summary["best_val_iou"],
                                                                        summary["best_val_dice"])
+
+
+def test_native_validation_scores_what_evaluate_model_scores(tmp_path):
+    """Resize mode with data.val_native: validation resizes each prediction back to its image's
+    own size, as `segan predict` does, so the run's best Dice is `segan evaluate --model`'s on
+    validation images of other sizes than the 64 px the run trains at; without it, validation
+    scores at 64 px, another figure."""
+    root = tmp_path / "data"
+    for split, sizes in (("train", [(64, 64)] * 8), ("validation", [(80, 96), (120, 72), (50, 70)])):
+        for index, (height, width) in enumerate(sizes):
+            image = smooth_image(height, width, seed=index)
+            write(root / split / "images" / f"{index}.png", image)
+            write(root / split / "masks" / f"{index}.png", np.where(image[:, :, 0] > 128, 255, 0).astype(np.uint8))
+    scores = {}
+    for native in (True, False):
+        run = tmp_path / f"native-{native}"
+        train(tiny_config(root, run, data={"val_native": native}, loss={"adv_weight": 0.0}))
+        scores[native] = json.loads((run / "summary.json").read_text())["best_val_dice"]
+    evaluated = evaluate_model(tmp_path / "native-True", split="val", precision="fp32", num_workers=0,
+                               progress=False).report["headline"]["dice"]
+    assert scores[True] == round(float(np.float32(evaluated)), 4)
+    assert abs(scores[False] - scores[True]) > 1e-3  # 0.7585 against 0.7559 when written
+
+
+def test_restore_resizes_probabilities_back_to_an_image_and_leaves_its_own_size_alone():
+    probs = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])  # (C, h, w)
+    assert restore(probs, 2, 2) is probs
+    restored = restore(probs, 4, 6)
+    assert restored.shape == (1, 4, 6)
+    assert torch.equal(restore(probs[None], 4, 6), restored[None])  # a batch (B, C, h, w) the same
+    assert restored[0, 0, 0] == 0.0 and restored[0, 0, -1] == 1.0  # bilinear, corners kept (half-pixel centres)
+
+
+def test_native_validation_keeps_the_mask_as_stored_and_pictures_it_at_its_shape():
+    data = DataConfig(size=32, resize="resize", val_native=True)
+    image, mask = np.full((40, 50, 3), 100, np.uint8), np.zeros((40, 50), np.uint8)
+    sample = EvalTransform(data)(image=image, mask=mask)
+    assert sample["image"].shape == (32, 32, 3) and sample["mask"] is mask
+    config = Config(data=data)
+    row = ValidationImages(config, height=20).row(torch.from_numpy(sample["image"].transpose(2, 0, 1)),
+                                                  torch.from_numpy(mask), torch.from_numpy(mask))
+    assert row.shape == (20, 3 * 25, 3)  # three panels at the stored 40x50's aspect, 20 px high
 
 
 def test_a_probability_of_exactly_the_threshold_is_foreground_everywhere():

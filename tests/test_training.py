@@ -328,27 +328,3 @@ def test_min_epoch_steps_makes_an_epoch_several_passes(tmp_path, demo_root):
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert sorted(int(row["epoch"]) for row in rows if row.get("val/iou")) == [0, 1]  # once an epoch
 
-
-def test_native_validation_scores_what_evaluate_model_scores(tmp_path):
-    """Resize mode with data.val_native: validation resizes each prediction back to its image's
-    own size, as `segan predict` does, so the run's best Dice is `segan evaluate --model`'s on the
-    same split; without it, validation scores at the 64 px the run trained at, another figure."""
-    import numpy as np
-    from segan.evaluation import evaluate_model
-
-    from conftest import smooth_image, write
-    root = tmp_path / "data"
-    for split, sizes in (("train", [(64, 64)] * 8), ("validation", [(80, 96), (120, 72), (50, 70)])):
-        for index, (height, width) in enumerate(sizes):
-            image = smooth_image(height, width, seed=index)
-            write(root / split / "images" / f"{index}.png", image)
-            write(root / split / "masks" / f"{index}.png", np.where(image[:, :, 0] > 128, 255, 0).astype(np.uint8))
-    scores = {}
-    for native in (True, False):
-        run = tmp_path / f"native-{native}"
-        train(tiny_config(root, run, data={"val_native": native}, loss={"adv_weight": 0.0}))
-        scores[native] = json.loads((run / "summary.json").read_text())["best_val_dice"]
-    evaluated = evaluate_model(tmp_path / "native-True", split="val", precision="fp32", num_workers=0,
-                               progress=False).report["headline"]["dice"]
-    assert scores[True] == round(float(np.float32(evaluated)), 4)
-    assert abs(scores[False] - scores[True]) > 1e-3
