@@ -420,8 +420,8 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
     why = (f"the largest at which {time_budget} holds {TARGET_STEPS} steps" if fits else
            f"the smallest the objects allow; {time_budget} holds only about {epochs * steps_per_epoch} steps")
     reasons.append(f"data.size {size}: {why} (on this machine at {probe_size} px, a training step of {probed} images "
-                   f"took {measured.step_s:.2f} s, validating an image {measured.validation_image_s:.2f} s, and an epoch's "
-                   f"checkpoints and pictures {measured.epoch_end_s:.1f} s)")
+                   f"took {measured.step_s:.2f} s, validating an image {measured.validation_image_s:.2f} s, and an "
+                   f"epoch's checkpoints and pictures {measured.epoch_end_s:.1f} s)")
     if steps_per_epoch > pass_steps:
         config.train.min_epoch_steps = steps_per_epoch
         reasons.append(f"train.min_epoch_steps {steps_per_epoch}: one pass over the {split.pairs} training images is "
