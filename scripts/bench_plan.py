@@ -4,7 +4,7 @@
     python scripts/bench_plan.py [--datasets isbi2012 kvasir-seg camvid]
                                  [--rows plan hand plan+ema plan+lite1 plan+lr3e-4 plan+lovasz plan+fpn
                                         plan+gan plan+batch4 plan+light plan+heavy plan+unetplusplus
-                                        plan+val-native]
+                                        plan+val-native plan+wd1e-4 plan+size192]
                                  [--seeds 0]
                                  [--tta-scales S...] [--out DIR] [--markdown]
 
@@ -40,7 +40,9 @@ FLOPs with Lite0 at 224 px, so fewer steps in the same budget: on Kvasir-SEG 0.8
 steps), or with validation at each image's own size (`plan+val-native`: `data.val_native`, resize
 mode; the best checkpoint is then chosen by the score `segan predict` gives, one image a batch, and
 the row's validation columns are those native figures; on Kvasir-SEG 0.883 against 0.892, one
-seed, 2,200 steps).
+seed, 2,200 steps), or with Adam's L2 weight decay at 1e-4 (`plan+wd1e-4`; the plan leaves
+`train.weight_decay` at 0), or at 192 px in place of the plan's size (`plan+size192`: about 1.4x
+the steps of 224 px for less detail; on Kvasir-SEG the scores so far followed the step count).
 They are not run by default.
 Runs go to OUT/DATASET/ROW (OUT/DATASET/ROW-seedS for `--seeds` other than 0, each with `segan
 train --seed S`, on the same plan.yaml) and are not run again once their summary.json exists (give a
@@ -83,6 +85,8 @@ LEVERS = {
     "plan+heavy": {"data": {"augment": "heavy"}},
     "plan+unetplusplus": {"generator": {"arch": "unetplusplus"}},
     "plan+val-native": {"data": {"val_native": True}},
+    "plan+wd1e-4": {"train": {"weight_decay": 1e-4}},
+    "plan+size192": {"data": {"size": 192}},
 }
 
 

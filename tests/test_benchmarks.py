@@ -227,27 +227,28 @@ def test_bench_plan_lever_rows_change_only_their_keys_of_the_plan(tmp_path):
                     "generator:\n  encoder_name: tu-efficientnet_lite0\n"
                     "loss:\n  terms:\n    dice: 1.0\n    ce: 1.0\n  adv_weight: 0.05\n"
                     "train:\n  time_budget: 30m\n  epochs: 14\n  batch_size: 8\n")
-    plan_terms = {"dice": 1.0, "ce": 1.0}  # a lever's terms replace the plan's, not join them
-    # (EMA decay, encoder, lr, decoder, loss terms, adversarial weight, batch size, augmentation,
-    # native validation) of each row
-    lite0, lite1, lovasz = "tu-efficientnet_lite0", "tu-efficientnet_lite1", {"ce": 1.0, "lovasz": 1.0}
-    for row, expected in (("plan+ema", (0.999, lite0, 1e-3, "unet", plan_terms, 0.05, 8, "medium", False)),
-                          ("plan+lite1", (None, lite1, 1e-3, "unet", plan_terms, 0.05, 8, "medium", False)),
-                          ("plan+lr3e-4", (None, lite0, 3e-4, "unet", plan_terms, 0.05, 8, "medium", False)),
-                          ("plan+lovasz", (None, lite0, 1e-3, "unet", lovasz, 0.05, 8, "medium", False)),
-                          ("plan+fpn", (None, lite0, 1e-3, "fpn", plan_terms, 0.05, 8, "medium", False)),
-                          ("plan+gan", (None, lite0, 1e-3, "unet", plan_terms, 0.01, 8, "medium", False)),
-                          ("plan+batch4", (None, lite0, 1e-3, "unet", plan_terms, 0.05, 4, "medium", False)),
-                          ("plan+light", (None, lite0, 1e-3, "unet", plan_terms, 0.05, 8, "light", False)),
-                          ("plan+heavy", (None, lite0, 1e-3, "unet", plan_terms, 0.05, 8, "heavy", False)),
-                          ("plan+unetplusplus", (None, lite0, 1e-3, "unetplusplus", plan_terms, 0.05, 8, "medium",
-                                                 False)),
-                          ("plan+val-native", (None, lite0, 1e-3, "unet", plan_terms, 0.05, 8, "medium", True))):
-        config = Config.load(bench_plan.with_lever(plan, bench_plan.LEVERS[row], tmp_path / f"{row}.yaml"))
-        assert (config.train.ema_decay, config.generator.encoder_name, config.train.lr, config.generator.arch,
-                config.loss.terms, config.loss.adv_weight, config.train.batch_size, config.data.augment,
-                config.data.val_native) == expected
-        assert (config.data.size, config.train.time_budget, config.train.epochs) == (288, "30m", 14)
+    # Each row's settings that differ from the plan's, as dotted keys: a lever's terms replace the
+    # plan's rather than join them, and nothing else moves.
+    expected = {"plan+ema": {"train.ema_decay": 0.999},
+                "plan+lite1": {"generator.encoder_name": "tu-efficientnet_lite1"},
+                "plan+lr3e-4": {"train.lr": 3e-4},
+                "plan+lovasz": {"loss.terms": {"ce": 1.0, "lovasz": 1.0}},
+                "plan+fpn": {"generator.arch": "fpn"},
+                "plan+gan": {"loss.adv_weight": 0.01},
+                "plan+batch4": {"train.batch_size": 4},
+                "plan+light": {"data.augment": "light"},
+                "plan+heavy": {"data.augment": "heavy"},
+                "plan+unetplusplus": {"generator.arch": "unetplusplus"},
+                "plan+val-native": {"data.val_native": True},
+                "plan+wd1e-4": {"train.weight_decay": 1e-4},
+                "plan+size192": {"data.size": 192}}
+    assert set(expected) == set(bench_plan.LEVERS)
+
+    planned = Config.load(plan).flat()
+    assert (planned["data.size"], planned["train.time_budget"], planned["train.epochs"]) == (288, "30m", 14)
+    for row, changes in expected.items():
+        lever = Config.load(bench_plan.with_lever(plan, bench_plan.LEVERS[row], tmp_path / f"{row}.yaml")).flat()
+        assert {key: value for key, value in lever.items() if value != planned[key]} == changes, row
 
 
 def patchgan_forward_flop(size: int, base: int, image_channels: int = 3, mask_channels: int = 1) -> int:
