@@ -4,7 +4,8 @@
     python scripts/bench_plan.py [--datasets isbi2012 kvasir-seg camvid]
                                  [--rows plan hand plan+ema plan+lite1 plan+lr3e-4 plan+lovasz plan+fpn
                                         plan+gan plan+batch4 plan+light plan+heavy plan+unetplusplus
-                                        plan+val-native plan+wd1e-4 plan+size192]
+                                        plan+val-native plan+wd1e-4 plan+size192
+                                        plan+decoder128]
                                  [--seeds 0]
                                  [--tta-scales S...] [--out DIR] [--markdown]
 
@@ -42,7 +43,10 @@ mode; the best checkpoint is then chosen by the score `segan predict` gives, one
 the row's validation columns are those native figures; on Kvasir-SEG 0.883 against 0.892, one
 seed, 2,200 steps), or with Adam's L2 weight decay at 1e-4 (`plan+wd1e-4`; the plan leaves
 `train.weight_decay` at 0), or at 192 px in place of the plan's size (`plan+size192`: about 1.4x
-the steps of 224 px for less detail; on Kvasir-SEG the scores so far followed the step count).
+the steps of 224 px for less detail; on Kvasir-SEG the scores so far followed the step count),
+or with a U-Net decoder half as wide (`plan+decoder128`: `generator.decoder_width: 128`, blocks of
+128 to 8 channels in place of smp's 256 to 16; with Lite0 the decoder is about 5/6 of the FLOPs
+at 224 px, so more steps fit the same budget at the same size).
 They are not run by default.
 Runs go to OUT/DATASET/ROW (OUT/DATASET/ROW-seedS for `--seeds` other than 0, each with `segan
 train --seed S`, on the same plan.yaml) and are not run again once their summary.json exists (give a
@@ -87,6 +91,7 @@ LEVERS = {
     "plan+val-native": {"data": {"val_native": True}},
     "plan+wd1e-4": {"train": {"weight_decay": 1e-4}},
     "plan+size192": {"data": {"size": 192}},
+    "plan+decoder128": {"generator": {"decoder_width": 128}},
 }
 
 

@@ -241,7 +241,8 @@ def test_bench_plan_lever_rows_change_only_their_keys_of_the_plan(tmp_path):
                 "plan+unetplusplus": {"generator.arch": "unetplusplus"},
                 "plan+val-native": {"data.val_native": True},
                 "plan+wd1e-4": {"train.weight_decay": 1e-4},
-                "plan+size192": {"data.size": 192}}
+                "plan+size192": {"data.size": 192},
+                "plan+decoder128": {"generator.decoder_width": 128}}
     assert set(expected) == set(bench_plan.LEVERS)
 
     planned = Config.load(plan).flat()

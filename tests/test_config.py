@@ -103,7 +103,7 @@ def test_every_problem_is_listed_in_one_error(tmp_path):
         Config.load(tmp_path / "c.yaml")
     assert caught.value.problems == [
         "generator.encodr_name: unknown setting (did you mean 'encoder_name'?); "
-        "known: arch, encoder_name, encoder_depth, encoder_weights",
+        "known: arch, encoder_name, encoder_depth, encoder_weights, decoder_width",
         "train.epochs: expected an integer >= 1, got 'ten'",
         f"train.epoch: unknown setting (did you mean 'epochs'?); known: {TRAIN_KEYS}",
     ]
@@ -126,6 +126,8 @@ def test_unknown_sections_and_keys_are_named(tmp_path):
 @pytest.mark.parametrize("values, problem", [
     ({"data": {"size": 100}}, "data.size: expected a multiple of the network stride 32, got 100; use 96"),
     ({"data": {"size": 16}}, "data.size: expected a multiple of the network stride 32, got 16; use 32"),
+    ({"generator": {"decoder_width": 100}},
+     "generator.decoder_width: expected an integer >= 16, a multiple of 16, got 100; use 96"),
     ({"data": {"classes": ["only"]}},
      "data.classes: expected a list of at least 2 different class names, background first, got ['only']"),
     ({"data": {"classes": ["a", "a"]}},

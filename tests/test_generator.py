@@ -20,6 +20,27 @@ def test_unet_encoder_depth(depth):
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1, 64, 64)
 
 
+@pytest.mark.parametrize("width, depth, head_channels", [(256, 5, 16), (128, 5, 8), (256, 3, 16), (128, 3, 8)])
+def test_decoder_width_halves_block_by_block(width, depth, head_channels):
+    model = build_generator(GeneratorConfig(decoder_width=width, encoder_depth=depth), 3, 2).eval()
+    # blocks of width, width / 2, ..., width / 16 (the last `depth` of them): the head reads width / 16
+    assert model.segmentation_head[0].in_channels == head_channels
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_a_narrower_decoder_has_fewer_parameters():
+    def count(width: int) -> int:
+        return sum(p.numel() for p in build_generator(GeneratorConfig(decoder_width=width), 3, 2).decoder.parameters())
+    # a convolution's weights go with in x out channels; the skips' channels are the encoder's
+    assert count(128) < count(256) / 2
+
+
+def test_decoder_width_is_refused_where_the_decoder_has_no_blocks_per_stage():
+    with pytest.raises(ValueError, match="decoder_width applies to .* not to 'fpn'"):
+        build_generator(GeneratorConfig(arch="fpn", decoder_width=128), 3, 2)
+    build_generator(GeneratorConfig(arch="fpn"), 3, 2)  # the default width is not a choice
+
+
 def test_unknown_names_are_clear_errors():
     with pytest.raises(ValueError, match="unknown architecture 'unett'"):
         build_generator(GeneratorConfig(arch="unett"), 3, 2)
@@ -59,3 +80,14 @@ def test_probabilities_labels_and_one_hot():
     mask = torch.tensor([[[0, 2, 255]]])
     assert one_hot(mask, 3)[0, :, 0].tolist() == [[1, 0, 0], [0, 0, 0], [0, 1, 0]]
     assert one_hot(torch.tensor([[[0, 1, 255]]]), 1).tolist() == [[[[0.0, 1.0, 0.0]]]]
+
+
+def test_a_narrower_decoder_reloads_from_its_exported_files(tmp_path):
+    # `segan predict` rebuilds the network from smp's config.json, not from segan's config
+    import segmentation_models_pytorch as smp
+    model = build_generator(GeneratorConfig(decoder_width=128), 3, 2).eval()
+    model.save_pretrained(str(tmp_path))
+    reloaded = smp.from_pretrained(str(tmp_path)).eval()
+    image = torch.randn(1, 3, 64, 64)
+    assert reloaded.segmentation_head[0].in_channels == 8
+    assert torch.equal(reloaded(image), model(image))

@@ -13,8 +13,7 @@ from ..preprocess import labels, probabilities  # noqa: F401  (re-exported: the 
 
 ARCHITECTURES = tuple(smp.MODEL_ARCHITECTURES_MAPPING)
 # Architectures whose decoder has one block per encoder stage and needs `decoder_channels` to match.
-_PER_STAGE_DECODERS = {"unet", "unetplusplus", "manet"}
-_DECODER_CHANNELS = (256, 128, 64, 32, 16)
+_PER_STAGE_DECODERS = ("unet", "unetplusplus", "manet")
 
 
 def output_channels(num_classes: int) -> int:
@@ -40,7 +39,12 @@ def build_generator(config: GeneratorConfig, in_channels: int, num_classes: int,
         raise ValueError(f"unknown architecture '{config.arch}'; choose one of {', '.join(ARCHITECTURES)}")
     extra = {}
     if config.arch.lower() in _PER_STAGE_DECODERS:
-        extra["decoder_channels"] = _DECODER_CHANNELS[-config.encoder_depth:]
+        widths = [config.decoder_width // 2 ** block for block in range(5)]  # smp's (256, ..., 16) at 256
+        extra["decoder_channels"] = widths[-config.encoder_depth:]
+    elif config.decoder_width != GeneratorConfig.decoder_width:
+        raise ValueError(f"decoder_width applies to the decoders with one block per encoder stage "
+                         f"({', '.join(_PER_STAGE_DECODERS)}), not to '{config.arch}': leave it at "
+                         f"{GeneratorConfig.decoder_width} or choose one of those")
     try:
         model = smp.create_model(config.arch, encoder_name=config.encoder_name, encoder_depth=config.encoder_depth,
                                  encoder_weights=None, in_channels=in_channels,
