@@ -258,6 +258,10 @@ class DataConfig:
         return list(mean), list(std)
 
 
+# smp architectures whose decoder has one block per encoder stage, so that its channels follow the depth.
+PER_STAGE_DECODERS = ("unet", "unetplusplus", "manet")
+
+
 @dataclass
 class GeneratorConfig:
     """The segmentation network: any segmentation-models-pytorch architecture and encoder.
@@ -269,10 +273,10 @@ class GeneratorConfig:
         encoder_weights: None (random init, offline), "imagenet" (downloaded by smp/timm), or a
             path to a local encoder state dict.
         decoder_width: the decoder's channels are (width, width / 2, ..., width / 16), the last
-            `encoder_depth` of them, for the decoders with one block per encoder stage (unet,
-            unetplusplus, manet); 256 is smp's default. With a light encoder such as
+            `encoder_depth` of them, for the decoders with one block per encoder stage
+            (`PER_STAGE_DECODERS`); 256 is smp's default. With a light encoder such as
             EfficientNet-Lite0 the decoder takes most of a step (about 5/6 of the U-Net's FLOPs
-            at 224 px); 128 takes the whole network from 4.4 to 2.1 GFLOP an image there.
+            at 224 px); 128 takes the whole network from 4.4 to 1.8 GFLOP an image there.
     """
 
     __pydantic_config__ = SCHEMA_RULES
@@ -638,6 +642,13 @@ def _relations_checked(config: Config, invalid: set[str]) -> Config:
             and len(loss.class_weights) != len(data.classes):
         problems.append(f"loss.class_weights: {len(loss.class_weights)} value(s) for {len(data.classes)} classes "
                         f"({', '.join(data.classes)}); give one per class, or median-frequency or inverse-sqrt")
+    generator = config.generator
+    if invalid.isdisjoint({"generator.arch", "generator.decoder_width"}) \
+            and generator.arch.lower() not in PER_STAGE_DECODERS \
+            and generator.decoder_width != GeneratorConfig.decoder_width:
+        problems.append(f"generator.decoder_width: applies to the decoders with one block per encoder stage "
+                        f"({', '.join(PER_STAGE_DECODERS)}), not to '{generator.arch}'; leave it at "
+                        f"{GeneratorConfig.decoder_width} or choose one of those")
     if "loss.terms" not in invalid and not any(loss.terms.values()):
         problems.append(f"loss.terms: {loss.terms or '{}'} leaves no segmentation loss; give at least one term a "
                         f"weight above 0, e.g. {{dice: 1.0, ce: 1.0}} (terms: {', '.join(LOSS_TERMS)})")
@@ -726,13 +737,13 @@ def _describe(annotation: Any, plural: bool = False) -> str:
 
 
 def _bounds(constraints: dict[str, Any]) -> str:
-    """" >= 1", " from 3 to 5", " > 0 and < 1", " >= 16, a multiple of 16", or "" for no bounds."""
-    multiple = f", a multiple of {constraints['multiple_of']}" if "multiple_of" in constraints else ""
+    """" >= 1", " from 3 to 5", " > 0 and < 1", " >= 16 and a multiple of 16", or "" for no bounds."""
+    multiple = f" and a multiple of {constraints['multiple_of']}" if "multiple_of" in constraints else ""
     if "ge" in constraints and "le" in constraints:
         return f" from {constraints['ge']} to {constraints['le']}{multiple}"
     symbols = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
     parts = [f"{symbols[name]} {constraints[name]}" for name in symbols if name in constraints]
-    return " " + " and ".join(parts) + multiple if parts else multiple.lstrip(",")
+    return " " + " and ".join(parts) + multiple if parts else multiple.replace(" and", " that is", 1)
 
 
 def _constraints(annotation: Any) -> dict[str, Any]:

@@ -300,8 +300,9 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
     if offline:
         values["generator"].update(encoder_name=PLANNED_ENCODER, encoder_weights="imagenet")
         reasons.append(f"generator {PLANNED_ENCODER} with its offline ImageNet weights: pretrained encoders "
-                       "converge in far fewer steps (Kvasir-SEG: 0.87 against 0.72 Dice from scratch); not Lite1, "
-                       "whose slower steps fit 13 epochs where Lite0 fitted 15 in 30 minutes (0.884 against 0.890)")
+                       "converge in far fewer steps (Kvasir-SEG: 0.87 against 0.72 Dice from scratch); not Lite1: on "
+                       "Kvasir-SEG its slower steps fit 13 epochs where Lite0 fitted 15 in 30 minutes (0.884 against "
+                       "0.890 Dice)")
     else:
         reasons.append(f"generator {base.generator.encoder_name} ({base.generator.encoder_weights or 'random init'}): "
                        f"the offline ImageNet weights of {PLANNED_ENCODER} are not installed "

@@ -44,7 +44,7 @@ def test_an_invalid_config_file_exits_2_naming_every_problem_without_a_traceback
     assert capsys.readouterr().err.splitlines() == [
         f"segan: error: invalid config in {config}:",
         "  generator.encodr_name: unknown setting (did you mean 'encoder_name'?); "
-        "known: arch, encoder_name, encoder_depth, encoder_weights",
+        "known: arch, encoder_name, encoder_depth, encoder_weights, decoder_width",
         "  train.epochs: expected an integer >= 1, got 'ten'",
         "  train.epoch: unknown setting (did you mean 'epochs'?); known: epochs, time_budget, batch_size, lr, d_lr, "
         "weight_decay, ema_decay, seed, accelerator, devices, precision, checkpoint_every_n_steps, min_epoch_steps, "

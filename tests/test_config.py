@@ -127,7 +127,7 @@ def test_unknown_sections_and_keys_are_named(tmp_path):
     ({"data": {"size": 100}}, "data.size: expected a multiple of the network stride 32, got 100; use 96"),
     ({"data": {"size": 16}}, "data.size: expected a multiple of the network stride 32, got 16; use 32"),
     ({"generator": {"decoder_width": 100}},
-     "generator.decoder_width: expected an integer >= 16, a multiple of 16, got 100; use 96"),
+     "generator.decoder_width: expected an integer >= 16 and a multiple of 16, got 100; use 96"),
     ({"data": {"classes": ["only"]}},
      "data.classes: expected a list of at least 2 different class names, background first, got ['only']"),
     ({"data": {"classes": ["a", "a"]}},

@@ -20,11 +20,19 @@ def test_unet_encoder_depth(depth):
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1, 64, 64)
 
 
-@pytest.mark.parametrize("width, depth, head_channels", [(256, 5, 16), (128, 5, 8), (256, 3, 16), (128, 3, 8)])
-def test_decoder_width_halves_block_by_block(width, depth, head_channels):
+@pytest.mark.parametrize("width, depth, blocks", [(256, 5, [256, 128, 64, 32, 16]), (128, 5, [128, 64, 32, 16, 8]),
+                                                  (256, 3, [64, 32, 16]), (128, 3, [32, 16, 8])])
+def test_decoder_width_halves_block_by_block(width, depth, blocks):
     model = build_generator(GeneratorConfig(decoder_width=width, encoder_depth=depth), 3, 2).eval()
-    # blocks of width, width / 2, ..., width / 16 (the last `depth` of them): the head reads width / 16
-    assert model.segmentation_head[0].in_channels == head_channels
+    assert [block.conv2[0].out_channels for block in model.decoder.blocks] == blocks
+    assert model.segmentation_head[0].in_channels == blocks[-1]
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+
+
+@pytest.mark.parametrize("arch", ["UNet", "unetplusplus", "manet"])
+def test_decoder_width_reaches_each_per_stage_decoder(arch):
+    model = build_generator(GeneratorConfig(arch=arch, decoder_width=64), 3, 2).eval()
+    assert model.segmentation_head[0].in_channels == 4
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1, 64, 64)
 
 
@@ -36,9 +44,17 @@ def test_a_narrower_decoder_has_fewer_parameters():
 
 
 def test_decoder_width_is_refused_where_the_decoder_has_no_blocks_per_stage():
-    with pytest.raises(ValueError, match="decoder_width applies to .* not to 'fpn'"):
-        build_generator(GeneratorConfig(arch="fpn", decoder_width=128), 3, 2)
+    from segan.config import Config, ConfigError
+    with pytest.raises(ValueError, match="decoder_width applies to .* not to 'FPN'"):
+        build_generator(GeneratorConfig(arch="FPN", decoder_width=128), 3, 2)
     build_generator(GeneratorConfig(arch="fpn"), 3, 2)  # the default width is not a choice
+    # a config file says so on loading, before any data is read
+    with pytest.raises(ConfigError) as caught:
+        Config.from_dict({"generator": {"arch": "fpn", "decoder_width": 128}})
+    assert caught.value.problems == [
+        "generator.decoder_width: applies to the decoders with one block per encoder stage (unet, unetplusplus, "
+        "manet), not to 'fpn'; leave it at 256 or choose one of those"]
+    assert Config.from_dict({"generator": {"arch": "unetplusplus", "decoder_width": 128}}).generator.decoder_width == 128
 
 
 def test_unknown_names_are_clear_errors():

@@ -8,12 +8,10 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from ..config import GeneratorConfig
+from ..config import PER_STAGE_DECODERS, GeneratorConfig
 from ..preprocess import labels, probabilities  # noqa: F401  (re-exported: the one threshold rule)
 
 ARCHITECTURES = tuple(smp.MODEL_ARCHITECTURES_MAPPING)
-# Architectures whose decoder has one block per encoder stage and needs `decoder_channels` to match.
-_PER_STAGE_DECODERS = ("unet", "unetplusplus", "manet")
 
 
 def output_channels(num_classes: int) -> int:
@@ -29,21 +27,25 @@ def build_generator(config: GeneratorConfig, in_channels: int, num_classes: int,
     for a download again when reloaded; requested weights are loaded afterwards.
 
     Args:
-        config: architecture, encoder and encoder weights.
+        config: architecture, encoder, encoder weights and decoder width.
         in_channels: 1 or 3.
         num_classes: class count including background (2 = binary, one output channel).
         load_encoder_weights: False skips `config.encoder_weights` (the weights come from a
             checkpoint anyway, e.g. when resuming or exporting).
+
+    Raises:
+        ValueError: an unknown architecture or encoder, or a `decoder_width` other than 256 for a
+            decoder without one block per encoder stage.
     """
     if config.arch.lower() not in ARCHITECTURES:
         raise ValueError(f"unknown architecture '{config.arch}'; choose one of {', '.join(ARCHITECTURES)}")
     extra = {}
-    if config.arch.lower() in _PER_STAGE_DECODERS:
+    if config.arch.lower() in PER_STAGE_DECODERS:
         widths = [config.decoder_width // 2 ** block for block in range(5)]  # smp's (256, ..., 16) at 256
         extra["decoder_channels"] = widths[-config.encoder_depth:]
-    elif config.decoder_width != GeneratorConfig.decoder_width:
+    elif config.decoder_width != GeneratorConfig.decoder_width:  # a config file is refused on loading
         raise ValueError(f"decoder_width applies to the decoders with one block per encoder stage "
-                         f"({', '.join(_PER_STAGE_DECODERS)}), not to '{config.arch}': leave it at "
+                         f"({', '.join(PER_STAGE_DECODERS)}), not to '{config.arch}': leave it at "
                          f"{GeneratorConfig.decoder_width} or choose one of those")
     try:
         model = smp.create_model(config.arch, encoder_name=config.encoder_name, encoder_depth=config.encoder_depth,
