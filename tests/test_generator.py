@@ -54,7 +54,8 @@ def test_decoder_width_is_refused_where_the_decoder_has_no_blocks_per_stage():
     assert caught.value.problems == [
         "generator.decoder_width: applies to the decoders with one block per encoder stage (unet, unetplusplus, "
         "manet), not to 'fpn'; leave it at 256 or choose one of those"]
-    assert Config.from_dict({"generator": {"arch": "unetplusplus", "decoder_width": 128}}).generator.decoder_width == 128
+    config = Config.from_dict({"generator": {"arch": "unetplusplus", "decoder_width": 128}})
+    assert config.generator.decoder_width == 128
 
 
 def test_unknown_names_are_clear_errors():
