@@ -42,11 +42,12 @@ steps), or with validation at each image's own size (`plan+val-native`: `data.va
 mode; the best checkpoint is then chosen by the score `segan predict` gives, one image a batch, and
 the row's validation columns are those native figures; on Kvasir-SEG 0.883 against 0.892, one
 seed, 2,200 steps), or with Adam's L2 weight decay at 1e-4 (`plan+wd1e-4`; the plan leaves
-`train.weight_decay` at 0), or at 192 px in place of the plan's size (`plan+size192`: about 1.4x
-the steps of Kvasir-SEG's planned 224 px in theory, for less detail; on Kvasir-SEG the scores so far followed the step count),
-or with a U-Net decoder half as wide (`plan+decoder128`: `generator.decoder_width: 128`, blocks of
-128 to 8 channels in place of smp's 256 to 16; with Lite0 the decoder is about 5/6 of the FLOPs
-at 224 px, so more steps fit the same budget at the same size).
+`train.weight_decay` at 0), or at 192 px in place of the plan's size (`plan+size192`: more steps
+for less detail), or with a U-Net decoder half as wide (`plan+decoder128`:
+`generator.decoder_width: 128`, blocks of 128 to 8 channels in place of smp's 256 to 16; with
+Lite0 the decoder is about 5/6 of the FLOPs at 224 px, so more steps fit the same budget at the
+same size). On Kvasir-SEG, one seed, against the plan's 0.891 the same day: 0.887, 0.886 (2,900
+steps) and 0.895 (2,600 steps against 2,100).
 They are not run by default.
 Runs go to OUT/DATASET/ROW (OUT/DATASET/ROW-seedS for `--seeds` other than 0, each with `segan
 train --seed S`, on the same plan.yaml) and are not run again once their summary.json exists (give a
