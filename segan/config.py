@@ -289,6 +289,14 @@ class GeneratorConfig:
     encoder_weights: str | None = None
     decoder_width: Annotated[int, Field(ge=16, multiple_of=16)] = 256
 
+    def decoder_width_problem(self) -> str | None:
+        """What is wrong with `decoder_width` for this architecture, or None: the config check and
+        `build_generator` (for a config built in code) give the same reason."""
+        if self.arch.lower() in PER_STAGE_DECODERS or self.decoder_width == GeneratorConfig.decoder_width:
+            return None
+        return (f"applies to the decoders with one block per encoder stage ({', '.join(PER_STAGE_DECODERS)}), "
+                f"not to '{self.arch}'; leave it at {GeneratorConfig.decoder_width} or choose one of those")
+
 
 @dataclass
 class DiscriminatorConfig:
@@ -644,13 +652,9 @@ def _relations_checked(config: Config, invalid: set[str]) -> Config:
             and len(loss.class_weights) != len(data.classes):
         problems.append(f"loss.class_weights: {len(loss.class_weights)} value(s) for {len(data.classes)} classes "
                         f"({', '.join(data.classes)}); give one per class, or median-frequency or inverse-sqrt")
-    generator = config.generator
-    if invalid.isdisjoint({"generator.arch", "generator.decoder_width"}) \
-            and generator.arch.lower() not in PER_STAGE_DECODERS \
-            and generator.decoder_width != GeneratorConfig.decoder_width:
-        problems.append(f"generator.decoder_width: applies to the decoders with one block per encoder stage "
-                        f"({', '.join(PER_STAGE_DECODERS)}), not to '{generator.arch}'; leave it at "
-                        f"{GeneratorConfig.decoder_width} or choose one of those")
+    decoder_problem = config.generator.decoder_width_problem()
+    if invalid.isdisjoint({"generator.arch", "generator.decoder_width"}) and decoder_problem:
+        problems.append(f"generator.decoder_width: {decoder_problem}")
     if "loss.terms" not in invalid and not any(loss.terms.values()):
         problems.append(f"loss.terms: {loss.terms or '{}'} leaves no segmentation loss; give at least one term a "
                         f"weight above 0, e.g. {{dice: 1.0, ce: 1.0}} (terms: {', '.join(LOSS_TERMS)})")
@@ -740,12 +744,14 @@ def _describe(annotation: Any, plural: bool = False) -> str:
 
 def _bounds(constraints: dict[str, Any]) -> str:
     """" >= 1", " from 3 to 5", " > 0 and < 1", " >= 16 and a multiple of 16", or "" for no bounds."""
-    multiple = f" and a multiple of {constraints['multiple_of']}" if "multiple_of" in constraints else ""
-    if "ge" in constraints and "le" in constraints:
-        return f" from {constraints['ge']} to {constraints['le']}{multiple}"
     symbols = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
-    parts = [f"{symbols[name]} {constraints[name]}" for name in symbols if name in constraints]
-    return " " + " and ".join(parts) + multiple if parts else multiple.replace(" and", " that is", 1)
+    if "ge" in constraints and "le" in constraints:
+        parts = [f"from {constraints['ge']} to {constraints['le']}"]
+    else:
+        parts = [f"{symbols[name]} {constraints[name]}" for name in symbols if name in constraints]
+    if "multiple_of" in constraints:
+        parts.append(f"a multiple of {constraints['multiple_of']}")
+    return " " + " and ".join(parts) if parts else ""
 
 
 def _constraints(annotation: Any) -> dict[str, Any]:

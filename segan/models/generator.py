@@ -43,10 +43,8 @@ def build_generator(config: GeneratorConfig, in_channels: int, num_classes: int,
     if config.arch.lower() in PER_STAGE_DECODERS:
         widths = [config.decoder_width // 2 ** block for block in range(5)]  # smp's (256, ..., 16) at 256
         extra["decoder_channels"] = widths[-config.encoder_depth:]
-    elif config.decoder_width != GeneratorConfig.decoder_width:  # a config file is refused on loading
-        raise ValueError(f"decoder_width applies to the decoders with one block per encoder stage "
-                         f"({', '.join(PER_STAGE_DECODERS)}), not to '{config.arch}': leave it at "
-                         f"{GeneratorConfig.decoder_width} or choose one of those")
+    elif problem := config.decoder_width_problem():  # a config file is refused on loading already
+        raise ValueError(f"decoder_width {problem}")
     try:
         model = smp.create_model(config.arch, encoder_name=config.encoder_name, encoder_depth=config.encoder_depth,
                                  encoder_weights=None, in_channels=in_channels,
