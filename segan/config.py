@@ -277,8 +277,9 @@ class GeneratorConfig:
             (`PER_STAGE_DECODERS`); 256 is smp's default. With a light encoder such as
             EfficientNet-Lite0 the decoder holds most of the FLOPs (about 5/6 of the U-Net's at
             224 px); 128 takes the whole network from 4.4 to 1.8 GFLOP an image there, and on
-            Kvasir-SEG in 30 minutes it fitted 2,600 steps instead of 2,100 (epochs 1.27x
-            shorter) and scored 0.895 against 0.891 Dice (one seed, a tie; BENCHMARKS.md).
+            Kvasir-SEG in 30 minutes it fitted 2,400-2,700 steps instead of 2,100-2,300 and
+            scored 0.896 ± 0.002 against 0.887 ± 0.006 Dice (three seeds, each beside the
+            default width on the same day; BENCHMARKS.md).
     """
 
     __pydantic_config__ = SCHEMA_RULES
