@@ -47,8 +47,8 @@ for less detail), or with a U-Net decoder half as wide (`plan+decoder128`:
 `generator.decoder_width: 128`, blocks of 128 to 8 channels in place of smp's 256 to 16; with
 Lite0 the decoder is about 5/6 of the FLOPs at 224 px, so more steps fit the same budget at the
 same size). On Kvasir-SEG, one seed, against the plan's 0.891 the same day: 0.887 and 0.886 (2,900
-steps); the half-width decoder over three seeds, each beside the plan: 0.896 ± 0.002 against 0.887
-± 0.006 (2,400-2,700 steps against 2,100-2,300).
+steps); the half-width decoder over three seeds, each beside the plan: 0.8955 ± 0.0015 against
+0.8870 ± 0.0063 (2,400-2,700 steps against 2,100-2,300).
 They are not run by default.
 Runs go to OUT/DATASET/ROW (OUT/DATASET/ROW-seedS for `--seeds` other than 0, each with `segan
 train --seed S`, on the same plan.yaml) and are not run again once their summary.json exists (give a
