@@ -5,7 +5,7 @@
                                  [--rows plan hand plan+ema plan+lite1 plan+lr3e-4 plan+lovasz plan+fpn
                                         plan+gan plan+batch4 plan+light plan+heavy plan+unetplusplus
                                         plan+val-native plan+wd1e-4 plan+size192
-                                        plan+decoder128]
+                                        plan+decoder128 plan+decoder256]
                                  [--seeds 0]
                                  [--tta-scales S...] [--out DIR] [--markdown]
 
@@ -48,7 +48,10 @@ for less detail), or with a U-Net decoder half as wide (`plan+decoder128`:
 Lite0 the decoder is about 5/6 of the FLOPs at 224 px, so more steps fit the same budget at the
 same size). On Kvasir-SEG, one seed, against the plan's 0.891 the same day: 0.887 and 0.886 (2,900
 steps); the half-width decoder over three seeds, each beside the plan: 0.8955 ± 0.0015 against
-0.8870 ± 0.0063 (2,400-2,700 steps against 2,100-2,300).
+0.8870 ± 0.0063 (2,400-2,700 steps against 2,100-2,300). Since then the plan itself halves the
+U-Net decoder where it resizes, so on a Kvasir-SEG plan.yaml written since `plan+decoder128` changes
+nothing and `plan+decoder256` measures smp's width; on native crops (ISBI 2012, CamVid) the plan
+keeps 256 and `plan+decoder128` is the lever. `plan+fpn` and `plan+unetplusplus` set smp's width.
 They are not run by default.
 Runs go to OUT/DATASET/ROW (OUT/DATASET/ROW-seedS for `--seeds` other than 0, each with `segan
 train --seed S`, on the same plan.yaml) and are not run again once their summary.json exists (give a
@@ -84,16 +87,17 @@ LEVERS = {
     "plan+lite1": {"generator": {"encoder_name": "tu-efficientnet_lite1"}},
     "plan+lr3e-4": {"train": {"lr": 3e-4}},
     "plan+lovasz": {"loss": {"terms": {"ce": 1.0, "lovasz": 1.0}}},
-    "plan+fpn": {"generator": {"arch": "fpn"}},
+    "plan+fpn": {"generator": {"arch": "fpn", "decoder_width": 256}},  # FPN has no per-stage width
     "plan+gan": {"loss": {"adv_weight": 0.01}},
     "plan+batch4": {"train": {"batch_size": 4}},
     "plan+light": {"data": {"augment": "light"}},
     "plan+heavy": {"data": {"augment": "heavy"}},
-    "plan+unetplusplus": {"generator": {"arch": "unetplusplus"}},
+    "plan+unetplusplus": {"generator": {"arch": "unetplusplus", "decoder_width": 256}},  # as measured
     "plan+val-native": {"data": {"val_native": True}},
     "plan+wd1e-4": {"train": {"weight_decay": 1e-4}},
     "plan+size192": {"data": {"size": 192}},
     "plan+decoder128": {"generator": {"decoder_width": 128}},
+    "plan+decoder256": {"generator": {"decoder_width": 256}},
 }
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import write
 
@@ -233,7 +234,7 @@ def test_bench_plan_lever_rows_change_only_their_keys_of_the_plan(tmp_path):
                 "plan+lite1": {"generator.encoder_name": "tu-efficientnet_lite1"},
                 "plan+lr3e-4": {"train.lr": 3e-4},
                 "plan+lovasz": {"loss.terms": {"ce": 1.0, "lovasz": 1.0}},
-                "plan+fpn": {"generator.arch": "fpn"},
+                "plan+fpn": {"generator.arch": "fpn"},  # and smp's decoder width, which this plan has
                 "plan+gan": {"loss.adv_weight": 0.01},
                 "plan+batch4": {"train.batch_size": 4},
                 "plan+light": {"data.augment": "light"},
@@ -242,7 +243,8 @@ def test_bench_plan_lever_rows_change_only_their_keys_of_the_plan(tmp_path):
                 "plan+val-native": {"data.val_native": True},
                 "plan+wd1e-4": {"train.weight_decay": 1e-4},
                 "plan+size192": {"data.size": 192},
-                "plan+decoder128": {"generator.decoder_width": 128}}
+                "plan+decoder128": {"generator.decoder_width": 128},
+                "plan+decoder256": {}}
     assert set(expected) == set(bench_plan.LEVERS)
 
     planned = Config.load(plan).flat()
@@ -250,6 +252,14 @@ def test_bench_plan_lever_rows_change_only_their_keys_of_the_plan(tmp_path):
     for row, changes in expected.items():
         lever = Config.load(bench_plan.with_lever(plan, bench_plan.LEVERS[row], tmp_path / f"{row}.yaml")).flat()
         assert {key: value for key, value in lever.items() if value != planned[key]} == changes, row
+    # A plan that resized halves the U-Net decoder: each architecture lever still loads, at smp's width.
+    halved = yaml.safe_load(plan.read_text())
+    halved["generator"]["decoder_width"] = 128
+    plan.write_text(yaml.safe_dump(halved))
+    for row, arch, width in (("plan+fpn", "fpn", 256), ("plan+unetplusplus", "unetplusplus", 256),
+                             ("plan+decoder256", "unet", 256), ("plan+decoder128", "unet", 128)):
+        lever = Config.load(bench_plan.with_lever(plan, bench_plan.LEVERS[row], tmp_path / f"{row}.yaml"))
+        assert (lever.generator.arch.lower(), lever.generator.decoder_width) == (arch, width), row
 
 
 def patchgan_forward_flop(size: int, base: int, image_channels: int = 3, mask_channels: int = 1) -> int:

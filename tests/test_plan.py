@@ -107,7 +107,13 @@ def test_plan_resizes_wide_objects_and_sizes_them_to_the_budget(tmp_path):
     # 2200 steps (550 epochs) up to S = 189: the plan takes 160, and 855 s / 1.109 s = 770 epochs.
     # At 192 they would hold 535 epochs, 2,140 steps.
     root = dataset(tmp_path / "data", disks)
-    plan = make_plan(Config.from_dict({"data": {"root": str(root)}}), "15m", timer=fake_timer)
+    timed = []
+
+    def timer(config: Config) -> Probe:
+        timed.append(config.generator.decoder_width)
+        return fake_timer(config)
+
+    plan = make_plan(Config.from_dict({"data": {"root": str(root)}}), "15m", timer=timer)
     config = plan.config
     assert (config.data.resize, config.data.size, config.train.batch_size) == ("resize", 160, 2)
     assert config.train.epochs == 770 and config.train.time_budget == "15m"
@@ -115,6 +121,12 @@ def test_plan_resizes_wide_objects_and_sizes_them_to_the_budget(tmp_path):
     assert config.data.in_channels == 3 and config.data.augment == "medium"
     assert config.generator.encoder_name == "tu-efficientnet_lite0"
     assert any(reason.startswith("data.size 160: the largest at which 15m holds 2200 steps") for reason in plan.reasons)
+    # the decoder is halved after the size, which the step at smp's width decided
+    assert timed == [256] and config.generator.decoder_width == 128
+    assert any(reason.startswith("generator.decoder_width 128 (not smp's 256): the images are resized")
+               for reason in plan.reasons)
+    (tmp_path / "plan.yaml").write_text(plan.to_yaml())
+    assert Config.load(tmp_path / "plan.yaml").generator.decoder_width == 128
 
 
 def test_plan_lengthens_the_epochs_of_a_small_set_until_validation_is_a_tenth(tmp_path):
@@ -151,6 +163,7 @@ def test_plan_takes_native_crops_of_thin_structures(tmp_path):
     root = dataset(tmp_path / "data", thin_lines, colour=False)
     plan = make_plan(Config.from_dict({"data": {"root": str(root)}}), "10m", timer=fake_timer)
     assert plan.config.data.resize == "crop" and plan.config.data.in_channels == 1
+    assert plan.config.generator.decoder_width == 256  # thin classes scored lower with the half-width decoder
     assert any("'foreground' objects are about 3.0 px wide at native resolution, thin (under 8 px)" in reason
                for reason in plan.reasons)
 
@@ -228,6 +241,16 @@ def test_plan_names_rare_classes_and_keeps_the_base_settings(tmp_path):
     assert plan.config.data.rotations is False and plan.config.loss.terms == {"ce": 1.0, "lovasz": 1.0}
     assert any("rare classes" in reason and "rare" in reason.split(":")[1] and "large" not in reason.split(":")[1]
                for reason in plan.reasons)
+
+
+@pytest.mark.parametrize("generator, width", [({"arch": "UNet"}, 128), ({"decoder_width": 64}, 64),
+                                               ({"arch": "fpn"}, 256), ({"arch": "unetplusplus"}, 256)])
+def test_plan_halves_only_the_default_unet_decoder(tmp_path, generator, width):
+    root = dataset(tmp_path / "data", disks)
+    plan = make_plan(Config.from_dict({"data": {"root": str(root)}, "generator": generator}), "10m", timer=fake_timer)
+    assert plan.config.data.resize == "resize" and plan.config.generator.decoder_width == width
+    assert any(reason.startswith("generator.decoder_width") for reason in plan.reasons) == (width == 128)
+    Config.from_dict(plan.config.to_dict())  # what plan.yaml holds loads
 
 
 def test_plan_keeps_the_adversarial_term_only_where_the_discriminator_judges_unlabelled_images(tmp_path):
