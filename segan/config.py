@@ -280,7 +280,7 @@ class GeneratorConfig:
             Kvasir-SEG in 30 minutes it fitted 2,400-2,700 steps instead of 2,100-2,300 and
             scored 0.8955 ± 0.0015 against 0.8870 ± 0.0063 Dice (three seeds, each beside the
             default width on the same day; BENCHMARKS.md), so `segan plan` sets 128 where it
-            resizes. On CamVid's native crops it scored lower on the thin and small classes.
+            resizes. On native crops (CamVid, ISBI 2012; one seed each) it gave no gain.
     """
 
     __pydantic_config__ = SCHEMA_RULES

@@ -452,11 +452,10 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
                        "the images are resized, so no object is thin; on Kvasir-SEG in 30 minutes the half-width "
                        "U-Net decoder fitted 2,400-2,700 steps where smp's fitted 2,100-2,300 and scored 0.8955 "
                        "against 0.8870 Dice (three seeds, 224 px); on native crops it gave no gain (one seed each: "
-                       "CamVid 0.713 against 0.718 mIoU, lower on Pole, Pedestrian and Bicyclist; ISBI 2012 0.824 "
-                       "against 0.826 Dice), so crops keep smp's width. The size and epochs above were timed with "
-                       "smp's width (spent on 256 px instead, the faster step scored 0.884 on Kvasir-SEG, one seed); "
-                       "the run fits its extra epochs to the budget. To train smp's width, set decoder_width: "
-                       f"{GeneratorConfig.decoder_width} in this file")
+                       "CamVid 0.713 against 0.718 mIoU, ISBI 2012 0.824 against 0.826 Dice), so crops keep smp's "
+                       "width. The size and epochs above were timed with smp's width (spent on 256 px instead, the "
+                       "faster step scored 0.884 on Kvasir-SEG, one seed); the run fits its extra epochs to the "
+                       f"budget. To train smp's width, set decoder_width: {GeneratorConfig.decoder_width} in this file")
     predict = ("whole images at native resolution, in tiles of 1024 px above that (--tile-size)" if crop else
                f"images resized to {size} px and the masks back to each image's size")
     # TTA is a predict/evaluate flag, not a config key: the plan can only say what it is worth.
