@@ -218,6 +218,9 @@ def predict_folder(predictor: Predictor, inputs: Sequence[str | Path], output: s
     output = Path(output)
     shard_index, shard_count = shard
     manifest_name = "manifest.csv" if shard_count == 1 else f"manifest-{shard_index}-of-{shard_count}.csv"
+    if output.exists() and not output.is_dir():
+        raise PredictInputError(f"{output} is a file: --output must be a folder (segan predict writes OUTPUT/masks/, "
+                                "OUTPUT/manifest.csv and more); give a new folder name")
     if (output / manifest_name).is_file() and not (skip_existing or overwrite):
         raise PredictInputError(f"{output} already holds the results of an earlier segan predict ({manifest_name}); "
                                 "nothing was written. Resume that job with --skip-existing, write elsewhere with "

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from . import __version__
 from .config import (ADVERSARIAL_MODES, AUGMENT_PRESETS, BACKENDS, CLASS_WEIGHTINGS, EXPORT_FORMATS, IN_CHANNELS,
                      INFERENCE_PRECISIONS, INPUT_GUARDS, LOSS_TERMS, PRECISIONS, RESIZE_MODES, SEMI_MODES, Config,
                      ConfigError, check_setting, merge)
@@ -221,6 +223,10 @@ def _config(args: argparse.Namespace, flags: dict, base=None):
                 value = dict(value)
             elif key == "class_weights" and len(value) == 1 and isinstance(value[0], str):
                 value = value[0]  # a weighting by name
+            elif key == "unlabeled":
+                # A path typed on the command line means what it means to every other tool: relative to
+                # the working directory. In a config file it stays relative to the dataset root.
+                value = [os.path.abspath(path) for path in value]
             overrides.setdefault(section, {})[key] = value
     return merge(config, overrides)
 
@@ -667,6 +673,7 @@ def _plan(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segan", description="GAN-based image segmentation.",
                                      parents=[_global_flags(None)], formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"segan {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_plan(subparsers)
     _add_train(subparsers)

@@ -809,7 +809,8 @@ def preflight(config: Config) -> ClassStats | None:
         shown = report.errors[:20]
         more = f"\n... and {len(report.errors) - 20} more" if len(report.errors) > 20 else ""
         raise DatasetLayoutError(f"the dataset has {len(report.errors)} problem(s); nothing was trained:\n"
-                                 + "\n".join(shown) + more + f"\n(segan data check {config.data.root} shows them all)")
+                                 + "\n".join(shown) + more
+                                 + f"\n(segan data check {config.data.root} --report FILE lists them all)")
     log.info("data checked: %s in %.1f s", ", ".join(f"{s.name} {s.pairs} pairs" for s in report.splits),
              time.perf_counter() - started)
     return next((split.class_stats for split in report.splits if split.class_stats is not None), None)

@@ -36,7 +36,7 @@ def test_good_dataset_is_ok_with_counts(tmp_path):
 @pytest.mark.parametrize("case, expected", [
     ("unmatched", "lonely.png"),
     ("size", "2.png is 16x16 but its mask"),
-    ("values", r"mask values \[7\]"),
+    ("values", r"mask values \[7\] in 1 mask \(256 pixels\)"),
     ("corrupt", "3.png: not a readable image"),
     ("empty", "no images"),
 ])
@@ -83,14 +83,14 @@ def test_every_binary_mask_with_unplaceable_values_is_an_error_naming_file_value
     assert not report.ok
     files = sorted((entry["file"], entry["values"], entry["ignored"]) for entry in report.unknown_values)
     assert files == [(str(root / "masks" / "1.png"), {7: 6}, False), (str(root / "masks" / "2.png"), {2: 64}, False)]
-    odd = sorted(e for e in report.errors if "cannot be placed" in e)
-    assert len(odd) == 2
-    assert odd[0].startswith(f"{root / 'masks' / '1.png'}: mask values [7] cannot be placed (7: 6 pixels): ")
-    assert odd[1].startswith(f"{root / 'masks' / '2.png'}: mask values [2] cannot be placed (2: 64 pixels): ")
+    assert report.errors[0].startswith("2 of 4 masks hold values the mask encoding cannot place (binary ")
+    assert "; the masks hold values 0, 1, 2, 7. Say what they are with --value-map" in report.errors[0]
+    assert sorted(report.errors[1:]) == [f"mask values [2] in 1 mask (64 pixels): {root / 'masks' / '2.png'}",
+                                         f"mask values [7] in 1 mask (6 pixels): {root / 'masks' / '1.png'}"]
 
     assert main(["data", "check", str(root), "--no-progress", "--report", str(tmp_path / "r.json")]) == 1
     out = capsys.readouterr().out
-    assert "mask values [7] cannot be placed (7: 6 pixels)" in out and "mask values [2]" in out
+    assert f"mask values [7] in 1 mask (6 pixels): {root / 'masks' / '1.png'}" in out and "mask values [2]" in out
     saved = json.loads((tmp_path / "r.json").read_text())["unknown_values"]
     assert sorted((e["file"], e["values"]) for e in saved) == [(str(root / "masks" / "1.png"), {"7": 6}),
                                                              (str(root / "masks" / "2.png"), {"2": 64})]
@@ -124,8 +124,32 @@ def test_training_preflight_lists_every_file_with_unplaceable_values(tmp_path):
     config.data.root, config.data.val_fraction = str(root), 0.25
     with pytest.raises(DatasetLayoutError) as caught:
         preflight(config)
-    assert f"{root / 'masks' / '1.png'}: mask values [7] cannot be placed (7: 6 pixels)" in str(caught.value)
-    assert f"{root / 'masks' / '2.png'}: mask values [2] cannot be placed (2: 64 pixels)" in str(caught.value)
+    assert f"mask values [7] in 1 mask (6 pixels): {root / 'masks' / '1.png'}" in str(caught.value)
+    assert f"mask values [2] in 1 mask (64 pixels): {root / 'masks' / '2.png'}" in str(caught.value)
+
+
+def test_multi_class_masks_read_as_binary_get_one_diagnosis_and_a_screenful(tmp_path, capsys):
+    """CamVid without its recipe: every mask holds 0-11, so one dataset-level diagnosis comes first,
+    then the files grouped by their unplaceable values, three named a group; the report has all."""
+    root = tmp_path / "d"
+    for i in range(40):
+        write(root / "images" / f"{i}.png", np.zeros((16, 16, 3), np.uint8))
+        write(root / "masks" / f"{i}.png", (np.arange(256) % (12 if i < 30 else 3)).astype(np.uint8).reshape(16, 16))
+    assert main(["data", "check", str(root), "--no-progress", "--report", str(tmp_path / "r.json")]) == 1
+    out = capsys.readouterr().out
+    errors = out[out.index("3 errors:"):out.index("NOT READY")].strip().splitlines()
+    assert errors[1].startswith("  - every mask holds values the mask encoding cannot place (binary ")
+    assert errors[1].endswith("; the masks hold values 0-11: multi-class? give --classes with one name per value "
+                              "(12 names, background first), or --config with the dataset's recipe (e.g. "
+                              "datasets/camvid/config.yaml). Otherwise: say what they are with --value-map / "
+                              "data.value_map (stored value: class index, e.g. 2:1), give --classes with one name "
+                              "per class if the masks are multi-class, or pass --allow-unknown-values / "
+                              "data.allow_unknown_values to ignore those pixels")
+    assert errors[2].startswith(f"  - mask values [2, 3, 4, 5, 6, 7, 8, 9, 10, 11] in 30 masks (6360 pixels): ")
+    assert errors[2].endswith(", ... 27 more (--report FILE lists every one)")
+    assert errors[3].startswith(f"  - mask values [2] in 10 masks (850 pixels): ")
+    assert len(errors) == 4  # the count line, the diagnosis, two groups: not one line per file
+    assert len(json.loads((tmp_path / "r.json").read_text())["unknown_values"]) == 40
 
 
 def test_non_image_file_is_a_warning_not_an_error(tmp_path, capsys):

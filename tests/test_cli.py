@@ -22,6 +22,21 @@ def test_data_demo_writes_layout(tmp_path, capsys):
     assert len(list((tmp_path / "d" / "validation" / "masks").glob("*.png"))) == 1
 
 
+def test_version(capsys):
+    from segan import __version__
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out == f"segan {__version__}\n"
+
+
+def test_unlabeled_paths_on_the_command_line_are_relative_to_the_working_directory(tmp_path, monkeypatch):
+    from segan.cli import TRAIN_FLAGS, _config
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["train", "--data", "data", "--unlabeled", "extra/", "/abs/more", "x/*.png"])
+    config = _config(args, TRAIN_FLAGS)
+    assert config.data.unlabeled == [str(tmp_path / "extra"), "/abs/more", str(tmp_path / "x" / "*.png")]
+
+
 def test_train_on_a_missing_folder_exits_nonzero_with_a_message(tmp_path, capsys):
     code = main(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run")])
     assert code == 2

@@ -235,6 +235,18 @@ def test_refuses_output_in_input_and_missing_inputs(tmp_path, binary_run, capsys
         collect_inputs([str(tmp_path / "in" / "*.tif")], tmp_path / "out")
 
 
+def test_an_output_that_is_a_file_is_refused_as_not_a_folder(tmp_path, binary_run, capsys):
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "a.png"), smooth_image(32, 32))
+    (tmp_path / "out.png").write_bytes(b"mine")
+    assert main(["predict", "--model", str(binary_run), "--input", str(tmp_path / "in"),
+                 "--output", str(tmp_path / "out.png"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == (f"segan: error: {tmp_path / 'out.png'} is a file: --output must be a folder "
+                                       "(segan predict writes OUTPUT/masks/, OUTPUT/manifest.csv and more); give a "
+                                       "new folder name\n")
+    assert (tmp_path / "out.png").read_bytes() == b"mine"
+
+
 def test_incomplete_run_folder_is_a_clear_error(tmp_path, binary_run):
     with pytest.raises(RunFolderError, match="config.yaml"):
         Predictor.from_pretrained(tmp_path)

@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from .encoding import MaskEncoding, MaskValueError, colour_keys, format_counts, read_roi
+from ..text import count
+
+from .encoding import (BINARY_REMEDY, INDEX_REMEDY, MaskEncoding, MaskValueError, colour_keys, format_counts,
+                       read_roi)
 from .classes import ClassStats
 from .fingerprint import Fingerprint, image_statistics, object_statistics
 from .io import ImageReadError, read_image, read_raw_mask, read_stored_image
@@ -145,8 +148,7 @@ def _inspect(pair: Pair, encoding: MaskEncoding, in_channels: int, fingerprint: 
         return result
     try:
         labels, ignored = encoding.decode_with_unknown(raw, pair.mask)
-    except MaskValueError as error:
-        result["errors"].append(str(error))
+    except MaskValueError as error:  # reported per dataset, then grouped by values (`_unknown_value_errors`)
         result["unknown"] = error.values
         return result
     except ImageReadError as error:
@@ -254,12 +256,55 @@ def check_dataset(data, workers: int = 4, progress: bool = True, fingerprint: bo
         report.warnings.extend(_ignored_unknown_warnings(report.unknown_values, name, encoding))
         report.warnings.extend(_encoding_warnings(split, encoding, data.classes))
 
+    stored = set().union(*(split.stored_values for split in report.splits))
+    report.errors[:0] = _unknown_value_errors(report.unknown_values, stored, len(jobs), encoding)
+
     config = dataclasses.asdict(data)
     if data.image_dir is None and data.pairs_file is None:  # record what was detected
         config.update(image_dir=layout.image_dir, mask_dir=layout.mask_dir, pairs_file=layout.pairs_file)
     config["val_split"] = val_name
     report.config = {k: v for k, v in config.items() if v is not None}
     return report
+
+
+def _unknown_value_errors(entries: list[dict], stored: set, masks: int, encoding: MaskEncoding) -> list[str]:
+    """Masks holding values the encoding cannot place, as one diagnosis of the whole dataset (what the
+    values suggest, and what to do) followed by the masks grouped by their unplaceable values, a few
+    named each: a screenful however many files fail. `--report` has every file."""
+    failing = [entry for entry in entries if not entry["ignored"]]
+    if not failing:
+        return []
+    share = "every mask" if len(failing) == masks else f"{len(failing)} of {masks} masks"
+    values = sorted(value for value in stored if isinstance(value, int))
+    # Stored values 0..K beyond the classes given: most likely class indices of a multi-class task.
+    indices = len(values) > max(encoding.num_classes, 2) and values == list(range(len(values)))
+    if indices:
+        held = f"values 0-{values[-1]}"
+    else:
+        held = "values " + ", ".join(map(str, (values + sorted(v for v in stored if isinstance(v, str)))[:MAX_VALUES_SHOWN]))
+    diagnosis = (f"{share} {'holds' if len(failing) == masks else 'hold'} values the mask encoding cannot place "
+                 f"({encoding.describe()}); the masks hold {held}")
+    if indices:
+        diagnosis += (f": multi-class? give --classes with one name per value ({len(values)} names, background "
+                      "first), or --config with the dataset's recipe (e.g. datasets/camvid/config.yaml). Otherwise: ")
+    else:
+        diagnosis += ". "
+    remedy = BINARY_REMEDY if encoding.kind == "binary" and not encoding.value_map else INDEX_REMEDY
+    diagnosis += remedy[0].lower() + remedy[1:] if diagnosis.endswith(": ") else remedy
+    groups: dict[tuple, list[dict]] = {}
+    for entry in failing:
+        groups.setdefault(tuple(sorted(entry["values"], key=lambda v: (isinstance(v, str), str(v).zfill(12)))),
+                          []).append(entry)
+    lines = [diagnosis]
+    for unknown, group in sorted(groups.items(), key=lambda kv: -len(kv[1]))[:MAX_FILES_WARNED]:
+        pixels = sum(sum(entry["values"].values()) for entry in group)
+        files = ", ".join(entry["file"] for entry in group[:3])
+        more = f", ... {len(group) - 3} more (--report FILE lists every one)" if len(group) > 3 else ""
+        lines.append(f"mask values {list(unknown)[:MAX_VALUES_SHOWN]} in {count(len(group), 'mask')} "
+                     f"({count(pixels, 'pixel')}): {files}{more}")
+    if len(groups) > MAX_FILES_WARNED:
+        lines.append(f"... and {len(groups) - MAX_FILES_WARNED} more groups of values")
+    return lines
 
 
 def _ignored_unknown_warnings(entries: list[dict], split: str, encoding: MaskEncoding) -> list[str]:
