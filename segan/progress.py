@@ -1,5 +1,6 @@
-"""Pictures during training: `RUN/progress.png` after every epoch, and a fixed set of validation
-images (image, truth, prediction) in TensorBoard every epoch.
+"""A run's log and pictures during training: `RUN/metrics.csv` joined from each session's log,
+`RUN/progress.png` after every epoch, and a fixed set of validation images (image, truth,
+prediction) in TensorBoard every epoch.
 
 Both are Lightning callbacks that `segan.training.train` adds; they only read what the run
 logs and predicts, and write on the first rank alone.
@@ -22,6 +23,31 @@ from lightning.pytorch.trainer.states import TrainerFn
 from .config import Config
 
 log = logging.getLogger(__name__)
+
+
+def merge_metrics(run_dir: Path) -> Path:
+    """Joins the per-session `logs/version_*/metrics.csv` into `RUN/metrics.csv`.
+
+    A resumed session restarts from the last checkpoint, so rows an interrupted session logged
+    at or after the resumed session's first step are replaced by the resumed session's rows.
+    """
+    rows: list[dict] = []
+    header: list[str] = []
+    versions = sorted((run_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    for path in versions:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            session = list(reader)
+            header += [name for name in reader.fieldnames or [] if name not in header]
+        if session:
+            first_step = min(int(row["step"]) for row in session)
+            rows = [row for row in rows if int(row["step"]) < first_step] + session
+    target = run_dir / "metrics.csv"
+    with target.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+    return target
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:
@@ -53,7 +79,6 @@ class ProgressPlot(Callback):
     def redraw(self, trainer: L.Trainer) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
-        from .training import merge_metrics
         for logger in trainer.loggers:
             if isinstance(logger, CSVLogger):
                 logger.save()  # the CSV logger buffers rows; the picture wants all of them

@@ -35,7 +35,7 @@ from .losses import AdversarialLoss, SegmentationLoss
 from .models import build_discriminator, build_generator, one_hot, output_channels
 from .preprocess import (EvalTransform, labels_from_probabilities, network_input, network_layout, padded_logits,
                          probabilities, restore)
-from .progress import ProgressPlot, ValidationImages
+from .progress import ProgressPlot, ValidationImages, merge_metrics
 from .semi import SemiSupervision, UnlabeledDataset, UnlabeledItem, find_unlabeled, split_labeled
 from .transforms import build_train_transform, build_weak_transform
 
@@ -845,32 +845,6 @@ def resolve_class_weights(config: Config, stats: ClassStats | None) -> None:
     config.loss.class_weights = stats.weights(method)
     log.info("class weights (%s): %s", method,
              ", ".join(f"{name} {weight}" for name, weight in zip(stats.classes, config.loss.class_weights)))
-
-
-def merge_metrics(run_dir: Path) -> Path:
-    """Joins the per-session `logs/version_*/metrics.csv` into `RUN/metrics.csv`.
-
-    A resumed session restarts from the last checkpoint, so rows an interrupted session logged
-    at or after the resumed session's first step are replaced by the resumed session's rows.
-    """
-    import csv
-    rows: list[dict] = []
-    header: list[str] = []
-    versions = sorted((run_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
-    for path in versions:
-        with path.open(newline="") as handle:
-            reader = csv.DictReader(handle)
-            session = list(reader)
-            header += [name for name in reader.fieldnames or [] if name not in header]
-        if session:
-            first_step = min(int(row["step"]) for row in session)
-            rows = [row for row in rows if int(row["step"]) < first_step] + session
-    target = run_dir / "metrics.csv"
-    with target.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=header)
-        writer.writeheader()
-        writer.writerows(rows)
-    return target
 
 
 def export_generator(config: Config, state_dict: dict[str, torch.Tensor], out: Path,
