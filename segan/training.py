@@ -11,7 +11,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import numpy as np
@@ -50,6 +50,17 @@ NONFINITE_PATIENCE = 10
 # only push it off the data.
 D_COLLAPSE_LOSS = {"vanilla": 0.05, "lsgan": 0.0025, "hinge": 0.05}
 D_LOSS_MOMENTUM = 0.9
+
+
+class Judgement(NamedTuple):
+    """The discriminator's verdict on one batch: its loss, the loss on truth and on the prediction,
+    and its logits for each."""
+
+    loss: torch.Tensor
+    real_loss: torch.Tensor
+    fake_loss: torch.Tensor
+    real_logits: torch.Tensor
+    fake_logits: torch.Tensor
 
 
 class SeganModule(L.LightningModule):
@@ -127,95 +138,127 @@ class SeganModule(L.LightningModule):
         return self.discriminator(image, self.guarded(mask))
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        opt_g, opt_d = self.optimizers()
+        """One step of the algorithm, as pix2pix's `optimize_parameters`: the generator predicts;
+        the discriminator judges truth against that prediction and learns (D step); the generator
+        learns from the masks, from fooling D, and from images without masks (G step)."""
         labeled, unlabeled = (batch["labeled"], batch["unlabeled"]) if "labeled" in batch else (batch, None)
         image, mask = labeled["image"], labeled["mask"]
         logits = self.generator(image)
         fake = probabilities(logits)
         seg_loss = self.segmentation_loss(logits, mask)
+        judged = self.judge(image, mask, fake) if self.adversarial else None
+        if not self.synchronise(seg_loss, judged):  # a non-finite loss: the batch is skipped
+            return
+        if judged is not None:
+            self.discriminator_step(judged)
+        g_loss = self.generator_step(image, fake, seg_loss, unlabeled)
+        self.log_dict({"train/seg_loss": seg_loss.detach(), "train/g_loss": g_loss.detach()}, prog_bar=True)
+
+    def judge(self, image: torch.Tensor, mask: torch.Tensor, fake: torch.Tensor) -> Judgement:
+        """D's losses on truth (real) and on the current prediction (fake, detached), computed before
+        any decision so that the step's one host synchronisation reads every figure the D step needs.
+        Real and fake pairs go through D as one batch: one pass of each layer instead of two (D
+        normalises per sample, spectral norm or instance norm, so nothing mixes)."""
+        with self.toggled_optimizer(self.optimizers()[1]):
+            both = self.discriminate(torch.cat([image, image]), torch.cat([self.real_mask(mask, fake), fake.detach()]))
+            real_logits, fake_logits = both.chunk(2)
+            real_loss = self.adversarial_loss(real_logits, True)
+            fake_loss = self.adversarial_loss(fake_logits, False)
+        return Judgement(0.5 * (real_loss + fake_loss), real_loss, fake_loss, real_logits, fake_logits)
+
+    def synchronise(self, seg_loss: torch.Tensor, judged: Judgement | None) -> bool:
+        """The step's one host synchronisation: whether any loss is non-finite (this step's, and the
+        last generator step's flag, read one step late) and D's loss, which keeps its moving average
+        (`d_loss_average`). Under DDP the figures are summed over the ranks first (a flag above 0:
+        some rank saw it; D's loss: the sum, divided below), so every rank takes the same decisions,
+        or DDP's gradient all-reduce would wait forever. Returns whether the batch is trained on."""
         figures = [~torch.isfinite(seg_loss), self.generator_rejected]
-        if self.adversarial:
-            # D's loss on truth (real) and on the current prediction (fake, detached) is computed
-            # before any decision, so one host synchronisation reads every figure the D step needs.
-            # Real and fake pairs go through D as one batch: one pass of each layer instead of two
-            # (D normalises per sample, spectral norm or instance norm, so nothing mixes).
-            with self.toggled_optimizer(opt_d):
-                both = self.discriminate(torch.cat([image, image]), torch.cat([self.real_mask(mask, fake),
-                                                                               fake.detach()]))
-                real_logits, fake_logits = both.chunk(2)
-                d_real_loss = self.adversarial_loss(real_logits, True)
-                d_fake_loss = self.adversarial_loss(fake_logits, False)
-                d_loss = 0.5 * (d_real_loss + d_fake_loss)
-            figures += [~torch.isfinite(d_loss), d_loss.detach()]
-        # The step's one host synchronisation. Under DDP the figures are summed over the ranks
-        # first (a flag above 0: some rank saw it; D's loss: the sum, divided below), so every
-        # rank takes the same decisions, or DDP's gradient all-reduce would wait forever.
+        if judged is not None:
+            figures += [~torch.isfinite(judged.loss), judged.loss.detach()]
         summed = self.trainer.strategy.reduce(torch.stack([figure.float() for figure in figures]), reduce_op="sum")
         seg_nonfinite, generator_rejected, *d_figures = summed.tolist()
         self.account_generator_step(generator_rejected > 0)
         if self.stop_reason:  # that was one non-finite batch too many: no more steps
-            return
+            return False
         if seg_nonfinite > 0:
-            self.skip_nonfinite(opt_g, opt_d, "segmentation")
-            return
-
-        if self.adversarial:
-            # D step: truth is real, the generator's current (detached) prediction is fake.
+            self.skip_nonfinite(*self.optimizers(), "segmentation")
+            return False
+        if judged is not None:
             d_nonfinite, average = d_figures
             if d_nonfinite > 0:
-                self.skip_nonfinite(opt_g, opt_d, "discriminator")
-                return
+                self.skip_nonfinite(*self.optimizers(), "discriminator")
+                return False
             average /= self.trainer.world_size
             if self.d_loss_average is not None:
                 average = D_LOSS_MOMENTUM * self.d_loss_average + (1 - D_LOSS_MOMENTUM) * average
             self.d_loss_average = average
-            collapsed = average < D_COLLAPSE_LOSS[self.config.loss.adv_mode]
-            with self.toggled_optimizer(opt_d):
-                opt_d.zero_grad()
-                if collapsed:
-                    self.d_steps_skipped += 1
-                else:
-                    self.manual_backward(d_loss)
-                    opt_d.step()
-            self.log_dict({"train/d_loss": d_loss.detach(), "train/d_loss_real": d_real_loss.detach(),
-                           "train/d_loss_fake": d_fake_loss.detach(),
-                           "train/d_real": torch.sigmoid(real_logits.detach()).mean(),
-                           "train/d_fake": torch.sigmoid(fake_logits.detach()).mean(),
-                           "train/d_skipped": float(collapsed)})
+        return True
 
-        # G step: segmentation loss, plus fooling D once the supervised warm-up is over.
+    def discriminator_step(self, judged: Judgement) -> None:
+        """D learns that truth is real and the generator's current (detached) prediction is fake,
+        unless it already wins outright (its averaged loss under `D_COLLAPSE_LOSS`): then it waits."""
+        opt_d = self.optimizers()[1]
+        collapsed = self.d_loss_average < D_COLLAPSE_LOSS[self.config.loss.adv_mode]
+        with self.toggled_optimizer(opt_d):
+            opt_d.zero_grad()
+            if collapsed:
+                self.d_steps_skipped += 1
+            else:
+                self.manual_backward(judged.loss)
+                opt_d.step()
+        self.log_dict({"train/d_loss": judged.loss.detach(), "train/d_loss_real": judged.real_loss.detach(),
+                       "train/d_loss_fake": judged.fake_loss.detach(),
+                       "train/d_real": torch.sigmoid(judged.real_logits.detach()).mean(),
+                       "train/d_fake": torch.sigmoid(judged.fake_logits.detach()).mean(),
+                       "train/d_skipped": float(collapsed)})
+
+    def generator_step(self, image: torch.Tensor, fake: torch.Tensor, seg_loss: torch.Tensor,
+                       unlabeled: dict | None) -> torch.Tensor:
+        """G learns from the masks, plus from fooling D once the supervised warm-up is over, plus
+        from images without masks. Returns G's loss."""
+        opt_g = self.optimizers()[0]
         with self.toggled_optimizer(opt_g):
             g_loss = seg_loss
             if self.adversarial and self.current_epoch >= self.config.loss.adv_warmup_epochs:
-                adv_loss = self.adversarial_loss(self.discriminate(image, fake), True, for_discriminator=False)
-                g_loss = seg_loss + self.config.loss.adv_weight * adv_loss
-                self.log("train/adv_loss", adv_loss.detach())
-            if unlabeled is not None:  # images without masks: see segan.semi
-                gate_open = self.current_epoch >= self.config.semi.gate_warmup_epochs
-                step = self.semi.step(self.generator, unlabeled, gate_open, self.config.data.ignore_index,
-                                      teacher=self.teacher.module if self.teacher is not None else None)
-                g_loss = g_loss + self.config.semi.unlabeled_weight * step.loss
-                self.log("semi/unlabeled_loss", step.loss.detach(), on_epoch=True)
-                self.log_dict({f"semi/{name}": value for name, value in step.stats.items()}, on_step=False,
-                              on_epoch=True)
-                self.pseudo_counts += step.precision_counts
+                g_loss = g_loss + self.adversarial_term(image, fake)
+            if unlabeled is not None:
+                g_loss = g_loss + self.unlabelled_term(unlabeled)
             opt_g.zero_grad()
             self.manual_backward(g_loss)
-            # G's loss holds terms computed with D after its step, so it was not among the figures
-            # read above. Rather than wait for the host, the fused Adam skips its update on the
-            # device when the loss or a gradient is not finite; the next step's synchronisation
-            # reads the flag and counts the skipped batch.
-            # (With a gradient scaler, 16-mixed, scaled gradients overflow by design and the
-            # scaler skips those steps itself: only the loss is checked then.)
-            scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
-            self.generator_rejected = rejected(g_loss, [] if scaled else self.generator.parameters())
-            opt_g.optimizer.found_inf = self.generator_rejected
-            opt_g.step()
-            self.uncounted_generator_step = self.batch_position()
-            for average in (self.generator_ema, self.teacher):  # a skipped step leaves the weights as they were
-                if average is not None:
-                    average.update(self.generator, step=self.trainer.fit_loop.total_batch_idx + 1)
-        self.log_dict({"train/seg_loss": seg_loss.detach(), "train/g_loss": g_loss.detach()}, prog_bar=True)
+            self.apply_generator_update(opt_g, g_loss)
+        return g_loss
+
+    def adversarial_term(self, image: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """The weighted loss of D calling the prediction fake."""
+        adv_loss = self.adversarial_loss(self.discriminate(image, fake), True, for_discriminator=False)
+        self.log("train/adv_loss", adv_loss.detach())
+        return self.config.loss.adv_weight * adv_loss
+
+    def unlabelled_term(self, unlabeled: dict) -> torch.Tensor:
+        """The weighted loss on images without masks (see `segan.semi`)."""
+        gate_open = self.current_epoch >= self.config.semi.gate_warmup_epochs
+        step = self.semi.step(self.generator, unlabeled, gate_open, self.config.data.ignore_index,
+                              teacher=self.teacher.module if self.teacher is not None else None)
+        self.log("semi/unlabeled_loss", step.loss.detach(), on_epoch=True)
+        self.log_dict({f"semi/{name}": value for name, value in step.stats.items()}, on_step=False, on_epoch=True)
+        self.pseudo_counts += step.precision_counts
+        return self.config.semi.unlabeled_weight * step.loss
+
+    def apply_generator_update(self, opt_g, g_loss: torch.Tensor) -> None:
+        """Steps G's optimiser, then its moving averages. G's loss holds terms computed with D after
+        its step, so it was not among the figures `synchronise` read. Rather than wait for the host,
+        the fused Adam skips its update on the device when the loss or a gradient is not finite; the
+        next step's synchronisation reads the flag and counts the skipped batch. (With a gradient
+        scaler, 16-mixed, scaled gradients overflow by design and the scaler skips those steps
+        itself: only the loss is checked then.)"""
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        self.generator_rejected = rejected(g_loss, [] if scaled else self.generator.parameters())
+        opt_g.optimizer.found_inf = self.generator_rejected
+        opt_g.step()
+        self.uncounted_generator_step = self.batch_position()
+        for average in (self.generator_ema, self.teacher):  # a skipped step leaves the weights as they were
+            if average is not None:
+                average.update(self.generator, step=self.trainer.fit_loop.total_batch_idx + 1)
 
     def account_generator_step(self, was_rejected: bool) -> None:
         """Counts the last generator step, whose non-finite flag is read one step late."""
