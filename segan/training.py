@@ -719,6 +719,56 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
     """
     started_at = budget.clock()  # a time budget counts the data check and loading too
     run_dir = Path(config.train.out)
+    checkpoint_state, saved = _checked(config, run_dir, resume, overwrite)
+    first_rank = rank_zero_only.rank == 0
+    class_stats = labelled_class_stats(config)
+    resolve_class_weights(config, class_stats)
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    train_loader, val_loader = build_dataloaders(config, class_stats)
+    # Record the normalisation actually used: prediction must apply the same.
+    config.data.mean, config.data.std = config.data.normalization()
+    module = _module(config, checkpoint_state, run_dir)
+    del checkpoint_state
+
+    aside = _set_aside(run_dir) if first_rank and overwrite and holds_run(run_dir) else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if first_rank and (saved is None or (saved.train.epochs, saved.train.time_budget)
+                       != (config.train.epochs, config.train.time_budget)):
+        config.save(run_dir / "config.yaml")
+    if first_rank and class_stats is not None:  # what the class weights and rare-class crops came from
+        class_stats.save(run_dir / "class_stats.json", config.loss.class_weights)
+    best_checkpoint, last_checkpoint, pictures = epoch_end_callbacks(config, run_dir)
+    planner = (budget.TimeBudget(parse_duration(config.train.time_budget), started_at)
+               if config.train.time_budget is not None else None)
+    # The planner goes first, so that last.ckpt holds the epoch it has just measured; the time
+    # between two epoch ends still holds one of everything the other callbacks do.
+    callbacks = [*([planner] if planner else []), best_checkpoint, last_checkpoint, *pictures]
+    trainer = build_trainer(config, run_dir, callbacks)
+    started = time.perf_counter()
+    _fit(trainer, module, (train_loader, val_loader), resume, last_checkpoint, aside, run_dir)
+    wall = time.perf_counter() - started
+
+    best_path = Path(best_checkpoint.best_model_path or last_checkpoint.path)
+    # Re-score the best checkpoint: its IoU and Dice come from one and the same pass.
+    scores = trainer.validate(module, val_loader, ckpt_path=str(best_path), weights_only=True, verbose=False)[0]
+    # ^ also the last row of metrics.csv, under best/iou and best/dice
+    best = load_checkpoint(best_path)
+    result = _result(config, trainer, module, scores, best, run_dir, wall)
+    if trainer.is_global_zero:
+        merge_metrics(run_dir)
+        ema_chosen = scores.get("best/ema_chosen", 0.0) == 1.0
+        export_generator(config, best["state_dict"], run_dir / "generator",
+                         prefix="generator_ema.module." if ema_chosen else "generator.")
+        if planner is not None:
+            result.time_budget = planner.summary(result.epochs)
+        atomic_write(run_dir / "summary.json", (json.dumps(result.to_dict(), indent=2) + "\n").encode())
+    return result
+
+
+def _checked(config: Config, run_dir: Path, resume: bool, overwrite: bool) -> tuple[dict | None, Config | None]:
+    """Every check before the first file is written: the settings (with the pretrained encoder's
+    normalisation filled in), the resume, and a run already in `run_dir`. Returns the checkpoint to
+    resume from and the run's saved config (both None without `resume`)."""
     if config.data.mean is None and config.data.std is None:
         from .models.pretrained import normalization
         weights_normalization = normalization(config.generator.encoder_name, config.generator.encoder_weights,
@@ -731,46 +781,35 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
         config.loss.class_weights = saved.loss.class_weights  # not computed again from today's data
     # Under DDP Lightning starts the other ranks by running this command again, after rank 0 has
     # begun writing the run: the run folder is rank 0's alone.
-    first_rank = rank_zero_only.rank == 0
-    if first_rank and not resume and holds_run(run_dir) and not overwrite:
+    if rank_zero_only.rank == 0 and not resume and holds_run(run_dir) and not overwrite:
         raise RunExistsError(
             f"{run_dir} already holds a run (config.yaml, checkpoints/); nothing was changed. Continue it with "
             f"--resume --out {run_dir}, write the new run elsewhere with --out NEW_FOLDER, or replace it with "
             "--overwrite (the old run is kept until the new one has finished its first epoch)")
-    class_stats = labelled_class_stats(config)
-    resolve_class_weights(config, class_stats)
-    L.seed_everything(config.train.seed, workers=True, verbose=False)
-    train_loader, val_loader = build_dataloaders(config, class_stats)
-    # Record the normalisation actually used: prediction must apply the same.
-    config.data.mean, config.data.std = config.data.normalization()
+    return checkpoint_state, saved
+
+
+def _module(config: Config, checkpoint_state: dict | None, run_dir: Path) -> SeganModule:
+    """The module, with the resumed checkpoint's weights loaded in memory: a checkpoint of another
+    model is refused before anything is written."""
     module = SeganModule(config.to_dict())
     if checkpoint_state is not None:
-        try:  # in memory only: a checkpoint of another model is refused before anything is written
+        try:
             module.load_state_dict(checkpoint_state["state_dict"])
         except RuntimeError as error:
             raise CheckpointError(f"{run_dir / 'checkpoints' / 'last.ckpt'} was written for another model than "
                                   f"{run_dir / 'config.yaml'} describes (architecture, encoder or class count "
                                   f"differ): {str(error).splitlines()[0]}. The run folder was not changed") from None
-        del checkpoint_state
+    return module
 
-    aside = _set_aside(run_dir) if first_rank and overwrite and holds_run(run_dir) else None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if first_rank and (saved is None or (saved.train.epochs, saved.train.time_budget)
-                       != (config.train.epochs, config.train.time_budget)):
-        config.save(run_dir / "config.yaml")
-    if first_rank and class_stats is not None:  # what the class weights and rare-class crops came from
-        class_stats.save(run_dir / "class_stats.json", config.loss.class_weights)
-    best_checkpoint, last_checkpoint, pictures = epoch_end_callbacks(config, run_dir)
+
+def _fit(trainer: L.Trainer, module: SeganModule, loaders: tuple, resume: bool, last_checkpoint: LastCheckpoint,
+         aside: Path | None, run_dir: Path) -> None:
+    """Fits; a run replaced with --overwrite (set `aside`) comes back if the new one fails before
+    its first epoch ends, and is deleted once one has; Ctrl-C says how to resume."""
     last = last_checkpoint.path
-    planner = (budget.TimeBudget(parse_duration(config.train.time_budget), started_at)
-               if config.train.time_budget is not None else None)
-    # The planner goes first, so that last.ckpt holds the epoch it has just measured; the time
-    # between two epoch ends still holds one of everything the other callbacks do.
-    callbacks = [*([planner] if planner else []), best_checkpoint, last_checkpoint, *pictures]
-    trainer = build_trainer(config, run_dir, callbacks)
-    started = time.perf_counter()
     try:
-        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None, weights_only=True)
+        trainer.fit(module, *loaders, ckpt_path=str(last) if resume else None, weights_only=True)
     except BaseException as error:
         if aside is not None and not last_checkpoint.epochs_saved:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -785,19 +824,18 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
     finally:
         if aside is not None and last_checkpoint.epochs_saved:
             shutil.rmtree(aside, ignore_errors=True)
-    wall = time.perf_counter() - started
+
+
+def _result(config: Config, trainer: L.Trainer, module: SeganModule, scores: dict, best: dict, run_dir: Path,
+            wall: float) -> TrainResult:
+    """What the run did: the best checkpoint's re-scored figures, its counters and its last
+    epoch's unlabelled figures."""
     semi_figures = {name.removeprefix("semi/").removesuffix("_epoch"): round(float(value), 4)
                     for name, value in trainer.callback_metrics.items()
                     if name.startswith("semi/") and not name.endswith("_step")}
     if semi_figures and "train/d_loss" in trainer.callback_metrics:
         semi_figures["d_loss_labeled"] = round(float(trainer.callback_metrics["train/d_loss"]), 4)
-
-    best_path = Path(best_checkpoint.best_model_path or last)
-    # Re-score the best checkpoint: its IoU and Dice come from one and the same pass.
-    scores = trainer.validate(module, val_loader, ckpt_path=str(best_path), weights_only=True, verbose=False)[0]
-    # ^ also the last row of metrics.csv, under best/iou and best/dice
-    best = load_checkpoint(best_path)
-    result = TrainResult(
+    return TrainResult(
         run_dir=str(run_dir),
         best_val_iou=round(float(scores["best/iou"]), 4),
         best_val_dice=round(float(scores["best/dice"]), 4),
@@ -817,15 +855,6 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
              "exported": "ema" if scores["best/ema_chosen"] == 1.0 else "raw"} if "best/ema_chosen" in scores else None,
         environment=describe(training_device(config.train.accelerator)),
     )
-    if trainer.is_global_zero:
-        merge_metrics(run_dir)
-        ema_chosen = scores.get("best/ema_chosen", 0.0) == 1.0
-        export_generator(config, best["state_dict"], run_dir / "generator",
-                         prefix="generator_ema.module." if ema_chosen else "generator.")
-        if planner is not None:
-            result.time_budget = planner.summary(result.epochs)
-        atomic_write(run_dir / "summary.json", (json.dumps(result.to_dict(), indent=2) + "\n").encode())
-    return result
 
 
 def _set_aside(run_dir: Path) -> Path:
