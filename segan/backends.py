@@ -53,7 +53,7 @@ def require_package(backend: str) -> None:
 
 class TorchNetwork:
     """The generator itself. NHWC layout and bf16 autocast are what make it fast on CPUs with
-    native bf16 (BENCHMARKS.md); the output is always float32."""
+    native bf16 (docs/benchmarks/predict.md); the output is always float32."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, precision: str = "fp32") -> None:
         self.device = device

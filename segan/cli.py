@@ -255,7 +255,7 @@ def _add_train(subparsers) -> None:
                                               "drawn inverse to its pixel share (segan data check shows the shares)",
                      metavar="P")
     _add_config_flag(g, "--num-workers", "data loading processes")
-    g = p.add_argument_group("segmentation loss (rare and thin classes: see README, 'Multi-class data')")
+    g = p.add_argument_group("segmentation loss (rare and thin classes: see docs/how-to/rare-and-thin-classes.md)")
     _add_config_flag(g, "--loss", f"loss terms and their weights: {', '.join(LOSS_TERMS)} (all but ce are smp's), "
                                   "e.g. --loss dice=1 ce=1 lovasz=0.5", nargs="+",
                      type=_loss_term, metavar="NAME=WEIGHT")
@@ -281,7 +281,8 @@ def _add_train(subparsers) -> None:
     _add_config_flag(g, "--adv-weight", "adversarial weight; 0 = plain supervised")
     _add_config_flag(g, "--warmup-epochs", "supervised epochs before the adversarial term")
     g = p.add_argument_group("unlabelled images (semi-supervised; more settings: semi section of --config)")
-    _add_config_flag(g, "--unlabeled", "folders, files, globs or list files of images without masks", nargs="+",
+    _add_config_flag(g, "--unlabeled", "folders, files, globs or list files of images without masks (relative "
+                     "to the working directory; in a config file, relative to data.root)", nargs="+",
                      metavar="PATH")
     _add_config_flag(g, "--labeled-fraction", "keep this fraction of the training masks (chosen with --split-seed) "
                                               "and use the other training images as unlabelled", metavar="F")

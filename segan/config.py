@@ -164,6 +164,13 @@ class DataConfig:
         allow_unknown_values: binary/multi-class masks: pixels whose stored value the mask rule
             cannot place are ignored (with a warning) instead of being an error.
 
+    Images without masks (see the `semi` section):
+        unlabeled: folders, files, globs or list files of images without masks; in a config file
+            relative to `root` (or absolute), on the command line (--unlabeled) relative to the
+            working directory.
+        labeled_fraction: keep the masks of only this seeded fraction of the training images and
+            use the rest as unlabelled images (to measure what unlabelled images add); None keeps all.
+
     Reading and augmentation:
         in_channels: 1 (greyscale) or 3 (RGB); images are converted on reading.
         size: training side length in pixels, a multiple of the network stride (32).
@@ -276,11 +283,9 @@ class GeneratorConfig:
             `encoder_depth` of them, for the decoders with one block per encoder stage
             (`PER_STAGE_DECODERS`); 256 is smp's default. With a light encoder such as
             EfficientNet-Lite0 the decoder holds most of the FLOPs (about 5/6 of the U-Net's at
-            224 px); 128 takes the whole network from 4.4 to 1.8 GFLOP an image there, and on
-            Kvasir-SEG in 30 minutes it fitted 2,400-2,700 steps instead of 2,100-2,300 and
-            scored 0.8955 ± 0.0015 against 0.8870 ± 0.0063 Dice (three seeds, each beside the
-            default width on the same day; BENCHMARKS.md), so `segan plan` sets 128 where it
-            resizes. On native crops (CamVid, ISBI 2012; one seed each) it gave no gain.
+            224 px, 4.4 against 1.8 GFLOP an image with 128); on resized images half the width
+            fitted more steps in the same time and scored higher, on native crops it gained
+            nothing (docs/benchmarks/plan.md), so `segan plan` sets 128 where it resizes.
     """
 
     __pydantic_config__ = SCHEMA_RULES
@@ -308,7 +313,7 @@ class DiscriminatorConfig:
         base_channels: channels of the first layer; doubled per layer up to 8x. 16, not pix2pix's
             64: at 192 px a 64-channel D (3.5 GFLOP per image) doubles the U-Net's training
             step, a 16-channel one (0.24 GFLOP) adds about a tenth, with the same 70 px
-            receptive field and, on ISBI 2012 over 3 seeds, the same accuracy (BENCHMARKS.md).
+            receptive field and the same accuracy (docs/benchmarks/accuracy.md, train.md).
         n_layers: stride-2 layers; 3 gives the 70x70 receptive field of pix2pix.
         spectral_norm: wrap every convolution in spectral normalisation.
         input_guard: stops the discriminator telling truth from prediction by value alone
@@ -366,7 +371,7 @@ class LossConfig:
 @dataclass
 class SemiConfig:
     """Learning from unlabelled images (`data.unlabeled`, or the images `data.labeled_fraction`
-    leaves without their masks); see docs/semi-supervised.md. Without unlabelled images nothing
+    leaves without their masks); see docs/explanation/unlabelled-images.md. Without unlabelled images nothing
     here applies.
 
     Attributes:
@@ -378,7 +383,7 @@ class SemiConfig:
             itself, plus the adversarial term on unlabelled predictions); adversarial+self-training
             (self-training whose pseudo-labels must also pass the discriminator once its gate
             opens). The default is the mode that measured best over both benchmark datasets
-            (docs/semi-supervised.md); self-training needs no discriminator and did slightly
+            (docs/explanation/unlabelled-images.md); self-training needs no discriminator and did slightly
             better on thin membranes (ISBI 2012).
         confidence: self-training: least probability of the predicted class for a pixel to
             become a pseudo-label.

@@ -2,7 +2,7 @@
 
 `train.precision: auto` and `predict --precision auto` resolve here, once, at start, and say what
 they chose: bf16 where the processor has native bf16 arithmetic (AVX-512 BF16 or AMX on x86
-CPUs; compute capability 8.0 and later on NVIDIA GPUs), else float32. BENCHMARKS.md has the
+CPUs; compute capability 8.0 and later on NVIDIA GPUs), else float32. docs/benchmarks/train.md has the
 measurements behind this default (speed, and validation Dice within seed noise of float32).
 """
 

@@ -12,12 +12,12 @@ The rules, in order:
   or would become so at every size the images allow, training takes crops at native resolution (membranes,
   vessels, poles); validation and `segan predict` then work on whole images, in tiles when large;
 - encoder: EfficientNet-Lite0 with its offline ImageNet weights where that package is installed
-  (on Kvasir-SEG it reached 0.87 validation Dice where a random-init resnet18 reached 0.72; the
-  larger Lite1 scored lower in 30 minutes, its slower steps leaving fewer epochs);
+  (far above a random start on Kvasir-SEG; the larger Lite1 scored lower in 30 minutes, its
+  slower steps leaving fewer epochs);
 - batch size: 8, less for a small training split (an epoch keeps at least `MIN_STEPS_PER_EPOCH`
   steps) or where a step of 8 would not fit the free memory even at the smallest size;
-- augmentation: the `medium` preset (on Kvasir-SEG, one seed, it scored higher than `light` and
-  `heavy`); precision: bf16 where the training device has it;
+- augmentation: the `medium` preset (on Kvasir-SEG it scored higher than `light` and `heavy`);
+  precision: bf16 where the training device has it;
 - adversarial term: off (`loss.adv_weight: 0`) unless the discriminator is to judge unlabelled
   images (`data.unlabeled` or `data.labeled_fraction` with an adversarial `semi.mode`); decided
   before the size, because the measured step is then the plain one;
@@ -62,12 +62,10 @@ log = logging.getLogger(__name__)
 
 MIN_STEPS_PER_EPOCH = 4
 # Optimizer steps a run should get at least; the plan takes the largest size that still holds them.
-# BENCHMARKS.md (issue 18): on CamVid 2,205 steps of 256 px crops beat 1,305 of 352 px (0.720
-# against 0.712 mIoU in 60 minutes); on Kvasir-SEG, without the adversarial term, 2,400-2,700
-# steps at 224 px scored higher than 1,900-2,100 at 256 px (0.896 against 0.887 Dice, means of
-# three seeds), where with it 1,500 steps at 288 px had tied with 3,000 at 192 px. 2,200 lies
-# between those step counts, so there a step measured from about 7 % faster to 20 % slower than
-# that day's (this machine's speed varies by about 10 %) still chooses 224 px.
+# docs/benchmarks/plan.md: on CamVid more steps of 256 px crops beat fewer of 352 px in the same
+# hour; on Kvasir-SEG 2,400-2,700 steps at 224 px scored higher than 1,900-2,100 at 256 px. 2,200
+# lies between those step counts, so a step measured from about 7 % faster to 20 % slower than that
+# day's (this machine's speed varies by about 10 %) still chooses 224 px there.
 TARGET_STEPS = 2200
 SIZES = tuple(range(128, 1024 + 1, NETWORK_STRIDE))
 PLANNED_ENCODER = "tu-efficientnet_lite0"
@@ -78,6 +76,7 @@ MIN_EPOCHS = 30  # in a budget: the run stops at the last whole epoch, so an epo
 # Where the plan resizes (no thin objects), a U-Net decoder half as wide as smp's: its faster step
 # gives more steps at the size chosen with smp's width (see the reason in make_plan).
 RESIZED_DECODER_WIDTH = 128
+PAGE = "docs/benchmarks/plan.md"  # the measurements behind the rules; reason lines link into it
 
 
 @dataclass
@@ -357,8 +356,8 @@ def encoder_rule(facts: Facts) -> list[Choice]:
     return [Choice("generator.encoder_name", PLANNED_ENCODER),
             Choice("generator.encoder_weights", "imagenet",
                    f"generator {PLANNED_ENCODER} with its offline ImageNet weights: pretrained encoders converge in "
-                   "far fewer steps (Kvasir-SEG: 0.87 against 0.72 Dice from scratch); not Lite1: on Kvasir-SEG its "
-                   "slower steps fit 13 epochs where Lite0 fitted 15 in 30 minutes (0.884 against 0.890 Dice)")]
+                   "far fewer steps; not Lite1: on Kvasir-SEG its slower steps fitted fewer epochs in 30 minutes and "
+                   f"it scored lower ({PAGE}#kvasir-seg-levers-tried)")]
 
 
 def batch_rule(facts: Facts) -> list[Choice]:
@@ -368,19 +367,17 @@ def batch_rule(facts: Facts) -> list[Choice]:
 
 def augment_rule(facts: Facts) -> list[Choice]:
     """Augmentation: the `medium` preset."""
-    # Measured on Kvasir-SEG, 30 minutes, one seed: medium 0.892 native Dice, light 0.872 (its best epoch was the
-    # 17th of 24), heavy 0.887 (epochs of 77 s against 73 s: 22 epochs, not 24).
     return [Choice("data.augment", "medium", "data.augment medium: it scored higher than light and heavy on "
-                                             "Kvasir-SEG, one seed (BENCHMARKS.md)")]
+                                             f"Kvasir-SEG, one seed ({PAGE}#kvasir-seg-levers-tried)")]
 
 
 def precision_rule(facts: Facts) -> list[Choice]:
     """Precision: bf16 where the training device has native bf16 units (`auto`)."""
     precision = resolve_training_precision("auto", facts.base.train.accelerator)
     return [Choice("train.precision", "auto", f"train.precision auto ({precision} here): bf16 where the training "
-                                              "device has native bf16 units; a training step ran 2.0x (AMD EPYC) to "
-                                              "2.4-2.9x (Intel Xeon with AMX) faster than in float32 on this "
-                                              "project's CPUs, with validation Dice within seed noise (BENCHMARKS.md)")]
+                                              "device has native bf16 units; a training step ran about twice as fast "
+                                              "as in float32 on this project's CPUs, with validation Dice within seed "
+                                              "noise (docs/benchmarks/train.md)")]
 
 
 def adversarial_rule(facts: Facts) -> list[Choice]:
@@ -402,8 +399,7 @@ def adversarial_rule(facts: Facts) -> list[Choice]:
                f"(--adv-weight {weight:g})"
     return [Choice("loss.adv_weight", 0.0, f"loss.adv_weight 0 (not {weight:g}): {why}; with labelled images alone "
                                            "the adversarial term measured no gain and adds about 9 % to a step "
-                                           "(Kvasir-SEG in 30 minutes, three seeds: 0.896 Dice without it, 0.888 with "
-                                           f"it); {back}")]
+                                           f"(docs/benchmarks/accuracy.md, {PAGE}#kvasir-seg-levers-tried); {back}")]
 
 
 DATA_RULES: list[Callable[[Facts], list[Choice]]] = [
@@ -474,7 +470,7 @@ def memory_rule(facts: Facts, budget: Budget) -> list[Choice]:
     batch, smallest, measured = budget.batch, budget.sizes[0], budget.measured
     why = (f"{facts.split.pairs} training images, so that an epoch holds at least {MIN_STEPS_PER_EPOCH} steps"
            if batch < facts.base.train.batch_size else "kept from the base config" +
-           ("; batches of 4 scored lower on Kvasir-SEG (0.873 against 0.895 Dice in 30 minutes, one seed)"
+           (f"; batches of 4 scored lower on Kvasir-SEG in 30 minutes ({PAGE}#kvasir-seg-levers-tried)"
             if batch == 8 else ""))
     if budget.step_memory(smallest, batch) > budget.usable:
         # Even the smallest size would not fit: fewer images a step, timed per image as measured.
@@ -558,11 +554,10 @@ def decoder_rule(facts: Facts, budget: Budget) -> list[Choice]:
     return [Choice("generator.decoder_width", RESIZED_DECODER_WIDTH,
                    f"generator.decoder_width {RESIZED_DECODER_WIDTH} (not smp's {GeneratorConfig.decoder_width}): "
                    "the images are resized, so no object is thin; on Kvasir-SEG in 30 minutes the half-width "
-                   "U-Net decoder fitted 2,400-2,700 steps where smp's fitted 2,100-2,300 and scored 0.8955 "
-                   "against 0.8870 Dice (three seeds, 224 px); on native crops it gave no gain (one seed each: "
-                   "CamVid 0.713 against 0.718 mIoU, ISBI 2012 0.824 against 0.826 Dice), so crops keep smp's "
-                   "width. The size and epochs above were timed with smp's width (spent on 256 px instead, the "
-                   "faster step scored 0.884 on Kvasir-SEG, one seed); the run fits its extra epochs to the "
+                   "U-Net decoder fitted more steps than smp's and scored higher over three seeds; on native crops "
+                   "(CamVid, ISBI 2012) it gave no gain, so crops keep smp's width "
+                   f"({PAGE}#kvasir-seg-30-minutes). The size and epochs above were timed with smp's width (spent on "
+                   "a larger size instead, the faster step scored lower); the run fits its extra epochs to the "
                    f"budget. To train smp's width, set decoder_width: {GeneratorConfig.decoder_width} in this file")]
 
 
@@ -572,9 +567,8 @@ def predict_rule(facts: Facts, budget: Budget) -> list[Choice]:
     predict = ("whole images at native resolution, in tiles of 1024 px above that (--tile-size)" if facts.crop else
                f"images resized to {budget.size} px and the masks back to each image's size")
     return [Choice("", reason=f"segan predict: {predict}; add --tta where inference time allows: on the same "
-                              "weights, 8 views (flips, quarter turns) gave +0.000, +0.006 and +0.001 Dice on "
-                              "Kvasir-SEG (three seeds of this plan) for 2.1-2.3x the inference time, 2 (flips) "
-                              "+0.008 mean IoU on CamVid for 1.7x")]
+                              "weights it scored higher on Kvasir-SEG and CamVid, for about twice the inference time "
+                              f"({PAGE})")]
 
 
 def classes_rule(facts: Facts, budget: Budget) -> list[Choice]:
@@ -593,8 +587,8 @@ def classes_rule(facts: Facts, budget: Budget) -> list[Choice]:
         choices.append(Choice("", reason=f"rare classes (under {RARE_SHARE:.0%} of the labelled pixels): "
                                          f"{', '.join(rare)}; none of class weights, OHEM or rare-class crops is set: "
                                          "on CamVid each scored under the plain recipe in the same hour "
-                                         "(BENCHMARKS.md, scripts/bench_levers.py); to try them on your data, see "
-                                         "README 'Multi-class data'"))
+                                         "(docs/benchmarks/levers.md); to try them on your data, see "
+                                         "docs/how-to/rare-and-thin-classes.md"))
     return choices
 
 

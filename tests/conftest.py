@@ -17,7 +17,7 @@ from segan.models import build_generator
 
 # The tests run tiny tensors, where a second thread gains little, on machines others share: beside
 # one busy process, torch's default of a thread per core made a training step 4.5x slower and one
-# thread 1.07x (BENCHMARKS.md, "A busy CPU"). Subprocesses inherit the variable; one the caller set wins.
+# thread 1.07x (docs/benchmarks/threads.md). Subprocesses inherit the variable; one the caller set wins.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 

@@ -1,5 +1,5 @@
 """Reliability: interruption, divergence, bad input and damaged files, each with the behaviour
-documented in docs/reliability.md."""
+documented in docs/explanation/reliability.md."""
 
 import json
 import math
