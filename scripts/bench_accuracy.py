@@ -14,7 +14,9 @@ over classes for CamVid).
 
 Runs are written to OUT/NAME/CONFIG-seedS; a run whose summary.json exists is not run again, so
 an interrupted benchmark continues where it stopped. Prints one JSON line with mean and standard
-deviation per dataset and configuration, and writes it to OUT/results.json.
+deviation per dataset and configuration, and writes it to OUT/results.json. `--publish` also writes
+the table into docs/benchmarks/results/accuracy.json: table PROTOCOL for `gan` and `plain`,
+PROTOCOL-configs when other configurations run.
 
 CPU protocol: each run takes about 10 minutes on 2 cores. GPU protocol: full resolution.
 """
@@ -24,8 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 from pathlib import Path
 
+import benchkit
 from benchkit import ROOT, add_common_arguments, mean_std, require_datasets, segan
 
 # dataset -> protocol -> train flags
@@ -58,12 +62,54 @@ def run_one(dataset: str, config: str, seed: int, protocol: str, data: Path, out
             "d_steps_skipped": result.get("d_steps_skipped", 0)}
 
 
+# The columns of the result file's tables (docs/benchmarks/results/accuracy.json).
+COLUMNS = [{"key": "dataset", "label": "dataset"}, {"key": "config", "label": "config"},
+           {"key": "dice", "label": "Dice (mean)", "format": "{:.4f}"},
+           {"key": "dice_sd", "label": "± sd", "format": "{:.4f}"},
+           {"key": "iou", "label": "IoU (CamVid: mIoU)", "format": "{:.4f}"},
+           {"key": "iou_sd", "label": "± sd", "format": "{:.4f}"},
+           {"key": "minus_plain_dice", "label": "− plain, per seed: Dice", "format": "{:+.4f}"},
+           {"key": "minus_plain_dice_sd", "label": "± sd", "format": "{:.4f}"},
+           {"key": "minus_plain_iou", "label": "− plain, per seed: IoU", "format": "{:+.4f}"},
+           {"key": "minus_plain_iou_sd", "label": "± sd", "format": "{:.4f}"},
+           {"key": "best_epochs", "label": "best epoch per seed"},
+           {"key": "wall_time_s", "label": "fit wall time per run", "format": "{:.0f} s"},
+           {"key": "wall_time_sd", "label": "± sd", "format": "{:.0f} s"},
+           {"key": "wall_time_vs_plain", "label": "fit time / plain", "format": "{:.2f}x"}]
+
+
+def table(result: dict) -> dict:
+    """The result file's table of RESULT: a row per dataset and configuration, with the means and
+    standard deviations over seeds, the paired difference to plain and the fit time over plain's."""
+    summary, configs = result["summary"], list(dict.fromkeys(r["config"] for r in result["runs"]))
+    rows = []
+    for dataset in dict.fromkeys(r["dataset"] for r in result["runs"]):
+        for config in configs:
+            entry, minus = summary[f"{dataset}/{config}"], summary.get(f"{dataset}/{config}-minus-plain", {})
+            plain = summary.get(f"{dataset}/plain")
+            rows.append({
+                "dataset": dataset, "config": config, "dice": entry["dice"]["mean"], "dice_sd": entry["dice"]["std"],
+                "iou": entry["iou"]["mean"], "iou_sd": entry["iou"]["std"],
+                "minus_plain_dice": minus["dice"]["mean"] if minus else None,
+                "minus_plain_dice_sd": minus["dice"]["std"] if minus else None,
+                "minus_plain_iou": minus["iou"]["mean"] if minus else None,
+                "minus_plain_iou_sd": minus["iou"]["std"] if minus else None,
+                "best_epochs": " / ".join(str(r["best_epoch"]) for r in result["runs"]
+                                          if r["dataset"] == dataset and r["config"] == config),
+                "wall_time_s": entry["wall_time_s"]["mean"], "wall_time_sd": entry["wall_time_s"]["std"],
+                "wall_time_vs_plain": round(entry["wall_time_s"]["mean"] / plain["wall_time_s"]["mean"], 2)
+                if plain and minus else None})
+    name = result["protocol"] + ("" if set(configs) <= {"gan", "plain"} else "-configs")
+    return {"name": name, "columns": COLUMNS, "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, PROTOCOLS, "bench-accuracy", markdown=False)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--configs", nargs="+", default=["gan", "plain"], choices=list(CONFIGS))
     parser.add_argument("--protocol", default="cpu", choices=("cpu", "gpu"))
+    benchkit.add_publish_argument(parser)
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out) / args.protocol
     require_datasets(data, args.datasets)
@@ -85,6 +131,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
+    if args.publish:
+        print(f"wrote {benchkit.publish('accuracy', [table(result)])}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
     python scripts/bench_levers.py [--datasets camvid isbi2012] [--rows recipe class-weights ohem
                                    rare-class scale best] [--seeds 0] [--final-seeds 0 1 2]
                                    [--budget 1h] [--best-levers NAME...] [--tta-scales S...]
-                                   [--out DIR] [--markdown]
+                                   [--out DIR] [--markdown] [--publish]
 
 Every row trains the dataset's recipe (datasets/NAME/config.yaml) with the hand settings below
 for the same `--time-budget` (the budget decides the epochs, so a slower lever trains fewer), then
@@ -26,7 +26,10 @@ Per row: mean IoU over the classes (CamVid; the foreground IoU and Dice for ISBI
 IoU, the epochs the budget allowed, and wall time. Runs go to OUT/DATASET/ROW-seedS and are not
 trained or scored again once their metrics.json exists, so the benchmark continues where it
 stopped, across sessions. Prints one JSON line; writes OUT/results.json. `--markdown` trains
-nothing and prints the tables of BENCHMARKS.md from that file.
+nothing and prints the archive's tables from that file. `--publish` also writes the docs' tables
+(docs/benchmarks/levers.md) into docs/benchmarks/results/levers.json: DATASET-BUDGET for the
+lever rows, DATASET-best-BUDGET for row best's seeds with their mean and sd (with `--markdown`,
+from OUT/results.json, training nothing).
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ import sys
 import time
 from pathlib import Path
 
-from benchkit import (LITE0, ROOT, add_common_arguments, add_tta_argument, evaluate, evaluate_tta, mean_std,
-                      require_datasets, seconds, segan)
+from benchkit import (LITE0, ROOT, add_common_arguments, add_publish_argument, add_tta_argument, evaluate,
+                      evaluate_tta, mean_std, publish, require_datasets, seconds, segan)
 
 # The hand settings of issue 21's report (CamVid, 0.691 mean IoU in 56 minutes) and the ISBI
 # all-labels row of the semi-supervised benchmark, at native resolution for the thin membranes.
@@ -55,6 +58,15 @@ LEVERS = {
 }
 ROWS = ("recipe", *LEVERS, "best")
 DATASET_ROWS = {"camvid": ROWS, "isbi2012": ("recipe", "class-weights", "ohem")}
+# What the docs' tables show (the --markdown tables keep every class): the headline IoU's label, its Dice
+# where that is the set's usual figure, the classes of the lever rows (CamVid's rare and thin ones) and
+# those of row best (the three weakest, whose means the archive follows).
+SHOWN = {
+    "camvid": {"iou": "mean IoU", "dice": False,
+               "classes": ("Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist"),
+               "best_classes": ("Pole", "SignSymbol", "Pedestrian")},
+    "isbi2012": {"iou": "membrane IoU", "dice": True, "classes": (), "best_classes": ()},
+}
 
 
 def best_levers(dataset: str, out: Path) -> list[str]:
@@ -171,6 +183,57 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def column(key: str, label: str, fmt: str | None = None) -> dict:
+    """One column of a docs table (scripts/docs.py renders numbers with FMT)."""
+    return {"key": key, "label": label, **({"format": fmt} if fmt else {})}
+
+
+def docs_row(result: dict, run: dict, columns: list[dict]) -> dict:
+    """RUN's cells of COLUMNS: its scores, the change of a seed-0 row to the recipe's seed-0 row, and
+    each class's IoU; None where it has no such figure (as `with TTA` for a run not scored with TTA)."""
+    difference = result["summary"][f"{run['dataset']}/{run['row']}"].get("iou_minus_recipe_seed0")
+    values = {"row": run["row"], "seed": run["seed"], "levers": " ".join(run["levers"]) or "-",
+              "iou": run["iou"], "minus_recipe": difference if run["seed"] == 0 else None, "dice": run["dice"],
+              "tta_iou": run.get("tta_iou"), **run["per_class_iou"], "epochs": run["epochs"],
+              "wall_time_s": run["wall_time_s"]}
+    return {c["key"]: values.get(c["key"]) for c in columns}
+
+
+def docs_tables(result: dict) -> list[dict]:
+    """The tables of docs/benchmarks/levers.md, in benchkit.publish's shape. Per dataset:
+    DATASET-BUDGET, the lever rows; DATASET-best-BUDGET, row best's seeds and, for two or more,
+    their mean and sample sd."""
+    tables = []
+    for dataset in dict.fromkeys(run["dataset"] for run in result["runs"]):
+        shown, budget = SHOWN[dataset], result["budget"]
+        mine = [run for run in result["runs"] if run["dataset"] == dataset]
+        dice = [column("dice", "Dice", "{:.4f}")] if shown["dice"] else []
+        scores = [column("iou", shown["iou"], "{:.4f}"), *dice, column("tta_iou", "with TTA", "{:.4f}")]
+        end = [column("epochs", "epochs"), column("wall_time_s", "wall time", "{:.0f} s")]
+
+        levers = [run for run in mine if run["row"] != "best"]
+        if levers:
+            columns = [column("row", "row"), column("seed", "seed"), scores[0],
+                       column("minus_recipe", "− recipe", "{:+.4f}"), *scores[1:],
+                       *(column(c, c, "{:.3f}") for c in shown["classes"]), *end]
+            tables.append({"name": f"{dataset}-{budget}", "columns": columns,
+                           "rows": [docs_row(result, run, columns) for run in levers]})
+
+        best = [run for run in mine if run["row"] == "best"]
+        if best:
+            classes = [column(c, c, "{:.3f}") for c in shown["best_classes"]]
+            columns = [column("seed", "seed"), column("levers", "levers"), *scores, *classes, *end]
+            rows = [docs_row(result, run, columns) for run in best]
+            if len(rows) > 1:
+                keys = [c["key"] for c in scores + classes if all(row[c["key"]] is not None for row in rows)]
+                spread = {key: mean_std([row[key] for row in rows]) for key in keys}
+                rows += [{c["key"]: None for c in columns} | {"seed": label}
+                         | {key: spread[key][part] for key in keys}
+                         for label, part in (("mean", "mean"), ("sd", "std"))]
+            tables.append({"name": f"{dataset}-best-{budget}", "columns": columns, "rows": rows})
+    return tables
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, HAND, "bench-levers")
@@ -181,10 +244,14 @@ def main() -> None:
     parser.add_argument("--best-levers", nargs="*", choices=list(LEVERS), default=None,
                         help="the levers of row best (default: those whose seed-0 rows in OUT beat recipe)")
     add_tta_argument(parser)
+    add_publish_argument(parser)
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out)
     if args.markdown:
-        print(markdown(json.loads((out / "results.json").read_text())))
+        result = json.loads((out / "results.json").read_text())
+        print(markdown(result))
+        if args.publish:
+            print(f"wrote {publish('levers', docs_tables(result))}", file=sys.stderr)
         return
     require_datasets(data, args.datasets)
     out.mkdir(parents=True, exist_ok=True)
@@ -197,6 +264,8 @@ def main() -> None:
         result = {"benchmark": "levers", "budget": args.budget, "machine": platform.machine(),
                   "summary": summarise(runs), "runs": runs}
         (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    if args.publish:
+        print(f"wrote {publish('levers', docs_tables(result))}", file=sys.stderr)
     print(json.dumps(result))
 
 

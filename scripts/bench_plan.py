@@ -11,7 +11,7 @@
 
 For each dataset, row `plan` runs `segan plan DATA --config datasets/NAME/config.yaml
 --time-budget B` and then `segan train --config plan.yaml` with no other flag; row `hand` runs
-`segan train --config datasets/NAME/config.yaml` with the best recipe BENCHMARKS.md holds for it
+`segan train --config datasets/NAME/config.yaml` with the best recipe docs/benchmarks/archive.md holds for it
 and the same `--time-budget B`. Budgets: 30 minutes for ISBI 2012 and Kvasir-SEG, 60 for CamVid
 (the issue's), so the whole benchmark takes about 4 hours: run it a dataset or two at a time.
 Scores are the best checkpoint's validation figures from summary.json (foreground Dice for the
@@ -57,22 +57,26 @@ Runs go to OUT/DATASET/ROW (OUT/DATASET/ROW-seedS for `--seeds` other than 0, ea
 train --seed S`, on the same plan.yaml) and are not run again once their summary.json exists (give a
 new --out after a row's recipe changes, as ISBI 2012's `hand` did on 2026-12-06: native crops).
 Prints one JSON line; writes OUT/results.json. `--markdown` trains nothing and prints the table.
+`--publish` (after training, or with `--markdown`) also writes one table a dataset into
+docs/benchmarks/results/plan.json: each row's mean over its seeds, beside the plan of the same invocation.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 import time
 from pathlib import Path
 
+import benchkit
 import yaml
-from benchkit import (LITE0, ROOT, add_common_arguments, add_tta_argument, evaluate, evaluate_tta, require_datasets,
-                      seconds, segan)
+from benchkit import (LITE0, ROOT, add_common_arguments, add_tta_argument, evaluate, evaluate_tta, mean_std,
+                      require_datasets, seconds, segan)
 
 BUDGETS = {"isbi2012": "30m", "kvasir-seg": "30m", "camvid": "60m"}
-# The best hand-written recipes in BENCHMARKS.md: Kvasir-SEG from issue 7, CamVid from issue 21's
+# The best hand-written recipes in docs/benchmarks/archive.md: Kvasir-SEG from issue 7, CamVid from issue 21's
 # report, ISBI 2012 the levers benchmark's recipe row (native-resolution crops: 0.823 membrane Dice
 # in 30 minutes, where the same size resized scored 0.812).
 HAND = {
@@ -147,7 +151,7 @@ def with_lever(plan: Path, changes: dict, path: Path) -> Path:
 
 
 def markdown(result: dict) -> str:
-    """The table of BENCHMARKS.md, with the TTA columns when any run was scored with TTA."""
+    """The table of docs/benchmarks/archive.md, with the TTA columns when any run was scored with TTA."""
     with_tta = any("native_tta_dice" in run for run in result["runs"])
     header = ["dataset", "row", "budget", "spent", "share", "epochs", "steps", "validation Dice", "validation IoU",
               "native Dice", "native IoU"]
@@ -169,16 +173,64 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+# What the docs' tables score: CamVid's mean IoU over its classes, the binary sets' foreground Dice.
+SCORES = {"camvid": ("native_iou", "native_tta_iou", "mean IoU", "mean IoU with flip TTA")}
+DICE = ("native_dice", "native_tta_dice", "native Dice", "Dice with TTA")
+
+
+def columns(dataset: str) -> list[dict]:
+    """The columns of a dataset's table in docs/benchmarks/results/plan.json."""
+    *_, score, tta = SCORES.get(dataset, DICE)
+    return [{"key": "row", "label": "row"}, {"key": "date", "label": "date"}, {"key": "machine", "label": "machine"},
+            {"key": "seeds", "label": "seeds"}, {"key": "steps", "label": "steps", "format": "{:,}"},
+            {"key": "score", "label": score, "format": "{:.4f}"}, {"key": "sd", "label": "± sd", "format": "{:.4f}"},
+            {"key": "tta", "label": tta, "format": "{:.4f}"},
+            {"key": "plan", "label": "plan it is compared with", "format": "{:.4f}"},
+            {"key": "plan_tta", "label": "that plan with TTA", "format": "{:.4f}"}]
+
+
+def tables(result: dict) -> list[dict]:
+    """The docs' tables of RESULT, one a dataset: a row per bench row with its native score (and with
+    TTA, where every seed was scored with it) as the mean and sample sd over its seeds, beside the plan
+    row's mean over the same seeds where this invocation ran them."""
+    date, machine = datetime.date.today().isoformat(), benchkit.machine().split(" of an ", 1)[-1]
+
+    def mean(runs: list[dict], key: str) -> float | None:
+        return mean_std([run[key] for run in runs])["mean"] if runs and all(key in run for run in runs) else None
+
+    published = []
+    for dataset in dict.fromkeys(run["dataset"] for run in result["runs"]):
+        score, tta, *_ = SCORES.get(dataset, DICE)
+        runs = [run for run in result["runs"] if run["dataset"] == dataset]
+        rows = []
+        for name in dict.fromkeys(run["row"] for run in runs):
+            group = [run for run in runs if run["row"] == name]
+            seeds = [run.get("seed", 0) for run in group]
+            plan = [run for run in runs if run["row"] == "plan" and run.get("seed", 0) in seeds and name != "plan"]
+            plan = plan if len(plan) == len(group) else []
+            steps = sorted(run["steps"] for run in group)
+            rows.append({"row": name, "date": date, "machine": machine, "seeds": ", ".join(map(str, seeds)),
+                         "steps": steps[0] if steps[0] == steps[-1] else f"{steps[0]:,}-{steps[-1]:,}",
+                         "score": mean(group, score), "sd": mean_std([run[score] for run in group])["std"],
+                         "tta": mean(group, tta), "plan": mean(plan, score), "plan_tta": mean(plan, tta)})
+        published.append({"name": dataset, "columns": columns(dataset), "rows": rows})
+    return published
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, BUDGETS, "bench-plan")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=[*ROWS, *LEVERS])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="train each row with these seeds")
     add_tta_argument(parser)
+    benchkit.add_publish_argument(parser)
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out)
     if args.markdown:
-        print(markdown(json.loads((out / "results.json").read_text())))
+        result = json.loads((out / "results.json").read_text())
+        print(markdown(result))
+        if args.publish:
+            print(f"wrote {benchkit.publish('plan', tables(result))}", file=sys.stderr)
         return
     require_datasets(data, args.datasets)
     out.mkdir(parents=True, exist_ok=True)
@@ -188,6 +240,8 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({"benchmark": "plan", "runs": [{k: v for k, v in run.items() if k != "config"}
                                                     for run in runs]}))
+    if args.publish:
+        print(f"wrote {benchkit.publish('plan', tables(result))}", file=sys.stderr)
 
 
 if __name__ == "__main__":

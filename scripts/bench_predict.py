@@ -20,6 +20,9 @@ ratio to v0.1's path (torch float32 in NCHW layout, no autocast), the share of m
 to v0.1's masks, and validation Dice with its change. Exports the run first if it has no export.
 
     python scripts/bench_predict.py --backends --model RUN [--data DIR] [--rounds 3]
+
+With `--publish`, also writes the table (`pipeline`, or `backends` with `--backends`) into
+docs/benchmarks/results/predict.json, the source of docs/benchmarks/predict.md.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+
+import benchkit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -175,6 +180,35 @@ def backend_rows(args: argparse.Namespace) -> dict:
             "torch_threads": torch.get_num_threads(), "cpu_bf16": cpu_has_bf16(), "rows": rows}
 
 
+def pipeline_table(result: dict, memory_counts: tuple[int, int]) -> dict:
+    """The default run's figures as one row of the published `pipeline` table."""
+    small, large = memory_counts
+    columns = [{"key": "model", "label": "model"}, {"key": "images", "label": "images"},
+               {"key": "forward_only_images_per_s", "label": "forward only (images/s)", "format": "{:.2f}"},
+               {"key": "predict_folder_images_per_s", "label": "`predict_folder` (images/s)", "format": "{:.2f}"},
+               {"key": "throughput_ratio", "label": "throughput ratio", "format": "{:.3f}"},
+               {"key": f"peak_rss_mb_{small}", "label": f"peak RSS, {small} images", "format": "{:.1f} MB"},
+               {"key": f"peak_rss_mb_{large}", "label": f"peak RSS, {large} images", "format": "{:.1f} MB"},
+               {"key": "memory_ratio", "label": "memory ratio", "format": "{:.2f}"}]
+    row = {column["key"]: result.get(column["key"]) for column in columns}
+    row["images"] = f"{result['images']} of {result['image_size']} px"
+    return {"name": "pipeline", "columns": columns, "rows": [row]}
+
+
+BACKEND_COLUMNS = [{"key": "row", "label": "backend, precision"},
+                   {"key": "images_per_s", "label": "images/s", "format": "{:.1f}"},
+                   {"key": "ratio_to_v0.1", "label": "vs v0.1", "format": "{:.2f}x"},
+                   {"key": "mask_agreement_with_v0.1", "label": "mask agreement with v0.1", "format": "{:.4f}"},
+                   {"key": "dice", "label": "validation Dice", "format": "{:.4f}"},
+                   {"key": "dice_change", "label": "Dice change", "format": "{:+.4f}"}]
+
+
+def backends_table(result: dict) -> dict:
+    """The `--backends` rows as the published `backends` table."""
+    return {"name": "backends", "columns": BACKEND_COLUMNS,
+            "rows": [{column["key"]: row[column["key"]] for column in BACKEND_COLUMNS} for row in result["rows"]]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="run folder (default: an untrained default-architecture run)")
@@ -188,11 +222,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds; the best of each is kept")
     parser.add_argument("--backends", action="store_true", help="one row per backend and precision (needs --model)")
     parser.add_argument("--data", help="with --backends: the dataset folder, if not the run's own data.root")
+    benchkit.add_publish_argument(parser)
     args = parser.parse_args()
     if args.backends:
         if not args.model:
             parser.error("--backends needs --model RUN: a trained run, so masks and Dice mean something")
-        print(json.dumps(backend_rows(args)))
+        result = backend_rows(args)
+        print(json.dumps(result))
+        if args.publish:
+            benchkit.publish("predict", [backends_table(result)])
         return
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -221,7 +259,7 @@ def main() -> None:
             memory[count] = peak_memory(run, images, tmp / f"mem_out{count}", args.device, args.batch_size,
                                         args.num_workers)
         small, large = args.memory_counts
-        print(json.dumps({
+        result = {
             "benchmark": "predict",
             "device": args.device, "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),
@@ -235,7 +273,10 @@ def main() -> None:
             f"peak_rss_mb_{small}": round(memory[small]["peak_rss_mb"], 1),
             f"peak_rss_mb_{large}": round(memory[large]["peak_rss_mb"], 1),
             "memory_ratio": round(memory[large]["peak_rss_mb"] / memory[small]["peak_rss_mb"], 3),
-        }))
+        }
+        print(json.dumps(result))
+        if args.publish:
+            benchkit.publish("predict", [pipeline_table(result, args.memory_counts)])
 
 
 if __name__ == "__main__":

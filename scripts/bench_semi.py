@@ -23,7 +23,8 @@ summary.json exists, so an interrupted benchmark continues where it stopped; run
 split by split, so a partial benchmark has whole splits. `--jobs N` trains N runs at once (a GPU
 has room for several of these small models; on the 2-core CPU keep 1). Prints one JSON line;
 writes OUT/PROTOCOL/results.json. `--markdown` trains nothing and prints the tables of
-BENCHMARKS.md from that file.
+BENCHMARKS.md from that file. `--publish` also writes them into docs/benchmarks/results/semi.json,
+as tables PROTOCOL-DATASET, stamped with this command, machine, date and commit.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import benchkit
 import yaml
 from benchkit import LITE0, ROOT, add_common_arguments, mean_std, require_datasets, segan
 
@@ -121,28 +124,55 @@ def summarise(runs: list[dict]) -> dict:
     return summary
 
 
-def markdown(result: dict) -> str:
-    """The BENCHMARKS.md tables of one protocol's results.json: one table per dataset."""
-    lines = []
+def tables(result: dict) -> list[dict]:
+    """The result file's tables of one protocol's results.json (docs/benchmarks/results/semi.json):
+    one per dataset, named PROTOCOL-DATASET, a row per row of the benchmark."""
+    out = []
     for dataset in dict.fromkeys(r["dataset"] for r in result["runs"]):
         mine = [r for r in result["runs"] if r["dataset"] == dataset]
         splits = sorted({r["split"] for r in mine})
-        lines += [f"### {dataset}", "| row | " + " | ".join(f"split {s} Dice" for s in splits)
-                  + " | mean Dice | Dice − labelled-only, per split | gap to all-labels closed, per split"
-                  " | pseudo-labels used / precision (last epoch, mean) | wall time per run |",
-                  "|---" * (len(splits) + 6) + "|"]
+        columns = [{"key": "row", "label": "row"},
+                   *({"key": f"split{s}", "label": f"split {s} Dice", "format": "{:.4f}"} for s in splits),
+                   {"key": "mean", "label": "mean Dice", "format": "{:.4f}"},
+                   {"key": "minus_labeled_only", "label": "Dice − labelled-only, per split"},
+                   {"key": "gap_closed", "label": "gap to all-labels closed, per split"},
+                   {"key": "pseudo_share", "label": "pseudo-labels used (last epoch, mean)", "format": "{:.2f}"},
+                   {"key": "pseudo_precision", "label": "their precision", "format": "{:.3f}"},
+                   {"key": "wall_time_s", "label": "wall time per run", "format": "{:.0f} s"}]
+        rows = []
         for row in dict.fromkeys(r["row"] for r in mine):
             chosen = {r["split"]: r for r in mine if r["row"] == row}
             entry = result["summary"][f"{dataset}/{row}"]
             semi = [r["semi"] for r in chosen.values() if r["semi"] and "pseudo_precision" in r["semi"]]
-            pseudo = (f"{statistics.fmean(s['pseudo_share'] for s in semi):.2f} / "
-                      f"{statistics.fmean(s['pseudo_precision'] for s in semi):.3f}") if semi else ""
+            rows.append({
+                "row": row, **{f"split{s}": chosen[s]["dice"] if s in chosen else None for s in splits},
+                "mean": entry["dice"]["mean"],
+                "minus_labeled_only": ", ".join(f"{d:+.4f}" for d in entry.get("dice_minus_labeled_only", [])) or None,
+                "gap_closed": ", ".join(f"{g:.2f}" for g in entry.get("gap_closed", [])) or None,
+                "pseudo_share": round(statistics.fmean(s["pseudo_share"] for s in semi), 2) if semi else None,
+                "pseudo_precision": round(statistics.fmean(s["pseudo_precision"] for s in semi), 3) if semi else None,
+                "wall_time_s": entry["wall_time_s"]["mean"]})
+        out.append({"name": f"{result['protocol']}-{dataset}", "columns": columns, "rows": rows})
+    return out
+
+
+def markdown(result: dict) -> str:
+    """The BENCHMARKS.md tables of one protocol's results.json: one table per dataset."""
+    lines = []
+    for table in tables(result):
+        splits = [column["key"] for column in table["columns"] if column["key"].startswith("split")]
+        lines += [f"### {table['name'].removeprefix(result['protocol'] + '-')}",
+                  "| row | " + " | ".join(f"split {s.removeprefix('split')} Dice" for s in splits)
+                  + " | mean Dice | Dice − labelled-only, per split | gap to all-labels closed, per split"
+                  " | pseudo-labels used / precision (last epoch, mean) | wall time per run |",
+                  "|---" * (len(splits) + 6) + "|"]
+        for row in table["rows"]:
+            pseudo = (f"{row['pseudo_share']:.2f} / {row['pseudo_precision']:.3f}"
+                      if row["pseudo_share"] is not None else "")
             lines.append(" | ".join([
-                f"| {row}", *(f"{chosen[s]['dice']:.4f}" if s in chosen else "" for s in splits),
-                f"{entry['dice']['mean']:.4f}",
-                ", ".join(f"{d:+.4f}" for d in entry.get("dice_minus_labeled_only", [])),
-                ", ".join(f"{g:.2f}" for g in entry.get("gap_closed", [])), pseudo,
-                f"{entry['wall_time_s']['mean']:.0f} s |"]))
+                f"| {row['row']}", *(f"{row[s]:.4f}" if row[s] is not None else "" for s in splits),
+                f"{row['mean']:.4f}", row["minus_labeled_only"] or "", row["gap_closed"] or "", pseudo,
+                f"{row['wall_time_s']:.0f} s |"]))
         lines.append("")
     return "\n".join(lines)
 
@@ -154,6 +184,7 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--protocol", default="cpu", choices=("cpu", "gpu"))
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once")
+    benchkit.add_publish_argument(parser)
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out) / args.protocol
     if args.markdown:
@@ -171,6 +202,8 @@ def main() -> None:
                       "splits": args.splits, "summary": summarise(runs), "runs": runs}
             (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
+    if args.publish:
+        print(f"wrote {benchkit.publish('semi', tables(result))}", file=sys.stderr)
 
 
 if __name__ == "__main__":

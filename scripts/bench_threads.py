@@ -13,9 +13,10 @@ bf16-mixed where the CPU has it, the GAN step):
 - one-thread: OMP_NUM_THREADS=1 (torch runs one thread).
 Each setting runs in a fresh process (OpenMP reads its environment once), alone and beside
 `--busy` processes that spin on a core each, for `--rounds` rounds of `--steps` steps; the
-best round's median step is kept. Prints one JSON line.
+best round's median step is kept. Prints one JSON line; with `--publish`, also writes its table
+into docs/benchmarks/results/threads.json, the source of docs/benchmarks/threads.md.
 
-    python scripts/bench_threads.py [--steps 8] [--rounds 2] [--busy 1]
+    python scripts/bench_threads.py [--steps 8] [--rounds 2] [--busy 1] [--publish]
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
+
+import benchkit
 
 SCRIPTS = Path(__file__).resolve().parent
 SETTINGS = {"default": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "short-spin": {"GOMP_SPINCOUNT": "10000"},
@@ -62,12 +65,29 @@ def timed(setting: str, steps: int, rounds: int) -> tuple[float, int]:
     return float(seconds), int(threads)
 
 
+LABELS = {"default": "default (torch: one thread per core)", "passive": "`OMP_WAIT_POLICY=PASSIVE`",
+          "short-spin": "`GOMP_SPINCOUNT=10000`", "one-thread": "`OMP_NUM_THREADS=1`"}
+
+
+def published_table(result: dict, settings: list[str]) -> dict:
+    """The JSON line's figures as the table of docs/benchmarks/results/threads.json, a row per setting."""
+    columns = [{"key": "setting", "label": "setting"}, {"key": "threads", "label": "threads"},
+               {"key": "alone_step_s", "label": "step alone", "format": "{:.3f} s"},
+               {"key": "loaded_step_s", "label": "step beside a busy process", "format": "{:.3f} s"},
+               {"key": "loaded_slowdown", "label": "slowdown", "format": "{:.2f}×"},
+               {"key": "alone_vs_default", "label": "alone, against default", "format": "{:.2f}×"}]
+    rows = [{"setting": LABELS[setting], **{column["key"]: result.get(f"{setting}_{column['key']}")
+                                            for column in columns[1:]}} for setting in settings]
+    return {"name": "busy-cpu", "columns": columns, "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=8, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--busy", type=int, default=1, help="busy processes beside the loaded runs")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    benchkit.add_publish_argument(parser)
     args = parser.parse_args()
     result = {"benchmark": "threads", "cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
               "steps": args.steps, "rounds": args.rounds, "busy_processes": args.busy}
@@ -90,6 +110,8 @@ def main() -> None:
             result[f"{setting}_alone_vs_default"] = round(result[f"{setting}_alone_step_s"]
                                                           / result["default_alone_step_s"], 2)
     print(json.dumps(result))
+    if args.publish:
+        benchkit.publish("threads", [published_table(result, args.settings)])
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ matmul peak GFLOP/s (fp32 2048^2 matmul, best of 10), the achieved GFLOP/s of th
 of a fresh process that builds it and trains `--steps` steps (on a CPU the activations live in
 host memory; on a GPU it would be torch.cuda.max_memory_allocated).
 
-Prints one JSON line.
+Prints one JSON line. With `--publish`, also writes its tables (`discriminator`: every
+configuration in the first precision; `precision`: the plain and default GAN steps in each) into
+docs/benchmarks/results/train.json, the source of docs/benchmarks/train.md.
 
     python scripts/bench_train.py [--size 192] [--batch-size 8] [--steps 6] [--rounds 2]\n                                  [--precisions 32-true bf16-mixed]
 """
@@ -40,6 +42,8 @@ from pathlib import Path
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
+
+import benchkit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -117,6 +121,56 @@ def matmul_peak_gflop_per_s(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
+PRECISION_LABELS = {"32-true": "float32"}
+
+
+def published_tables(result: dict, d_channels: list[int], precisions: list[str]) -> list[dict]:
+    """The JSON line's figures as the tables of docs/benchmarks/results/train.json."""
+    default_d = result["default_d_channels"]
+    names = {"plain": "plain (adv_weight 0)",
+             **{f"gan_d{c}": f"GAN, D base {c}" + (" (default)" if c == default_d else "") for c in d_channels}}
+    discriminator = {"name": "discriminator", "columns": [
+        {"key": "configuration", "label": "configuration"},
+        {"key": "d_gflop", "label": "D forward per image (GFLOP)", "format": "{:.3f}"},
+        {"key": "step_s", "label": f"step time (batch {result['batch_size']})", "format": "{:.3f} s"},
+        {"key": "images_per_s", "label": "images/s", "format": "{:.2f}"},
+        {"key": "ratio", "label": "ratio to plain", "format": "{:.3f}"},
+        {"key": "peak_rss_mb", "label": "peak RSS", "format": "{:.0f} MB"}], "rows": [
+        {"configuration": label, "d_gflop": result.get(f"{name}_discriminator_forward_gflop_per_image"),
+         "step_s": result[f"{name}_step_s"], "images_per_s": result[f"{name}_images_per_s"],
+         "ratio": result.get(f"{name}_ratio", 1.0), "peak_rss_mb": result[f"{name}_peak_rss_mb"]}
+        for name, label in names.items()]}
+    first, *others = precisions
+    if not others or f"gan_d{default_d}" not in names:
+        return [discriminator]
+    # One row per step and a row of their ratio, a column per precision: each step's time is
+    # `NAME_step_s` in the first precision and `NAME_PRECISION_step_s` in the others.
+    columns = [{"key": "configuration", "label": "step"}]
+    for precision in precisions:
+        label = PRECISION_LABELS.get(precision, precision)
+        columns.append({"key": f"step_s_{precision}", "label": f"{label} (s)", "format": "{:.3f}"})
+        if precision != first:
+            columns.append({"key": f"speedup_{precision}", "label": f"{label} speed-up over "
+                            f"{PRECISION_LABELS.get(first, first)}", "format": "{:.2f}x"})
+    for precision in precisions:
+        label = PRECISION_LABELS.get(precision, precision)
+        columns.append({"key": f"peak_rss_mb_{precision}", "label": f"{label} peak RSS", "format": "{:.0f} MB"})
+    rows = []
+    for name in ("plain", f"gan_d{default_d}"):
+        row = {"configuration": names[name], f"step_s_{first}": result[f"{name}_step_s"],
+               f"peak_rss_mb_{first}": result[f"{name}_peak_rss_mb"]}
+        for precision in others:
+            row[f"step_s_{precision}"] = result[f"{name}_{precision}_step_s"]
+            row[f"speedup_{precision}"] = result[f"{name}_{precision}_speedup_vs_{first}"]
+            row[f"peak_rss_mb_{precision}"] = result[f"{name}_{precision}_peak_rss_mb"]
+        rows.append(row)
+    ratios = {f"step_s_{first}": result[f"gan_d{default_d}_ratio"],
+              **{f"step_s_{precision}": result[f"gan_default_ratio_{precision}"] for precision in others}}
+    rows.append({"configuration": "GAN step / plain step", **ratios})
+    rows = [{column["key"]: row.get(column["key"]) for column in columns} for row in rows]  # blanks are null
+    return [discriminator, {"name": "precision", "columns": columns, "rows": rows}]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=192)
@@ -127,6 +181,7 @@ def main() -> None:
     parser.add_argument("--d-channels", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--precisions", nargs="+", default=["32-true", "bf16-mixed"],
                         help="the first one times every configuration; the others the plain and default GAN steps")
+    benchkit.add_publish_argument(parser)
     args = parser.parse_args()
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -199,6 +254,8 @@ def main() -> None:
     result["default_d_channels"] = default_d
     result["gan_default_ratio"] = result.get(f"gan_d{default_d}_ratio")
     print(json.dumps(result))
+    if args.publish:
+        benchkit.publish("train", published_tables(result, args.d_channels, args.precisions))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -91,3 +92,46 @@ def mean_std(values: Sequence[float]) -> dict:
     """Mean, sample standard deviation (None for one value) and count, rounded for the tables."""
     return {"mean": round(statistics.fmean(values), 4),
             "std": round(statistics.stdev(values), 4) if len(values) > 1 else None, "n": len(values)}
+
+
+# Where --publish writes; tests point SEGAN_BENCH_RESULTS at a temporary folder.
+RESULTS = Path(os.environ.get("SEGAN_BENCH_RESULTS", ROOT / "docs" / "benchmarks" / "results"))
+
+
+def machine() -> str:
+    """The machine class every recorded figure names: CPU model, cores, and its fastest float type
+    (AMX, AVX-512 BF16, or AVX2 only), from /proc/cpuinfo."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "a CPU")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    kind = ("with AMX" if "amx_bf16" in flags else "with AVX-512 BF16" if "avx512_bf16" in flags
+            else "with AVX-512, no bf16" if "avx512f" in flags else "with AVX2 only, no bf16" if "avx2" in flags
+            else "without AVX2")
+    return f"{os.cpu_count()} cores of an {model} {kind}"
+
+
+def publish(name: str, tables: Sequence[dict]) -> Path:
+    """Writes TABLES into docs/benchmarks/results/NAME.json, each stamped with this command, the
+    machine, today's date and the commit measured; tables of other names in the file are kept, and so
+    are its title and summary. Then `python scripts/docs.py` regenerates the pages from it.
+    Each table: {"name", "columns": [{"key", "label", "format"}], "rows": [{key: value}]}."""
+    import datetime
+    path = RESULTS / f"{name}.json"
+    result = json.loads(path.read_text()) if path.is_file() else {"title": name, "tables": [], "summary": []}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    stamp = {"command": "python " + " ".join([str(Path(sys.argv[0]).relative_to(ROOT))
+                                               if Path(sys.argv[0]).is_absolute() else sys.argv[0], *sys.argv[1:]]),
+             "machine": machine(), "date": datetime.date.today().isoformat(), "commit": commit.stdout.strip()}
+    fresh = {table["name"]: {"name": table["name"], **stamp, **{k: v for k, v in table.items() if k != "name"}}
+             for table in tables}
+    kept = [table for table in result["tables"] if table["name"] not in fresh]
+    result["tables"] = kept + list(fresh.values())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return path
+
+
+def add_publish_argument(parser: argparse.ArgumentParser) -> None:
+    """--publish: write the tables into the result file the docs' benchmark pages are generated from."""
+    parser.add_argument("--publish", action="store_true",
+                        help="also write the tables into docs/benchmarks/results/ (then: python scripts/docs.py)")

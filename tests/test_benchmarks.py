@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import write
+from conftest import SHARED_DATA, shared_dataset, write
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -120,7 +120,7 @@ def test_bench_levers_combines_the_levers_that_beat_the_recipe(tmp_path):
     assert "| row | seed | levers | mean IoU | − recipe | Sky | Pole | epochs | wall time | test mean IoU |" in table
     assert "| best | 0 | class-weights rare-class | 0.7200 | +0.0300 | 0.900 | 0.250 | 30 | 3600 s | 0.6700 |" in table
     assert "| ohem | 0 | ohem | 0.6800 | -0.0100 | 0.900 | 0.100 | 30 | 3600 s |  |" in table
-    # A later session, whose weights/ lacks the lever rows, names the levers BENCHMARKS.md found.
+    # A later session, whose weights/ lacks the lever rows, names the levers the archive (docs/benchmarks/archive.md) found.
     named = run_script("bench_levers.py", "--datasets", "camvid", "--rows", "best", "--best-levers", "ohem", "scale",
                        "--data", str(data), "--out", str(out))
     assert [run["levers"] for run in named["runs"]] == [["ohem", "scale"]] * 3
@@ -152,6 +152,56 @@ def test_bench_levers_combines_the_levers_that_beat_the_recipe(tmp_path):
     table = subprocess.run([sys.executable, str(SCRIPTS / "bench_levers.py"), "--out", str(out), "--markdown"],
                            capture_output=True, text=True, check=True).stdout
     assert "| recipe | 0 | 0.75 1 1.25 | 0.6900 | 0.7050 | +0.0150 | 0.920 | 0.060 | 20 s | 95 s |" in table
+
+
+def test_bench_accuracy_publishes_the_docs_table(tmp_path, monkeypatch):
+    data, out, results = tmp_path / "data", tmp_path / "out", tmp_path / "results"
+    (data / "isbi2012").mkdir(parents=True)
+    monkeypatch.setenv("SEGAN_BENCH_RESULTS", str(results))
+    runs = out / "cpu" / "isbi2012"
+    write_summary(runs / "gan-seed0", 0.80, 0.66, 300)
+    write_summary(runs / "gan-seed1", 0.78, 0.64, 310)
+    write_summary(runs / "plain-seed0", 0.79, 0.65, 270)
+    write_summary(runs / "plain-seed1", 0.78, 0.62, 280)
+
+    run_script("bench_accuracy.py", "--datasets", "isbi2012", "--seeds", "0", "1", "--data", str(data),
+               "--out", str(out), "--publish")
+
+    [table] = json.loads((results / "accuracy.json").read_text())["tables"]
+    assert table["name"] == "cpu" and table["command"].startswith("python scripts/bench_accuracy.py --datasets")
+    gan, plain = table["rows"]
+    assert (gan["dataset"], gan["config"], gan["dice"], gan["best_epochs"]) == ("isbi2012", "gan", 0.79, "3 / 3")
+    assert gan["minus_plain_dice"] == pytest.approx(0.005) and gan["minus_plain_iou"] == pytest.approx(0.015)
+    assert gan["wall_time_vs_plain"] == round(305 / 275, 2)
+    assert plain["minus_plain_dice"] is None and plain["wall_time_vs_plain"] is None
+    assert {column["key"] for column in table["columns"]} == set(gan)
+
+
+def test_bench_semi_publishes_one_docs_table_per_dataset(tmp_path, monkeypatch):
+    data, out, results = tmp_path / "data", tmp_path / "out", tmp_path / "results"
+    (data / "kvasir-seg").mkdir(parents=True)
+    monkeypatch.setenv("SEGAN_BENCH_RESULTS", str(results))
+    runs = out / "cpu" / "kvasir-seg"
+    for split, (alone, semi, ceiling) in enumerate([(0.70, 0.75, 0.80), (0.60, 0.62, 0.70)]):
+        for row, dice in (("labeled-only", alone), ("self-training", semi), ("all-labels", ceiling)):
+            write_summary(runs / f"{row}-split{split}", dice, 0.5, 100)
+            path = runs / f"{row}-split{split}" / "summary.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), "steps": 576, "semi": {
+                "pseudo_share": 0.9, "pseudo_precision": 0.97} if row == "self-training" else None}))
+
+    run_script("bench_semi.py", "--datasets", "kvasir-seg", "--splits", "0", "1", "--rows", "labeled-only",
+               "self-training", "all-labels", "--data", str(data), "--out", str(out), "--publish")
+
+    [table] = json.loads((results / "semi.json").read_text())["tables"]
+    assert table["name"] == "cpu-kvasir-seg" and table["command"].startswith("python scripts/bench_semi.py")
+    assert [row["row"] for row in table["rows"]] == ["labeled-only", "self-training", "all-labels"]
+    assert table["rows"][1] == {"row": "self-training", "split0": 0.75, "split1": 0.62, "mean": 0.685,
+                                "minus_labeled_only": "+0.0500, +0.0200", "gap_closed": "0.50, 0.20",
+                                "pseudo_share": 0.9, "pseudo_precision": 0.97, "wall_time_s": 100}
+    assert {column["key"] for column in table["columns"]} == set(table["rows"][1])
+    markdown = subprocess.run([sys.executable, str(SCRIPTS / "bench_semi.py"), "--out", str(out), "--markdown"],
+                              capture_output=True, text=True, timeout=300).stdout
+    assert "| self-training | 0.7500 | 0.6200 | 0.6850 | +0.0500, +0.0200 | 0.50, 0.20 | 0.90 / 0.970 | 100 s |" in markdown
 
 
 def test_bench_plan_reads_finished_runs_and_their_budgets(tmp_path):
@@ -219,6 +269,67 @@ def test_bench_levers_finds_the_test_split_by_segans_layout_rule(tmp_path):
         f"{camvid}: no split 'holdout' in the layout (images {{split}}/, masks {{split}}annot/)")
 
 
+def test_bench_levers_publishes_the_docs_tables(tmp_path, monkeypatch):
+    data, out, results = tmp_path / "data", tmp_path / "out", tmp_path / "results"
+    (data / "camvid").mkdir(parents=True)  # no test split: row best is scored on val alone
+    monkeypatch.setenv("SEGAN_BENCH_RESULTS", str(results))
+    classes = ("Sky", "Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist")
+    for row, seed, iou in (("recipe", 0, 0.70), ("class-weights", 0, 0.68), ("best", 0, 0.72), ("best", 1, 0.74)):
+        run = out / "camvid" / f"{row}-seed{seed}"
+        write_summary(run, iou, iou, 3600.0)
+        summary = run / "summary.json"
+        summary.write_text(json.dumps({**json.loads(summary.read_text()), "epochs": 30, "steps": 900}))
+        (run / "evaluation").mkdir()
+        (run / "evaluation" / "metrics.json").write_text(json.dumps({
+            "headline": {"iou": iou, "dice": iou + 0.1}, "per_class": {name: {"iou": iou / 2} for name in classes}}))
+
+    run_script("bench_levers.py", "--datasets", "camvid", "--rows", "recipe", "class-weights", "best", "--best-levers",
+               "--final-seeds", "0", "1", "--data", str(data), "--out", str(out), "--publish")
+
+    tables = {table["name"]: table for table in json.loads((results / "levers.json").read_text())["tables"]}
+    assert list(tables) == ["camvid-1h", "camvid-best-1h"]
+    levers, best = tables["camvid-1h"], tables["camvid-best-1h"]
+    assert [column["label"] for column in levers["columns"]] == [
+        "row", "seed", "mean IoU", "− recipe", "with TTA", "Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist",
+        "epochs", "wall time"]
+    assert levers["rows"][1] == {"row": "class-weights", "seed": 0, "iou": 0.68, "minus_recipe": -0.02,
+                                 "tta_iou": None, "Pole": 0.34, "SignSymbol": 0.34, "Fence": 0.34,
+                                 "Pedestrian": 0.34, "Bicyclist": 0.34, "epochs": 30, "wall_time_s": 3600.0}
+    assert [(row["seed"], row["levers"], row["iou"], row["Pole"]) for row in best["rows"]] == [
+        (0, "-", 0.72, 0.36), (1, "-", 0.74, 0.37), ("mean", None, 0.73, 0.365), ("sd", None, 0.0141, 0.0071)]
+    assert best["command"].startswith("python scripts/bench_levers.py --datasets camvid") and best["date"]
+
+
+def test_bench_plan_publishes_one_docs_table_per_dataset(tmp_path, monkeypatch):
+    data, out, results = tmp_path / "data", tmp_path / "out", tmp_path / "results"
+    (data / "kvasir-seg").mkdir(parents=True)
+    monkeypatch.setenv("SEGAN_BENCH_RESULTS", str(results))
+    for row, seed, dice, steps in (("plan", 0, 0.88, 2100), ("plan", 1, 0.90, 2300),
+                                   ("plan+decoder128", 0, 0.89, 2600), ("plan+decoder128", 1, 0.91, 2400)):
+        run = out / "kvasir-seg" / (row if seed == 0 else f"{row}-seed{seed}")
+        write_summary(run, dice, dice - 0.1, 1750.0)
+        summary = run / "summary.json"
+        summary.write_text(json.dumps({**json.loads(summary.read_text()), "epochs": steps // 100, "steps": steps}))
+        (run / "config.yaml").write_text("train:\n  time_budget: 30m\n")
+        for folder, score in (("evaluation", dice), ("evaluation-tta-1", dice + 0.01)):
+            (run / folder).mkdir()
+            (run / folder / "metrics.json").write_text(json.dumps({"headline": {"iou": score - 0.1, "dice": score}}))
+
+    run_script("bench_plan.py", "--datasets", "kvasir-seg", "--rows", "plan", "plan+decoder128", "--seeds", "0", "1",
+               "--tta-scales", "1", "--data", str(data), "--out", str(out), "--publish")
+
+    [table] = json.loads((results / "plan.json").read_text())["tables"]
+    assert table["name"] == "kvasir-seg" and table["command"].startswith("python scripts/bench_plan.py")
+    assert [column["key"] for column in table["columns"]] == [
+        "row", "date", "machine", "seeds", "steps", "score", "sd", "tta", "plan", "plan_tta"]
+    assert [{key: row[key] for key in ("row", "seeds", "steps", "score", "sd", "tta", "plan", "plan_tta")}
+            for row in table["rows"]] == [
+        {"row": "plan", "seeds": "0, 1", "steps": "2,100-2,300", "score": 0.89, "sd": 0.0141, "tta": 0.9,
+         "plan": None, "plan_tta": None},
+        {"row": "plan+decoder128", "seeds": "0, 1", "steps": "2,400-2,600", "score": 0.9, "sd": 0.0141, "tta": 0.91,
+         "plan": 0.89, "plan_tta": 0.9}]
+
+
 def test_bench_plan_lever_rows_change_only_their_keys_of_the_plan(tmp_path):
     bench_plan = import_script("bench_plan")
     from segan.config import Config
@@ -275,10 +386,11 @@ def patchgan_forward_flop(size: int, base: int, image_channels: int = 3, mask_ch
     return total
 
 
-def test_bench_train_prints_its_keys_and_the_flop_counts():
+def test_bench_train_prints_its_keys_and_the_flop_counts(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGAN_BENCH_RESULTS", str(tmp_path))
     # One discriminator width: each configuration costs a fresh process (for its peak memory).
     result = run_script("bench_train.py", "--size", "64", "--batch-size", "2", "--steps", "1", "--rounds", "1",
-                        "--d-channels", "16")
+                        "--d-channels", "16", "--publish")
 
     per_d = ("step_s", "ratio", "images_per_s", "peak_rss_mb", "discriminator_forward_gflop_per_image")
     assert set(result) == {
@@ -303,13 +415,62 @@ def test_bench_train_prints_its_keys_and_the_flop_counts():
     assert result["plain_fraction_of_peak"] == round(
         result["plain_achieved_gflop_per_s"] / result["matmul_peak_gflop_per_s"], 3)
 
+    # --publish writes the docs' tables from the same figures.
+    discriminator, precision = json.loads((tmp_path / "train.json").read_text())["tables"]
+    assert discriminator["name"] == "discriminator" and precision["name"] == "precision"
+    assert [row["configuration"] for row in discriminator["rows"]] == ["plain (adv_weight 0)", "GAN, D base 16 (default)"]
+    assert discriminator["rows"][1]["ratio"] == result["gan_d16_ratio"]
+    assert [row["configuration"] for row in precision["rows"]] == [
+        "plain (adv_weight 0)", "GAN, D base 16 (default)", "GAN step / plain step"]
+    assert precision["rows"][1]["speedup_bf16-mixed"] == result["gan_d16_bf16-mixed_speedup_vs_32-true"]
+    assert precision["rows"][2]["step_s_bf16-mixed"] == result["gan_default_ratio_bf16-mixed"]
+    assert precision["command"].endswith("--d-channels 16 --publish")
 
-def test_bench_threads_runs_each_setting_in_its_own_environment():
+
+def test_bench_threads_runs_each_setting_in_its_own_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGAN_BENCH_RESULTS", str(tmp_path))
     # OMP_NUM_THREADS reaches the fresh process (OpenMP reads it once, at start), alone and loaded.
     result = run_script("bench_threads.py", "--settings", "one-thread", "--steps", "1", "--rounds", "1",
-                        "--busy", "1")
+                        "--busy", "1", "--publish")
     assert set(result) == {"benchmark", "cores", "cpu", "steps", "rounds", "busy_processes", "one-thread_threads",
                            "one-thread_alone_step_s", "one-thread_loaded_step_s", "one-thread_loaded_slowdown"}
     assert (result["benchmark"], result["one-thread_threads"], result["busy_processes"]) == ("threads", 1, 1)
     assert result["one-thread_loaded_slowdown"] == round(
         result["one-thread_loaded_step_s"] / result["one-thread_alone_step_s"], 2)
+    # --publish writes the docs' table: a row per setting run, blank where a figure needs the default.
+    [table] = json.loads((tmp_path / "threads.json").read_text())["tables"]
+    assert table["name"] == "busy-cpu"
+    assert table["rows"] == [{"setting": "`OMP_NUM_THREADS=1`", "threads": 1,
+                              "alone_step_s": result["one-thread_alone_step_s"],
+                              "loaded_step_s": result["one-thread_loaded_step_s"],
+                              "loaded_slowdown": result["one-thread_loaded_slowdown"], "alone_vs_default": None}]
+
+
+def test_bench_predict_publishes_its_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGAN_BENCH_RESULTS", str(tmp_path))
+    done = subprocess.run([sys.executable, str(SCRIPTS / "bench_predict.py"), "--size", "32", "--images", "4",
+                           "--batch-size", "2", "--rounds", "1", "--memory-counts", "2", "4", "--memory-size", "32",
+                           "--num-workers", "0", "--publish"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])  # after smp's "Loading weights" line
+
+    assert (result["benchmark"], result["images"]) == ("predict", 4)
+    [table] = json.loads((tmp_path / "predict.json").read_text())["tables"]
+    assert table["name"] == "pipeline" and table["command"].startswith("python scripts/bench_predict.py --size 32")
+    [row] = table["rows"]
+    assert row == {"model": "untrained unet/resnet18", "images": "4 of 32 px",
+                   **{key: result[key] for key in ("forward_only_images_per_s", "predict_folder_images_per_s",
+                                                   "throughput_ratio", "peak_rss_mb_2", "peak_rss_mb_4", "memory_ratio")}}
+    assert [column["key"] for column in table["columns"]] == list(row)
+
+
+def test_bench_data_publishes_its_tables(tmp_path, monkeypatch):
+    shared_dataset("kvasir-seg"), shared_dataset("camvid")  # skips without the real masks
+    monkeypatch.setenv("SEGAN_BENCH_RESULTS", str(tmp_path))
+    result = run_script("bench_data.py", "--data", str(SHARED_DATA), "--masks", "3", "--repeats", "1", "--publish")
+
+    encodings, sample = json.loads((tmp_path / "data.json").read_text())["tables"]
+    assert [row["encoding"] for row in encodings["rows"]] == [row["encoding"] for row in result["encodings"]]
+    assert encodings["rows"][4] == {key: value for key, value in result["encodings"][4].items() if key != "masks"}
+    assert encodings["rows"][4]["encoding"] == "RGB colour table, 11 colours + a void colour"
+    assert sample["rows"][0]["ms"] == result["kvasir_sample_192px_ms"]
