@@ -9,6 +9,7 @@ import segan  # noqa: E402
 
 project = "segan"
 author = "the segan developers"
+copyright = "the segan developers (MIT licence)"
 release = version = segan.__version__
 extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.viewcode"]
 source_suffix = {".md": "markdown"}
