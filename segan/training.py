@@ -747,13 +747,14 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
     started = time.perf_counter()
     _fit(trainer, module, (train_loader, val_loader), resume, last_checkpoint, aside, run_dir)
     wall = time.perf_counter() - started
+    semi_figures = _semi_figures(trainer)  # before validating again, which clears the fit's metrics
 
     best_path = Path(best_checkpoint.best_model_path or last_checkpoint.path)
     # Re-score the best checkpoint: its IoU and Dice come from one and the same pass.
     scores = trainer.validate(module, val_loader, ckpt_path=str(best_path), weights_only=True, verbose=False)[0]
     # ^ also the last row of metrics.csv, under best/iou and best/dice
     best = load_checkpoint(best_path)
-    result = _result(config, trainer, module, scores, best, run_dir, wall)
+    result = _result(config, trainer, module, scores, best, run_dir, wall, semi_figures)
     if trainer.is_global_zero:
         merge_metrics(run_dir)
         ema_chosen = scores.get("best/ema_chosen", 0.0) == 1.0
@@ -826,15 +827,20 @@ def _fit(trainer: L.Trainer, module: SeganModule, loaders: tuple, resume: bool, 
             shutil.rmtree(aside, ignore_errors=True)
 
 
+def _semi_figures(trainer: L.Trainer) -> dict[str, float]:
+    """The fit's last epoch's unlabelled figures (pseudo-label share and precision, losses)."""
+    figures = {name.removeprefix("semi/").removesuffix("_epoch"): round(float(value), 4)
+               for name, value in trainer.callback_metrics.items()
+               if name.startswith("semi/") and not name.endswith("_step")}
+    if figures and "train/d_loss" in trainer.callback_metrics:
+        figures["d_loss_labeled"] = round(float(trainer.callback_metrics["train/d_loss"]), 4)
+    return figures
+
+
 def _result(config: Config, trainer: L.Trainer, module: SeganModule, scores: dict, best: dict, run_dir: Path,
-            wall: float) -> TrainResult:
+            wall: float, semi_figures: dict[str, float]) -> TrainResult:
     """What the run did: the best checkpoint's re-scored figures, its counters and its last
     epoch's unlabelled figures."""
-    semi_figures = {name.removeprefix("semi/").removesuffix("_epoch"): round(float(value), 4)
-                    for name, value in trainer.callback_metrics.items()
-                    if name.startswith("semi/") and not name.endswith("_step")}
-    if semi_figures and "train/d_loss" in trainer.callback_metrics:
-        semi_figures["d_loss_labeled"] = round(float(trainer.callback_metrics["train/d_loss"]), 4)
     return TrainResult(
         run_dir=str(run_dir),
         best_val_iou=round(float(scores["best/iou"]), 4),
