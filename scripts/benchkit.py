@@ -102,7 +102,8 @@ def machine() -> str:
     """The machine class every recorded figure names: CPU model, cores, and its fastest float type
     (AMX, AVX-512 BF16, or AVX2 only), from /proc/cpuinfo."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "a CPU")
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 "a CPU")
     flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
     kind = ("with AMX" if "amx_bf16" in flags else "with AVX-512 BF16" if "avx512_bf16" in flags
             else "with AVX-512, no bf16" if "avx512f" in flags else "with AVX2 only, no bf16" if "avx2" in flags

@@ -342,7 +342,8 @@ def scale_rule(facts: Facts) -> list[Choice]:
                                               f"{widths[thinnest]:.1f} px wide at native resolution, {why}, so "
                                               "training takes native-resolution crops and validates whole images")]
     what = (f"the thinnest class, '{thinnest}', is about {widths[thinnest]:.0f} px wide and stays at least "
-            f"{THIN_PX} px wide down to {facts.smallest_size} px") if thinnest else "the masks have no foreground objects"
+            f"{THIN_PX} px wide down to {facts.smallest_size} px") if thinnest else \
+        "the masks have no foreground objects"
     return [Choice("data.resize", "resize", f"data.resize resize: {what}")]
 
 

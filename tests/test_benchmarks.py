@@ -31,6 +31,17 @@ def write_summary(run: Path, dice: float, iou: float, wall_time_s: float) -> Non
         {"best_val_dice": dice, "best_val_iou": iou, "wall_time_s": wall_time_s, "best_epoch": 3}))
 
 
+def finished_lever_run(run: Path, iou: float, class_iou: dict[str, float]) -> None:
+    """A bench_levers run folder as a finished one-hour run leaves it: summary and evaluation."""
+    write_summary(run, iou, iou, 3600.0)
+    summary = run / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "epochs": 30, "steps": 900}))
+    (run / "evaluation").mkdir()
+    (run / "evaluation" / "metrics.json").write_text(json.dumps({
+        "headline": {"iou": iou, "dice": iou + 0.1},
+        "per_class": {name: {"iou": value} for name, value in class_iou.items()}}))
+
+
 def test_bench_accuracy_reuses_finished_runs_and_pairs_seeds(tmp_path):
     data, out = tmp_path / "data", tmp_path / "out"
     (data / "isbi2012").mkdir(parents=True)
@@ -88,14 +99,7 @@ def test_bench_levers_combines_the_levers_that_beat_the_recipe(tmp_path):
     write(data / "camvid" / "testannot" / "0001TP_008550.png", np.zeros((8, 8)))
 
     def finished(row: str, seed: int, iou: float, pole: float) -> None:
-        run = out / "camvid" / f"{row}-seed{seed}"
-        write_summary(run, iou, iou, 3600.0)
-        summary = run / "summary.json"
-        summary.write_text(json.dumps({**json.loads(summary.read_text()), "epochs": 30, "steps": 900}))
-        (run / "evaluation").mkdir()
-        (run / "evaluation" / "metrics.json").write_text(json.dumps({
-            "headline": {"iou": iou, "dice": iou + 0.1},
-            "per_class": {"Sky": {"iou": 0.9}, "Pole": {"iou": pole}}}))
+        finished_lever_run(out / "camvid" / f"{row}-seed{seed}", iou, {"Sky": 0.9, "Pole": pole})
 
     for row, iou, pole in (("recipe", 0.69, 0.075), ("class-weights", 0.71, 0.20), ("ohem", 0.68, 0.10),
                            ("rare-class", 0.70, 0.15), ("scale", 0.69, 0.07)):
@@ -120,7 +124,8 @@ def test_bench_levers_combines_the_levers_that_beat_the_recipe(tmp_path):
     assert "| row | seed | levers | mean IoU | − recipe | Sky | Pole | epochs | wall time | test mean IoU |" in table
     assert "| best | 0 | class-weights rare-class | 0.7200 | +0.0300 | 0.900 | 0.250 | 30 | 3600 s | 0.6700 |" in table
     assert "| ohem | 0 | ohem | 0.6800 | -0.0100 | 0.900 | 0.100 | 30 | 3600 s |  |" in table
-    # A later session, whose weights/ lacks the lever rows, names the levers the archive (docs/benchmarks/archive.md) found.
+    # A later session, whose weights/ lacks the lever rows, names the levers the archive found
+    # (docs/benchmarks/archive.md).
     named = run_script("bench_levers.py", "--datasets", "camvid", "--rows", "best", "--best-levers", "ohem", "scale",
                        "--data", str(data), "--out", str(out))
     assert [run["levers"] for run in named["runs"]] == [["ohem", "scale"]] * 3
@@ -201,7 +206,8 @@ def test_bench_semi_publishes_one_docs_table_per_dataset(tmp_path, monkeypatch):
     assert {column["key"] for column in table["columns"]} == set(table["rows"][1])
     markdown = subprocess.run([sys.executable, str(SCRIPTS / "bench_semi.py"), "--out", str(out), "--markdown"],
                               capture_output=True, text=True, timeout=300).stdout
-    assert "| self-training | 0.7500 | 0.6200 | 0.6850 | +0.0500, +0.0200 | 0.50, 0.20 | 0.90 / 0.970 | 100 s |" in markdown
+    assert ("| self-training | 0.7500 | 0.6200 | 0.6850 | +0.0500, +0.0200 | 0.50, 0.20 | 0.90 / 0.970 | 100 s |"
+            in markdown)
 
 
 def test_bench_plan_reads_finished_runs_and_their_budgets(tmp_path):
@@ -275,13 +281,7 @@ def test_bench_levers_publishes_the_docs_tables(tmp_path, monkeypatch):
     monkeypatch.setenv("SEGAN_BENCH_RESULTS", str(results))
     classes = ("Sky", "Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist")
     for row, seed, iou in (("recipe", 0, 0.70), ("class-weights", 0, 0.68), ("best", 0, 0.72), ("best", 1, 0.74)):
-        run = out / "camvid" / f"{row}-seed{seed}"
-        write_summary(run, iou, iou, 3600.0)
-        summary = run / "summary.json"
-        summary.write_text(json.dumps({**json.loads(summary.read_text()), "epochs": 30, "steps": 900}))
-        (run / "evaluation").mkdir()
-        (run / "evaluation" / "metrics.json").write_text(json.dumps({
-            "headline": {"iou": iou, "dice": iou + 0.1}, "per_class": {name: {"iou": iou / 2} for name in classes}}))
+        finished_lever_run(out / "camvid" / f"{row}-seed{seed}", iou, {name: iou / 2 for name in classes})
 
     run_script("bench_levers.py", "--datasets", "camvid", "--rows", "recipe", "class-weights", "best", "--best-levers",
                "--final-seeds", "0", "1", "--data", str(data), "--out", str(out), "--publish")
@@ -418,7 +418,8 @@ def test_bench_train_prints_its_keys_and_the_flop_counts(tmp_path, monkeypatch):
     # --publish writes the docs' tables from the same figures.
     discriminator, precision = json.loads((tmp_path / "train.json").read_text())["tables"]
     assert discriminator["name"] == "discriminator" and precision["name"] == "precision"
-    assert [row["configuration"] for row in discriminator["rows"]] == ["plain (adv_weight 0)", "GAN, D base 16 (default)"]
+    assert [row["configuration"] for row in discriminator["rows"]] == ["plain (adv_weight 0)",
+                                                                        "GAN, D base 16 (default)"]
     assert discriminator["rows"][1]["ratio"] == result["gan_d16_ratio"]
     assert [row["configuration"] for row in precision["rows"]] == [
         "plain (adv_weight 0)", "GAN, D base 16 (default)", "GAN step / plain step"]
@@ -451,12 +452,14 @@ def test_bench_predict_tables_are_the_published_shape():
     work: its figures come from a run, its tables from these functions)."""
     sys.path.insert(0, str(SCRIPTS))
     import bench_predict
-    result = {"model": "untrained unet/resnet18", "images": 4, "image_size": 32, "forward_only_images_per_s": 50.0, "predict_folder_images_per_s": 40.0,
-              "throughput_ratio": 0.8, "peak_rss_mb_2": 500.0, "peak_rss_mb_4": 510.0, "memory_ratio": 1.02}
+    result = {"model": "untrained unet/resnet18", "images": 4, "image_size": 32, "forward_only_images_per_s": 50.0,
+              "predict_folder_images_per_s": 40.0, "throughput_ratio": 0.8, "peak_rss_mb_2": 500.0,
+              "peak_rss_mb_4": 510.0, "memory_ratio": 1.02}
     table = bench_predict.pipeline_table(result, (2, 4))
     assert table["name"] == "pipeline" and table["rows"] == [
-        {"model": "untrained unet/resnet18", "images": "4 of 32 px", "forward_only_images_per_s": 50.0, "predict_folder_images_per_s": 40.0,
-         "throughput_ratio": 0.8, "peak_rss_mb_2": 500.0, "peak_rss_mb_4": 510.0, "memory_ratio": 1.02}]
+        {"model": "untrained unet/resnet18", "images": "4 of 32 px", "forward_only_images_per_s": 50.0,
+         "predict_folder_images_per_s": 40.0, "throughput_ratio": 0.8, "peak_rss_mb_2": 500.0,
+         "peak_rss_mb_4": 510.0, "memory_ratio": 1.02}]
     assert [column["key"] for column in table["columns"]] == list(table["rows"][0])
     row = {"row": "openvino bf16", "images_per_s": 60.0, "ratio_to_v0.1": 4.0, "mask_agreement_with_v0.1": 0.999,
            "dice": 0.9, "dice_change": -0.001, "seconds": 3.0}

@@ -281,7 +281,8 @@ def _unknown_value_errors(entries: list[dict], stored: set, masks: int, encoding
     if indices:
         held = f"values 0-{values[-1]}"
     else:
-        held = "values " + ", ".join(map(str, (values + sorted(v for v in stored if isinstance(v, str)))[:MAX_VALUES_SHOWN]))
+        listed = values + sorted(value for value in stored if isinstance(value, str))  # numbers, then colours
+        held = "values " + ", ".join(map(str, listed[:MAX_VALUES_SHOWN]))
     diagnosis = (f"{share} {'holds' if len(failing) == masks else 'hold'} values the mask encoding cannot place "
                  f"({encoding.describe()}); the masks hold {held}")
     if indices:
