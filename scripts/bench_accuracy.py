@@ -132,7 +132,7 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
     if args.publish:
-        print(f"wrote {benchkit.publish('accuracy', [table(result)])}", file=sys.stderr)
+        benchkit.publish("accuracy", [table(result)])
 
 
 if __name__ == "__main__":

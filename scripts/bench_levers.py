@@ -28,8 +28,8 @@ trained or scored again once their metrics.json exists, so the benchmark continu
 stopped, across sessions. Prints one JSON line; writes OUT/results.json. `--markdown` trains
 nothing and prints the archive's tables from that file. `--publish` also writes the docs' tables
 (docs/benchmarks/levers.md) into docs/benchmarks/results/levers.json: DATASET-BUDGET for the
-lever rows, DATASET-best-BUDGET for row best's seeds with their mean and sd (with `--markdown`,
-from OUT/results.json, training nothing).
+lever rows, DATASET-best-BUDGET for row best's seeds with their mean and sd (with the runs, not
+with `--markdown`: it stamps today's machine and date).
 """
 
 from __future__ import annotations
@@ -247,11 +247,10 @@ def main() -> None:
     add_publish_argument(parser)
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out)
+    if args.markdown and args.publish:
+        parser.error("--publish stamps today's machine and date: give it with the runs, not with --markdown")
     if args.markdown:
-        result = json.loads((out / "results.json").read_text())
-        print(markdown(result))
-        if args.publish:
-            print(f"wrote {publish('levers', docs_tables(result))}", file=sys.stderr)
+        print(markdown(json.loads((out / "results.json").read_text())))
         return
     require_datasets(data, args.datasets)
     out.mkdir(parents=True, exist_ok=True)
@@ -265,7 +264,7 @@ def main() -> None:
                   "summary": summarise(runs), "runs": runs}
         (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     if args.publish:
-        print(f"wrote {publish('levers', docs_tables(result))}", file=sys.stderr)
+        publish("levers", docs_tables(result))
     print(json.dumps(result))
 
 

@@ -57,7 +57,7 @@ Runs go to OUT/DATASET/ROW (OUT/DATASET/ROW-seedS for `--seeds` other than 0, ea
 train --seed S`, on the same plan.yaml) and are not run again once their summary.json exists (give a
 new --out after a row's recipe changes, as ISBI 2012's `hand` did on 2026-12-06: native crops).
 Prints one JSON line; writes OUT/results.json. `--markdown` trains nothing and prints the table.
-`--publish` (after training, or with `--markdown`) also writes one table a dataset into
+`--publish` (with the runs, not with `--markdown`) also writes one table a dataset into
 docs/benchmarks/results/plan.json: each row's mean over its seeds, beside the plan of the same invocation.
 """
 
@@ -226,11 +226,10 @@ def main() -> None:
     benchkit.add_publish_argument(parser)
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out)
+    if args.markdown and args.publish:
+        parser.error("--publish stamps today's machine and date: give it with the runs, not with --markdown")
     if args.markdown:
-        result = json.loads((out / "results.json").read_text())
-        print(markdown(result))
-        if args.publish:
-            print(f"wrote {benchkit.publish('plan', tables(result))}", file=sys.stderr)
+        print(markdown(json.loads((out / "results.json").read_text())))
         return
     require_datasets(data, args.datasets)
     out.mkdir(parents=True, exist_ok=True)
@@ -241,7 +240,7 @@ def main() -> None:
     print(json.dumps({"benchmark": "plan", "runs": [{k: v for k, v in run.items() if k != "config"}
                                                     for run in runs]}))
     if args.publish:
-        print(f"wrote {benchkit.publish('plan', tables(result))}", file=sys.stderr)
+        benchkit.publish("plan", tables(result))
 
 
 if __name__ == "__main__":

@@ -203,7 +203,7 @@ def main() -> None:
             (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
     if args.publish:
-        print(f"wrote {benchkit.publish('semi', tables(result))}", file=sys.stderr)
+        benchkit.publish("semi", tables(result))
 
 
 if __name__ == "__main__":

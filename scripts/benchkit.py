@@ -103,7 +103,7 @@ def machine() -> str:
     (AMX, AVX-512 BF16, or AVX2 only), from /proc/cpuinfo."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                 "a CPU")
+                 "unknown CPU")
     flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
     kind = ("with AMX" if "amx_bf16" in flags else "with AVX-512 BF16" if "avx512_bf16" in flags
             else "with AVX-512, no bf16" if "avx512f" in flags else "with AVX2 only, no bf16" if "avx2" in flags
@@ -120,8 +120,10 @@ def publish(name: str, tables: Sequence[dict]) -> Path:
     path = RESULTS / f"{name}.json"
     result = json.loads(path.read_text()) if path.is_file() else {"title": name, "tables": [], "summary": []}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    stamp = {"command": "python " + " ".join([str(Path(sys.argv[0]).relative_to(ROOT))
-                                               if Path(sys.argv[0]).is_absolute() else sys.argv[0], *sys.argv[1:]]),
+    script = Path(sys.argv[0]).resolve()
+    script_name = str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else sys.argv[0]
+    arguments = [argument for argument in sys.argv[1:] if argument != "--publish"]  # the command that measures
+    stamp = {"command": " ".join(["python", script_name, *arguments]),
              "machine": machine(), "date": datetime.date.today().isoformat(), "commit": commit.stdout.strip()}
     fresh = {table["name"]: {"name": table["name"], **stamp, **{k: v for k, v in table.items() if k != "name"}}
              for table in tables}
@@ -129,10 +131,13 @@ def publish(name: str, tables: Sequence[dict]) -> Path:
     result["tables"] = kept + list(fresh.values())
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}", file=sys.stderr)
     return path
 
 
 def add_publish_argument(parser: argparse.ArgumentParser) -> None:
-    """--publish: write the tables into the result file the docs' benchmark pages are generated from."""
+    """--publish: write the tables into the result file the docs' benchmark pages are generated from,
+    stamped with today's machine and date: so only together with the runs it measured, never with
+    --markdown (tables of earlier runs)."""
     parser.add_argument("--publish", action="store_true",
                         help="also write the tables into docs/benchmarks/results/ (then: python scripts/docs.py)")

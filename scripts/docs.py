@@ -33,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-RESULTS = DOCS / "benchmarks" / "results"
+RESULTS = Path(os.environ.get("SEGAN_BENCH_RESULTS", DOCS / "benchmarks" / "results"))  # as benchkit's
 BLOCK = re.compile(r"(<!-- results: (?P<name>[\w./*-]+) -->\n)(?P<body>.*?)(<!-- end results -->)", re.S)
 HELP_WIDTH = "100"  # argparse wraps help to $COLUMNS: fixed, so the reference is the same everywhere
 
@@ -134,9 +134,27 @@ def fill_blocks(text: str, results: dict[str, dict]) -> str:
 # --- the CLI reference ------------------------------------------------------------------------------
 
 def cli_reference() -> str:
-    os.environ["COLUMNS"] = HELP_WIDTH
     from segan.cli import build_parser
     parser = build_parser()
+    with help_width():
+        return _cli_reference(parser)
+
+
+@contextlib.contextmanager
+def help_width():
+    """$COLUMNS at HELP_WIDTH while argparse formats help, as it was afterwards."""
+    before = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = HELP_WIDTH
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = before
+
+
+def _cli_reference(parser: argparse.ArgumentParser) -> str:
     parts = ["# Command line reference\n",
              "Generated from segan's argparse parser by `python scripts/docs.py`; every command's `--help`,",
              "as the command prints it. Relative paths given as flags are relative to the working directory;",
@@ -175,7 +193,7 @@ def config_reference() -> str:
 
 def section_reference(name: str, section: type) -> list[str]:
     documented = docstring_entries(section.__doc__ or "")
-    summary = (section.__doc__ or "").strip().splitlines()[0]
+    summary = (section.__doc__ or f"The {name} section.").strip().splitlines()[0]
     lines = [f"## `{name}`\n", summary + "\n", "| key | type | default | meaning |", "|---|---|---|---|"]
     from segan.config import _annotations, _describe
     hints = _annotations(section)

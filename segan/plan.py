@@ -268,48 +268,48 @@ class Facts:
         return {name: entry["object_width_px"]["median"] for name, entry in self.fingerprint["classes"].items()
                 if entry["object_width_px"]}
 
-    @property
+    @functools.cached_property
     def thinnest(self) -> str | None:
         return min(self.widths, key=self.widths.get) if self.widths else None
 
-    @property
+    @functools.cached_property
     def side(self) -> int:
         """The median short side: crops fit inside it."""
         return int(statistics.median(min(w, h) for w, h in self.split.fingerprint.sizes))
 
-    @property
+    @functools.cached_property
     def long_side(self) -> int:
         """The median long side: resizing shrinks it most."""
         return int(statistics.median(max(w, h) for w, h in self.split.fingerprint.sizes))
 
-    @property
+    @functools.cached_property
     def native(self) -> list[int]:
         """The sizes up to the images' own."""
         return [size for size in SIZES if size <= self.side] or [SIZES[0]]
 
-    @property
+    @functools.cached_property
     def smallest_size(self) -> int | None:
         """The smallest size at which the thinnest objects stay `THIN_PX` wide; None: none does."""
         thinnest = self.thinnest
         return next((size for size in self.native
                      if thinnest is None or self.widths[thinnest] * size / self.long_side >= THIN_PX), None)
 
-    @property
+    @functools.cached_property
     def crop(self) -> bool:
         return self.smallest_size is None
 
-    @property
+    @functools.cached_property
     def sizes(self) -> list[int]:
         """The sizes the budget may choose from: every native size for crops, else those that keep
         the thinnest objects wide enough."""
         return self.native if self.crop else [size for size in self.native if size >= self.smallest_size]
 
-    @property
+    @functools.cached_property
     def offline(self) -> bool:
         """Whether the planned encoder's offline ImageNet weights are installed."""
         return importlib.util.find_spec(OFFLINE_PACKAGES[PLANNED_ENCODER[3:]][0]) is not None
 
-    @property
+    @functools.cached_property
     def batch(self) -> int:
         """The base batch, less for a small split (an epoch keeps `MIN_STEPS_PER_EPOCH` steps)."""
         return min(self.base.train.batch_size, max(2, self.split.pairs // MIN_STEPS_PER_EPOCH))
@@ -413,9 +413,9 @@ class Budget:
     """The measured step and what the time budget holds: the times of a step, a validation and an
     epoch at each size. The budget rules narrow `batch` and `sizes` and choose `size`."""
 
-    def __init__(self, facts: Facts, config: Config, time_budget: str, measured: Probe, probe_size: int) -> None:
-        from .config import parse_duration
-        self.facts, self.config, self.time_budget = facts, config, time_budget
+    def __init__(self, facts: Facts, config: Config, time_budget: str, budget_s: float, measured: Probe,
+                 probe_size: int) -> None:
+        self.facts, self.time_budget = facts, time_budget
         self.measured, self.probe_size = measured, probe_size
         self.free = available_memory(training_device(config.train.accelerator))
         self.usable = 0.8 * self.free
@@ -423,7 +423,7 @@ class Budget:
         self.step_s = measured.step_s  # for `batch` images at `probe_size`
         self.sizes = facts.sizes
         self.size = self.sizes[0]
-        self.usable_s = (1 - MARGIN) * parse_duration(time_budget)
+        self.usable_s = (1 - MARGIN) * budget_s
         self.val_images = facts.validation.pairs if facts.validation is not None else 0
 
     @property
@@ -631,6 +631,8 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
     Raises:
         DatasetLayoutError: the dataset has problems `segan data check` reports as errors.
     """
+    from .config import parse_duration
+    budget_s = parse_duration(time_budget)  # a bad budget stops the plan before the data is read
     facts = read_facts(base)
     values: dict[str, dict] = {"data": dict(facts.detected)}
     reasons: list[str] = []
@@ -643,7 +645,7 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
     config = merge(base, values)
     probe_size = min(facts.sizes, key=lambda size: abs(size - 256))  # small sizes inflate the per-pixel time
     config.data.size = probe_size
-    budget = Budget(facts, config, time_budget, (timer or measure_step)(config), probe_size)
+    budget = Budget(facts, config, time_budget, budget_s, (timer or measure_step)(config), probe_size)
     for rule in BUDGET_RULES:
         for choice in rule(facts, budget):
             if choice.setting:
