@@ -611,12 +611,19 @@ def epoch_end_callbacks(config: Config, run_dir: Path) -> tuple[BestCheckpoint, 
             LastCheckpoint(run_dir / "checkpoints" / "last.ckpt", config.train.checkpoint_every_n_steps), pictures)
 
 
+def device_count(devices: int | str | list[int] | None) -> int | None:
+    """How many devices `train.devices` names: a count, a list of indices, or None for "auto"."""
+    if devices in ("auto", None):
+        return None
+    return len(devices) if isinstance(devices, list) else int(devices)
+
+
 def build_trainer(config: Config, run_dir: Path, callbacks: list[Callback], **trainer_args: Any) -> L.Trainer:
     """The run's Lightning trainer; `trainer_args` override its arguments (`segan.plan`'s probe)."""
     train = config.train
     strategy: Any = "auto"
     devices = train.devices
-    if devices not in ("auto", None) and int(devices) > 1:
+    if (device_count(devices) or 1) > 1:
         from lightning.pytorch.strategies import DDPStrategy
         # The D step leaves G's parameters unused and vice versa.
         strategy = DDPStrategy(find_unused_parameters=True)

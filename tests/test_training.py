@@ -17,7 +17,7 @@ from segmentation_models_pytorch.losses import DiceLoss
 from torch.utils.data import DataLoader
 
 import segan.training as training
-from segan.training import SeganModule, train
+from segan.training import SeganModule, device_count, train
 
 from conftest import tiny_config
 
@@ -207,6 +207,12 @@ def test_run_folder_and_exported_generator_reload_in_plain_smp(tmp_path, demo_ro
         "assert not any(m == 'segan' or m.startswith('segan.') for m in sys.modules)\n")
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
     torch.testing.assert_close(torch.load(tmp_path / "output.pt", weights_only=True), expected, rtol=0, atol=0)
+
+
+def test_device_count_reads_every_form_train_devices_takes():
+    """A count, a list of indices (which used to crash build_trainer) or auto: DDP from two on."""
+    assert [device_count(devices) for devices in (1, 2, "2", [0, 1], [3], "auto", None)] == [1, 2, 2, 2, 1, None,
+                                                                                          None]
 
 
 def test_two_process_cpu_ddp_run_completes(tmp_path, demo_root):
