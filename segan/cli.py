@@ -12,8 +12,8 @@ from typing import Any, Callable, Sequence
 
 from . import __version__
 from .config import (ADVERSARIAL_MODES, AUGMENT_PRESETS, BACKENDS, CLASS_WEIGHTINGS, EXPORT_FORMATS, IN_CHANNELS,
-                     INFERENCE_PRECISIONS, INPUT_GUARDS, LOSS_TERMS, PRECISIONS, RESIZE_MODES, SEMI_MODES, Config,
-                     ConfigError, check_setting, merge)
+                     INFERENCE_PRECISIONS, INPUT_GUARDS, LOSS_TERMS, PRECISIONS, RESIZE_MODES, SEMI_MODES,
+                     STRUCTURE_DEFAULT, STRUCTURE_FAMILIES, Config, ConfigError, check_setting, merge)
 
 log = logging.getLogger(__name__)
 
@@ -504,11 +504,26 @@ def _add_evaluate(subparsers) -> None:
     g.add_argument("--allow-unknown-values", action="store_true",
                    help="ground-truth values the mask rule cannot place are not scored (a warning names the files) "
                         "instead of an error; predictions must always hold classes")
+    g = p.add_argument_group("structure metrics (per image and foreground class; conventions: "
+                             "docs/reference/metrics.md)")
+    g.add_argument("--metrics", nargs="+", default=list(STRUCTURE_DEFAULT), choices=[*STRUCTURE_FAMILIES, "none"],
+                   help="families: distance (Hausdorff, HD95, ASSD), boundary (NSD, boundary F1, Boundary IoU), "
+                        "topology (clDice for binary tasks, Betti errors), regions (binary: adapted Rand error and "
+                        "variation of information of the regions the background forms, as for membranes); none")
+    g.add_argument("--tolerance", type=float, default=2.0, metavar="PX",
+                   help="NSD and boundary F1: boundary pixels within this many pixels agree")
     p.add_argument("--out", metavar="DIR", help="folder for metrics.json and per_image.csv; when not given, "
                                                 "RUN/evaluation/SPLIT for --model, else 'evaluation' beside the "
                                                 "prediction masks folder (PRED/evaluation for a segan predict output)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in the output folder")
     p.set_defaults(handler=_evaluate)
+
+
+def _families(chosen: Sequence[str]) -> list[str]:
+    """--metrics as structure families, in their own order; `none` alone turns them off."""
+    if "none" in chosen and len(chosen) > 1:
+        raise ValueError("--metrics none cannot be combined with a family; give none alone, or the families")
+    return [family for family in STRUCTURE_FAMILIES if family in chosen]
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -522,7 +537,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         result = evaluate_model(args.model, args.data, args.split, out, tta=args.tta, tta_scales=args.tta_scales,
                                 device=args.device,
                                 threshold=args.threshold, sweep_threshold_on_val=args.sweep_threshold,
-                                overwrite=args.overwrite, backend=args.backend, precision=args.precision)
+                                overwrite=args.overwrite, backend=args.backend, precision=args.precision,
+                                structure_families=_families(args.metrics), tolerance=args.tolerance)
         if result.threshold_sweep:
             sweep = result.threshold_sweep
             print(f"threshold {sweep['best_threshold']} chosen on val (Dice {sweep['best']['dice']:.4f}; "
@@ -545,7 +561,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         result = evaluate_folders(args.pred, args.gt, class_names=classes or ["background", "foreground"],
                                   ignore_index=None if args.ignore_index < 0 else args.ignore_index,
                                   roi_dir=args.roi, allow_missing=args.allow_missing, encoding=encoding,
-                                  allow_unknown_values=args.allow_unknown_values)
+                                  allow_unknown_values=args.allow_unknown_values,
+                                  structure_families=_families(args.metrics), tolerance=args.tolerance)
         out = out or result.pred_dir.parent / "evaluation"
         write_report(result, out, overwrite=args.overwrite)
     else:

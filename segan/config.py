@@ -44,6 +44,9 @@ SemiMode = Literal["none", "self-training", "adversarial", "adversarial+self-tra
 # Segmentation loss terms, by name (smp's losses; ce is torch's, for class weights and OHEM).
 LossTerm = Literal["dice", "ce", "focal", "lovasz", "tversky", "jaccard"]
 ClassWeighting = Literal["median-frequency", "inverse-sqrt"]
+# segan evaluate --metrics: the structure families (segan.metrics.structure.FAMILIES holds their figures)
+STRUCTURE_FAMILIES = ("distance", "boundary", "topology", "regions")
+STRUCTURE_DEFAULT = ("distance", "boundary", "topology")  # regions only on request: for membranes
 ADVERSARIAL_MODES: tuple[str, ...] = typing.get_args(AdversarialMode)
 INPUT_GUARDS: tuple[str, ...] = typing.get_args(InputGuard)
 AUGMENT_PRESETS: tuple[str, ...] = typing.get_args(AugmentPreset)

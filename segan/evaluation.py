@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from . import metrics
+from .metrics import structure
 from .data.encoding import MaskEncoding, MaskValueError, format_counts, read_mask, read_mask_with_unknown, read_roi
 from .data.io import IMAGE_SUFFIXES, ImageReadError
 from .text import name_list as _names
@@ -68,6 +69,8 @@ class EvaluationResult:
     missing_predictions: list[str] = field(default_factory=list)  # ground truth without prediction (allow_missing)
     roi_files: list[Path | None] = field(default_factory=list)
     encoding: MaskEncoding | None = None  # how the ground truth was decoded
+    # per image (in `names`' order): each foreground class's structure figures (segan.metrics.structure)
+    structure: list[dict] = field(default_factory=list)
 
     @property
     def binary(self) -> bool:
@@ -98,6 +101,9 @@ class EvaluationResult:
                 row[f"iou_{cls}"] = float(ious[i, c])
             for c, cls in enumerate(self.class_names):
                 row[f"dice_{cls}"] = float(dices[i, c])
+            for cls, figures in (self.structure[i] if self.structure else {}).items():
+                row.update({f"{figure}_{cls}": math.nan if value is None else float(value)
+                            for figure, value in figures.items()})
             row.update(prediction=str(self.pred_files[i]), ground_truth=str(self.gt_files[i]))
             rows.append(row)
         rows.sort(key=lambda r: (math.isnan(r["iou"]), r["iou"] if not math.isnan(r["iou"]) else 0.0, r["name"]))
@@ -147,7 +153,9 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, num_classes: int 
                      class_names: Sequence[str] | None = None, ignore_index: int | None = 255,
                      roi_dir: str | Path | None = None, allow_missing: bool = False,
                      only: Sequence[str] | None = None, encoding: MaskEncoding | None = None,
-                     allow_unknown_values: bool = False) -> EvaluationResult:
+                     allow_unknown_values: bool = False,
+                     structure_families: Sequence[str] = structure.DEFAULT_FAMILIES,
+                     tolerance: float = structure.DEFAULT_TOLERANCE) -> EvaluationResult:
     """Scores the predicted masks in `pred_dir` against the ground truth in `gt_dir`.
 
     Args:
@@ -226,17 +234,20 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, num_classes: int 
     if allow_unknown_values and not encoding.allow_unknown_values:
         encoding = dataclasses.replace(encoding, allow_unknown_values=True)
     items = [(name, preds[name], truths[name], roi_files.get(name)) for name in names]
-    return score_pairs(items, class_names, encoding, pred_dir=pred_dir, gt_dir=gt_dir, roi_dir=roi_dir,
-                       unmatched_predictions=unmatched, missing_predictions=missing if allow_missing else [])
+    return score_pairs(items, class_names, encoding, structure_families, tolerance, pred_dir=pred_dir, gt_dir=gt_dir,
+                       roi_dir=roi_dir, unmatched_predictions=unmatched,
+                       missing_predictions=missing if allow_missing else [])
 
 
 def score_pairs(items: Sequence[tuple[str, Path, Path, Path | None]], class_names: Sequence[str],
-                encoding: MaskEncoding, **where) -> EvaluationResult:
+                encoding: MaskEncoding, structure_families: Sequence[str] = structure.DEFAULT_FAMILIES,
+                tolerance: float = structure.DEFAULT_TOLERANCE, **where) -> EvaluationResult:
     """Scores (name, prediction, ground truth, region of interest or None) files.
 
     Predictions are segan's own encoding (binary 0/1 or 0/255 by `MaskEncoding`'s binary rule,
     class-index or palette PNGs); ground truth is decoded with `encoding`, the dataset's. `where`
-    fills the result's folder fields.
+    fills the result's folder fields. `structure_families` (`segan.metrics.structure.FAMILIES`) are
+    scored per image and foreground class too, NSD and boundary F1 within `tolerance` pixels.
 
     Raises:
         EvaluationError: listing every pair that cannot be scored (unplaceable values, unreadable
@@ -250,6 +261,7 @@ def score_pairs(items: Sequence[tuple[str, Path, Path, Path | None]], class_name
     confusions = torch.zeros(len(items), num_classes, num_classes, dtype=torch.long)
     problems: list[str] = []
     ignored: list[str] = []  # ground truth whose unplaceable values allow_unknown_values left out
+    structure_scores: list[dict] = []
     for i, (name, pred_path, gt_path, roi_path) in enumerate(items):
         truth = pred = None
         try:
@@ -284,6 +296,10 @@ def score_pairs(items: Sequence[tuple[str, Path, Path, Path | None]], class_name
             target[torch.from_numpy(~inside)] = -1  # confusion_matrix leaves out targets outside 0..C-1
         confusions[i] = metrics.confusion_matrix(torch.from_numpy(pred).long()[None], target[None],
                                                  num_classes, ignore_index)[0]
+        if structure_families:
+            valid = ((target >= 0) & (target < num_classes)).numpy()  # not ignored, inside the region of interest
+            structure_scores.append(structure.image_scores(pred, truth, valid, list(class_names), structure_families,
+                                                           tolerance))
     if problems:
         raise EvaluationError(f"{len(problems)} problem(s) in {len(items)} prediction/ground-truth pairs; nothing "
                               "was scored:\n" + "\n".join(f"  - {problem}" for problem in problems), problems)
@@ -291,13 +307,17 @@ def score_pairs(items: Sequence[tuple[str, Path, Path, Path | None]], class_name
         log.warning("%d ground-truth masks hold values the mask encoding cannot place; allow_unknown_values leaves "
                     "those pixels unscored: %s", len(ignored), "; ".join(ignored))
     binary = num_classes == 2
+    report = metrics.report(confusions, list(class_names), binary=binary)
+    if structure_families:
+        report["structure"] = {"families": list(structure_families), "tolerance_px": tolerance,
+                               "per_class": structure.summarise(structure_scores)}
     return EvaluationResult(
         names=[item[0] for item in items], pred_files=[item[1] for item in items],
         gt_files=[item[2] for item in items], roi_files=[item[3] for item in items], encoding=encoding,
         confusions=confusions, class_names=list(class_names),
         # binary masks follow the binary rule, so they have no ignore value unless remapped or allowed unknowns
         ignore_index=ignore_index if not binary or encoding.value_map or encoding.allow_unknown_values else None,
-        report=metrics.report(confusions, list(class_names), binary=binary), **where)
+        report=report, structure=structure_scores, **where)
 
 
 def _prediction_problem(path: Path, error: MaskValueError, num_classes: int) -> str:
@@ -376,6 +396,7 @@ def format_table(result: EvaluationResult, worst: int = 5) -> str:
                  f"(per image: IoU {_fmt(head['iou_per_image'])}  Dice {_fmt(head['dice_per_image'])})")
     lines.append("IoU/Dice/Prec/Recall pool every pixel of the split per class; IoU/img, Dice/img are means over "
                  "images; '-' = undefined (class absent from truth and prediction), left out of the means")
+    lines += _structure_lines(report.get("structure"))
     rows = [r for r in result.per_image() if not math.isnan(r["iou"])][:worst]
     if rows and len(result.names) > 1:
         lines.append("worst images by IoU: " + ", ".join(f"{r['name']} ({r['iou']:.3f})" for r in rows))
@@ -388,12 +409,34 @@ def format_table(result: EvaluationResult, worst: int = 5) -> str:
     return "\n".join(lines)
 
 
+COMPACT_STRUCTURE = (("hd95", "HD95 px"), ("assd", "ASSD px"), ("nsd", "NSD"), ("boundary_iou", "BIoU"),
+                     ("cldice", "clDice"), ("betti0_error", "b0 err"), ("betti1_error", "b1 err"),
+                     ("rand_error", "Rand err"), ("vi", "VI"))
+
+
+def _structure_lines(report: dict | None) -> list[str]:
+    """The structure figures' means per foreground class, a compact subset (metrics.json has them all)."""
+    if not report or not report["per_class"]:
+        return []
+    figures = [(key, label) for key, label in COMPACT_STRUCTURE
+               if key in next(iter(report["per_class"].values()))]
+    width = max(len("class"), *(len(name) for name in report["per_class"])) + 2
+    lines = ["", f"structure, mean over images where defined (NSD within {report['tolerance_px']:g} px; distances in "
+                 "pixels, the image diagonal where a class is in one mask only):",
+             "class".ljust(width) + "".join(label.rjust(10) for _, label in figures)]
+    for name, entry in report["per_class"].items():
+        lines.append(name.ljust(width) + "".join(_fmt(entry[key]["mean"]).rjust(10) for key, _ in figures))
+    return lines
+
+
 def evaluate_model(run: str | Path, data_root: str | Path | None = None, split: str = "val",
                    out: str | Path | None = None, tta: bool = False, device: str = "auto", batch_size: int = 8,
                    num_workers: int = 2, progress: bool = True, threshold: float = 0.5,
                    save_probs: bool = False, overwrite: bool = False,
                    sweep_threshold_on_val: bool = False, backend: str = "torch",
-                   precision: str = "auto", observe=None, tta_scales: Sequence[float] = (1.0,)) -> EvaluationResult:
+                   precision: str = "auto", observe=None, tta_scales: Sequence[float] = (1.0,),
+                   structure_families: Sequence[str] = structure.DEFAULT_FAMILIES,
+                   tolerance: float = structure.DEFAULT_TOLERANCE) -> EvaluationResult:
     """Segments a dataset split with a trained run and scores it.
 
     Runs exactly `segan predict` (same code: scale, padding or tiling, TTA, written PNG masks) into
@@ -448,7 +491,7 @@ def evaluate_model(run: str | Path, data_root: str | Path | None = None, split: 
     items = [(rel[pair.image].with_suffix("").as_posix(), predictions / "masks" / rel[pair.image].with_suffix(".png"),
               pair.mask, pair.roi) for pair in pairs]
     roi_dirs = {str(pair.roi.parent) for pair in pairs if pair.roi is not None}
-    result = score_pairs(items, config.data.classes, MaskEncoding.from_config(data),
+    result = score_pairs(items, config.data.classes, MaskEncoding.from_config(data), structure_families, tolerance,
                          pred_dir=predictions / "masks", gt_dir=pairs[0].mask.parent,
                          roi_dir=Path(roi_dirs.pop()) if len(roi_dirs) == 1 else None)
     result.threshold_sweep = sweep

@@ -414,3 +414,51 @@ def test_multiclass_scoring_on_real_camvid_with_void_ignored(tmp_path):
             assert got is None or np.isnan(got), name
     assert report["scored_pixels"] == int(kept.sum())
     assert report["headline"]["iou"] == pytest.approx(expected[present].mean(), abs=1e-6)
+
+
+def squares(folder, shifts, size=40):
+    """One binary mask per shift: a 16-pixel square moved `shift` pixels right (0/255 PNGs)."""
+    for i, shift in enumerate(shifts):
+        mask = np.zeros((size, size), np.uint8)
+        if shift is not None:
+            mask[10:26, 10 + shift:26 + shift] = 255
+        write(folder / f"{i}.png", mask)
+    return folder
+
+
+def test_structure_figures_per_image_and_their_summary(tmp_path, capsys):
+    """Three images: the square shifted by 1 and by 3 pixels, and one whose prediction misses it: the
+    Hausdorff distances are 1, 3 and the diagonal, and the summary says one was one-sided."""
+    truth, pred = squares(tmp_path / "gt", [0, 0, 0]), squares(tmp_path / "pred", [1, 3, None])
+    result = evaluate_folders(pred, truth)
+    summary = result.report["structure"]["per_class"]["foreground"]
+    diagonal = math.hypot(40, 40)
+    assert summary["hd"] == {"mean": (1 + 3 + diagonal) / 3, "median": 3.0, "defined": 3, "one_sided": 1}
+    assert summary["cldice"]["defined"] == 3 and summary["nsd"]["median"] > 0
+    rows = {row["name"]: row for row in result.per_image()}
+    assert (rows["0"]["hd_foreground"], rows["1"]["hd_foreground"], rows["2"]["hd_foreground"]) == (1, 3, diagonal)
+    assert (rows["0"]["one_sided_foreground"], rows["2"]["one_sided_foreground"]) == (0.0, 1.0)
+    assert "structure, mean over images where defined (NSD within 2 px" in format_table(result)
+
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(truth), "--out", str(tmp_path / "e"),
+                 "--metrics", "none"]) == 0
+    report = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert "structure" not in report and "structure," not in capsys.readouterr().out
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(truth), "--metrics", "none", "distance"]) == 2
+    assert "--metrics none cannot be combined" in capsys.readouterr().err
+
+
+def test_multiclass_structure_skips_the_background_and_clDice():
+    from segan.metrics import structure
+    truth = np.zeros((30, 30), np.uint8)
+    truth[5:15, 5:15], truth[18:25, 18:25] = 1, 2
+    scores = structure.image_scores(truth, truth, None, ["bg", "a", "b"], structure.FAMILIES)
+    assert list(scores) == ["a", "b"] and all("cldice" not in figures and "vi" not in figures
+                                              for figures in scores.values())
+    assert scores["a"]["hd95"] == 0.0 and scores["b"]["betti0_error"] == 0.0
+
+
+def test_the_cli_families_are_the_structure_modules():
+    from segan.config import STRUCTURE_DEFAULT, STRUCTURE_FAMILIES
+    from segan.metrics import structure
+    assert tuple(structure.FAMILIES) == STRUCTURE_FAMILIES and structure.DEFAULT_FAMILIES == STRUCTURE_DEFAULT
