@@ -30,7 +30,7 @@ from segan.config import STRUCTURE_DEFAULT, STRUCTURE_FAMILIES, Config  # noqa: 
 from segan.data import MaskEncoding  # noqa: E402
 from segan.evaluation import evaluate_folders  # noqa: E402
 
-ROWS = {"overlap only (--metrics none)": (), "default families": STRUCTURE_DEFAULT, "every family": STRUCTURE_FAMILIES}
+ROWS = {"overlap only (`--metrics none`)": (), "default families": STRUCTURE_DEFAULT, "every family": STRUCTURE_FAMILIES}
 
 
 def shifted_predictions(truth_dir: Path, out: Path, ignore_index: int) -> int:
@@ -66,7 +66,7 @@ def main() -> None:
                 evaluate_folders(Path(tmp) / "pred", truth_dir, class_names=data.classes, encoding=encoding,
                                  structure_families=families)
                 best[row] = min(best[row], time.perf_counter() - started)
-    base = best["overlap only (--metrics none)"]
+    base = best["overlap only (`--metrics none`)"]
     rows = [{"row": row, "seconds": round(seconds, 2), "per_image_ms": round(1000 * seconds / images, 1),
              "vs_overlap": round(seconds / base, 2)} for row, seconds in best.items()]
     print(json.dumps({"benchmark": "metrics", "images": images, "size": "480x360", "rounds": args.rounds,
