@@ -234,9 +234,10 @@ def plan_rules() -> str:
     then the budget rules after the step is timed."""
     from segan import plan
     lines = []
-    for title, rules in (("Read from the data and the base config", plan.DATA_RULES),
-                         ("From the step timed on this machine and the time budget", plan.BUDGET_RULES)):
-        lines += [f"**{title}** (`segan.plan.{'DATA_RULES' if rules is plan.DATA_RULES else 'BUDGET_RULES'}`):\n",
+    for title, name in (("Read from the data and the base config", "DATA_RULES"),
+                        ("From the step timed on this machine and the time budget", "BUDGET_RULES")):
+        rules = getattr(plan, name)
+        lines += [f"**{title}** (`segan.plan.{name}`):\n",
                   "| rule | what it decides |", "|---|---|"]
         for rule in rules:
             doc = " ".join((rule.__doc__ or "").split())

@@ -285,13 +285,13 @@ def _unknown_value_errors(entries: list[dict], stored: set, masks: int, encoding
         held = "values " + ", ".join(map(str, listed[:MAX_VALUES_SHOWN]))
     diagnosis = (f"{share} {'holds' if len(failing) == masks else 'hold'} values the mask encoding cannot place "
                  f"({encoding.describe()}); the masks hold {held}")
+    remedy = BINARY_REMEDY if encoding.kind == "binary" and not encoding.value_map else INDEX_REMEDY
     if indices:
         diagnosis += (f": multi-class? give --classes with one name per value ({len(values)} names, background "
-                      "first), or --config with the dataset's recipe (e.g. datasets/camvid/config.yaml). Otherwise: ")
+                      "first), or --config with the dataset's recipe (e.g. datasets/camvid/config.yaml). Otherwise: "
+                      + remedy[0].lower() + remedy[1:])
     else:
-        diagnosis += ". "
-    remedy = BINARY_REMEDY if encoding.kind == "binary" and not encoding.value_map else INDEX_REMEDY
-    diagnosis += remedy[0].lower() + remedy[1:] if diagnosis.endswith(": ") else remedy
+        diagnosis += ". " + remedy
     groups: dict[tuple, list[dict]] = {}
     for entry in failing:
         groups.setdefault(tuple(sorted(entry["values"], key=lambda v: (isinstance(v, str), str(v).zfill(12)))),

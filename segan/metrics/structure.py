@@ -40,8 +40,6 @@ FAMILIES = {
     "topology": ("cldice", "betti0_error", "betti1_error"),
     "regions": ("rand_error", "vi"),
 }
-# Lower is better for these; the rest are scores in [0, 1], higher better.
-ERRORS = frozenset({"hd", "hd95", "assd", "betti0_error", "betti1_error", "rand_error", "vi"})
 DEFAULT_TOLERANCE = 2.0  # pixels, for NSD and boundary F1
 BOUNDARY_IOU_RATIO = 0.02  # of the image diagonal: Cheng et al.'s d for COCO
 
