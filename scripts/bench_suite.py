@@ -5,7 +5,7 @@
 
 The figure is the wall time of one `python -m pytest -q` in this checkout's environment (the
 install that `bash scripts/test.sh` does first is not counted), with pytest's own count of passed
-and skipped tests and its slowest tests. One table per machine kind (AMX, AVX-512 BF16, AVX2 only),
+and skipped tests and its slowest tests. One table per machine kind (benchkit.CPU_KINDS),
 so that each kind keeps its own latest figure. Run it with nothing else heavy on the machine.
 """
 
@@ -19,9 +19,6 @@ import sys
 import time
 
 import benchkit
-
-KINDS = {"with AMX": "amx", "with AVX-512 BF16": "avx512-bf16", "with AVX-512, no bf16": "avx512",
-         "with AVX2 only": "avx2", "without AVX2": "sse"}
 
 
 def main() -> None:
@@ -44,8 +41,7 @@ def main() -> None:
     if done.returncode != 0:
         raise SystemExit(f"the suite failed; nothing recorded:\n{done.stdout[-3000:]}")
     if args.publish:
-        machine = result["machine"]
-        kind = next(slug for words, slug in KINDS.items() if words in machine)
+        _, (_, _, kind) = benchkit.cpu_info()
         rows = [{"what": "whole suite", "seconds": result["seconds"],
                  "tests": f"{result['passed']} passed, {result['skipped']} skipped"}]
         rows += [{"what": f"slowest: {item['test']}", "seconds": item["seconds"], "tests": ""}

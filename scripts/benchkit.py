@@ -98,17 +98,26 @@ def mean_std(values: Sequence[float]) -> dict:
 RESULTS = Path(os.environ.get("SEGAN_BENCH_RESULTS", ROOT / "docs" / "benchmarks" / "results"))
 
 
-def machine() -> str:
-    """The machine class every recorded figure names: CPU model, cores, and its fastest float type
-    (AMX, AVX-512 BF16, or AVX2 only), from /proc/cpuinfo."""
+# The machine classes figures are recorded per, fastest first: (CPU flag, words, short name).
+CPU_KINDS = [("amx_bf16", "with AMX", "amx"), ("avx512_bf16", "with AVX-512 BF16", "avx512-bf16"),
+             ("avx512f", "with AVX-512, no bf16", "avx512"), ("avx2", "with AVX2 only, no bf16", "avx2"),
+             ("", "without AVX2", "sse")]
+
+
+def cpu_info() -> tuple[str, tuple[str, str, str]]:
+    """This CPU's model name and its kind (an entry of CPU_KINDS), from /proc/cpuinfo."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
                  "unknown CPU")
     flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    kind = ("with AMX" if "amx_bf16" in flags else "with AVX-512 BF16" if "avx512_bf16" in flags
-            else "with AVX-512, no bf16" if "avx512f" in flags else "with AVX2 only, no bf16" if "avx2" in flags
-            else "without AVX2")
-    return f"{os.cpu_count()} cores of an {model} {kind}"
+    return model, next(kind for kind in CPU_KINDS if not kind[0] or kind[0] in flags)
+
+
+def machine() -> str:
+    """The machine class every recorded figure names: cores, CPU model, and its fastest float type
+    (AMX, AVX-512 BF16, or AVX2 only)."""
+    model, (_, words, _) = cpu_info()
+    return f"{os.cpu_count()} cores of an {model} {words}"
 
 
 def publish(name: str, tables: Sequence[dict]) -> Path:
