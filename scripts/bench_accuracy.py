@@ -2,7 +2,7 @@
 """Accuracy with and without the adversarial term, on the three real datasets, over seeds.
 
     python scripts/bench_accuracy.py [--datasets isbi2012 kvasir-seg camvid] [--seeds 0 1 2]
-                                     [--configs gan plain] [--protocol cpu|gpu] [--out DIR]
+                                     [--one-seed camvid] [--configs gan plain] [--protocol cpu|gpu] [--out DIR]
 
 Each run is `segan train` with the dataset's recipe (datasets/NAME/config.yaml) and the
 protocol's size, epochs and batch; `gan` is the default configuration, `plain` the same with
@@ -10,13 +10,18 @@ protocol's size, epochs and batch; `gan` is the default configuration, `plain` t
 every seed (`split_seed` 0); Kvasir-SEG trains on train/ and scores validation/; CamVid trains on
 train/ and scores val/ (mIoU over its 11 classes, void ignored). Scores are the best checkpoint's
 validation figures as `summary.json` reports them (foreground class for binary tasks, the mean
-over classes for CamVid).
+over classes for CamVid). Each run's best checkpoint is then scored again at native resolution by
+`segan evaluate --model RUN` with the structure metrics (ISBI 2012 also with the regions family:
+adapted Rand error and variation of information of the cells the membranes delimit), and every
+configuration is paired with `plain` per image: the difference averaged over the seeds both ran,
+then its mean over images with a 95% bootstrap interval (`segan.report.bootstrap_interval`).
 
 Runs are written to OUT/NAME/CONFIG-seedS; a run whose summary.json exists is not run again, so
 an interrupted benchmark continues where it stopped. Prints one JSON line with mean and standard
 deviation per dataset and configuration, and writes it to OUT/results.json. `--publish` also writes
-the table into docs/benchmarks/results/accuracy.json: table PROTOCOL for `gan` and `plain`,
-PROTOCOL-configs when other configurations run.
+the tables into docs/benchmarks/results/accuracy.json: table PROTOCOL for `gan` and `plain`,
+PROTOCOL-configs when other configurations run, and PROTOCOL-structure (or PROTOCOL-configs-structure)
+with the paired differences at native resolution.
 
 CPU protocol: each run takes about 10 minutes on 2 cores. GPU protocol: full resolution.
 """
@@ -24,13 +29,18 @@ CPU protocol: each run takes about 10 minutes on 2 cores. GPU protocol: full res
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import platform
 import sys
 from pathlib import Path
 
+import numpy as np
+
 import benchkit
 from benchkit import ROOT, add_common_arguments, mean_std, require_datasets, segan
+from segan.metrics import structure
+from segan.report import bootstrap_interval, verdict
 
 # dataset -> protocol -> train flags
 PROTOCOLS = {
@@ -60,6 +70,70 @@ def run_one(dataset: str, config: str, seed: int, protocol: str, data: Path, out
     return {"dataset": dataset, "config": config, "seed": seed, "dice": result["best_val_dice"],
             "iou": result["best_val_iou"], "wall_time_s": result["wall_time_s"], "best_epoch": result["best_epoch"],
             "d_steps_skipped": result.get("d_steps_skipped", 0)}
+
+
+# Structure families scored at native resolution, per dataset: membranes delimit cells, so ISBI 2012
+# gets the challenge's own region scores too.
+FAMILIES = {"isbi2012": ["distance", "boundary", "topology", "regions"]}
+
+
+def score_native(dataset: str, run: Path, protocol: str) -> dict[str, dict[str, float | None]]:
+    """image -> figure -> value, from `segan evaluate --model RUN` at native resolution (done once:
+    RUN/native holds it): Dice and IoU of the image (evaluate's headline per image) and each
+    structure figure (`structure.headline`: the foreground's, or the mean over classes)."""
+    scored = run / "native"
+    if not (scored / "per_image.csv").is_file():
+        segan("evaluate", "--model", str(run), "--split", "val", "--out", str(scored), "--overwrite",
+              "--metrics", *FAMILIES.get(dataset, list(structure.DEFAULT_FAMILIES)), "--no-progress",
+              *(["--device", "cpu"] if protocol == "cpu" else []), label=f"  scored {run.name} at native size")
+    classes = list(json.loads((scored / "metrics.json").read_text())["per_class"])
+    images = {}
+    with (scored / "per_image.csv").open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            figures = {cls: {f: float(row[f"{f}_{cls}"]) if row.get(f"{f}_{cls}") else None for f in structure.LABELS}
+                       for cls in classes}  # the background has no structure columns: all None
+            images[row["name"]] = {"dice": float(row["dice"]) if row["dice"] else None,
+                                   "iou": float(row["iou"]) if row["iou"] else None,
+                                   **{f: structure.headline(figures, f) for f in structure.LABELS}}
+    return images
+
+
+def paired_rows(dataset: str, config: str, scores: dict[int, dict[str, dict]],
+                plain: dict[int, dict[str, dict]]) -> list[dict]:
+    """Per figure: CONFIG minus plain per image, averaged over the seeds where both define it, then
+    the mean over images with its 95% bootstrap interval."""
+    rows = []
+    for figure in ["dice", "iou", *structure.LABELS]:
+        per_image: dict[str, list[float]] = {}
+        values: dict[str, list[float]] = {"config": [], "plain": []}
+        for seed, images in scores.items():
+            for name, image in images.items():
+                a, b = plain[seed][name].get(figure), image.get(figure)
+                if a is not None and b is not None:
+                    per_image.setdefault(name, []).append(b - a)
+                    values["config"].append(b)
+                    values["plain"].append(a)
+        if not per_image:
+            continue  # a figure this dataset does not have
+        differences = np.array([np.mean(d) for d in per_image.values()])
+        interval = bootstrap_interval(differences)
+        lower = figure in structure.LOWER_IS_BETTER
+        rows.append({"dataset": dataset, "config": config,
+                     "figure": structure.LABELS.get(figure, {"dice": "Dice", "iou": "IoU"}.get(figure)),
+                     "images": len(differences), "seeds": len(scores), "plain": float(np.mean(values["plain"])),
+                     "mean": float(np.mean(values["config"])), "difference": float(differences.mean()),
+                     "low": interval[0], "high": interval[1], "verdict": verdict(interval, lower)})
+    return rows
+
+
+STRUCTURE_COLUMNS = [{"key": "dataset", "label": "dataset"}, {"key": "config", "label": "config"},
+                     {"key": "figure", "label": "figure (per image)"}, {"key": "images", "label": "images"},
+                     {"key": "seeds", "label": "seeds"}, {"key": "plain", "label": "plain", "format": "{:.4f}"},
+                     {"key": "mean", "label": "config", "format": "{:.4f}"},
+                     {"key": "difference", "label": "config − plain", "format": "{:+.4f}"},
+                     {"key": "low", "label": "95% interval from", "format": "{:+.4f}"},
+                     {"key": "high", "label": "to", "format": "{:+.4f}"},
+                     {"key": "verdict", "label": "config is"}]
 
 
 # The columns of the result file's tables (docs/benchmarks/results/accuracy.json).
@@ -107,14 +181,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, PROTOCOLS, "bench-accuracy", markdown=False)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--one-seed", nargs="+", default=[], metavar="DATASET",
+                        help="datasets that run the first seed only (CamVid's runs are the longest)")
     parser.add_argument("--configs", nargs="+", default=["gan", "plain"], choices=list(CONFIGS))
     parser.add_argument("--protocol", default="cpu", choices=("cpu", "gpu"))
     benchkit.add_publish_argument(parser)
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out) / args.protocol
     require_datasets(data, args.datasets)
+    seeds = {dataset: args.seeds[:1] if dataset in args.one_seed else args.seeds for dataset in args.datasets}
     runs = [run_one(dataset, config, seed, args.protocol, data, out)
-            for dataset in args.datasets for seed in args.seeds for config in args.configs]
+            for dataset in args.datasets for seed in seeds[dataset] for config in args.configs]
+    native = {(dataset, config): {seed: score_native(dataset, out / dataset / f"{config}-seed{seed}", args.protocol)
+                                  for seed in seeds[dataset]} for dataset in args.datasets for config in args.configs}
+    structure_rows = [row for dataset in args.datasets for config in args.configs if config != "plain"
+                      and "plain" in args.configs
+                      for row in paired_rows(dataset, config, native[dataset, config], native[dataset, "plain"])]
     summary = {}
     for dataset in args.datasets:
         for config in args.configs:
@@ -127,12 +209,14 @@ def main() -> None:
                 summary[f"{dataset}/{config}-minus-plain"] = {
                     key: mean_std([r[key] - plain[r["seed"]][key] for r in chosen]) for key in ("dice", "iou")}
     result = {"benchmark": "accuracy", "protocol": args.protocol, "machine": platform.machine(),
-              "seeds": args.seeds, "summary": summary, "runs": runs}
+              "seeds": seeds, "summary": summary, "runs": runs, "native_paired": structure_rows}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
     if args.publish:
-        benchkit.publish("accuracy", [table(result)])
+        main_table = table(result)
+        benchkit.publish("accuracy", [main_table, {"name": f"{main_table['name']}-structure",
+                                                   "columns": STRUCTURE_COLUMNS, "rows": structure_rows}])
 
 
 if __name__ == "__main__":

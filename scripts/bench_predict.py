@@ -28,10 +28,12 @@ docs/benchmarks/results/predict.json, the source of docs/benchmarks/predict.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -125,7 +127,23 @@ class NchwNetwork:
 # (row name, backend, precision); the first is the baseline
 BACKEND_ROWS = [("v0.1 torch fp32 NCHW", "v0.1", "fp32"), ("torch fp32", "torch", "fp32"),
                 ("torch bf16", "torch", "bf16"), ("onnxruntime fp32", "onnxruntime", "fp32"),
-                ("openvino fp32", "openvino", "fp32"), ("openvino bf16", "openvino", "bf16")]
+                ("openvino fp32", "openvino", "fp32"), ("openvino bf16", "openvino", "bf16"),
+                ("openvino int8", "openvino-int8", "fp32")]
+
+
+def int8_copy(run: Path, data_root: str | None, folder: Path) -> Path:
+    """A copy of `run` (its config and generator) whose export is the int8 OpenVINO model, so the
+    float export of `run` stays as it is; calibrated and checked on the run's data (or `data_root`)."""
+    from segan.export import export_run
+    copy = folder / run.name
+    (copy / "generator").mkdir(parents=True)
+    shutil.copy(run / "config.yaml", copy / "config.yaml")
+    for file in (run / "generator").iterdir():
+        (copy / "generator" / file.name).symlink_to(file.resolve())
+    with contextlib.redirect_stdout(sys.stderr):
+        settings = export_run(copy, "openvino", int8=True, data_root=data_root)
+    print(f"int8 export: {json.dumps(settings['int8'])}", file=sys.stderr)
+    return copy
 
 
 def backend_rows(args: argparse.Namespace) -> dict:
@@ -137,8 +155,12 @@ def backend_rows(args: argparse.Namespace) -> dict:
     if not (run / "export" / "openvino" / "model.xml").is_file():
         export_run(run, "openvino")
     predictors = {}
+    int8_folder = tempfile.TemporaryDirectory()
     for name, backend, precision in BACKEND_ROWS:
-        if backend == "v0.1":
+        if backend == "openvino-int8":
+            predictors[name] = Predictor.from_pretrained(int8_copy(run, args.data, Path(int8_folder.name)),
+                                                         device=args.device, backend="openvino", precision=precision)
+        elif backend == "v0.1":
             torch_predictor = Predictor.from_pretrained(run, device=args.device, precision="fp32")
             predictors[name] = Predictor(NchwNetwork(torch_predictor.network.model, torch_predictor.device),
                                          torch_predictor.config, torch_predictor.device)
@@ -172,8 +194,11 @@ def backend_rows(args: argparse.Namespace) -> dict:
                          "ratio_to_v0.1": round(min(times[baseline]) / min(times[name]), 3),
                          "mask_agreement_with_v0.1": round(float(agreement), 5),
                          "dice": round(result.report["headline"]["dice"], 4)})
+        openvino_fp32 = min(times["openvino fp32"])
         for row in rows:
             row["dice_change"] = round(row["dice"] - rows[0]["dice"], 4)
+            row["ratio_to_openvino_fp32"] = round(openvino_fp32 / min(times[row["row"]]), 3)
+    int8_folder.cleanup()
     return {"benchmark": "predict_backends", "model": str(run), "images": len(images),
             "image_size": config.data.size, "resize": config.data.resize, "batch_size": args.batch_size,
             "num_workers": args.num_workers, "rounds": args.rounds, "device": args.device,
@@ -198,6 +223,7 @@ def pipeline_table(result: dict, memory_counts: tuple[int, int]) -> dict:
 BACKEND_COLUMNS = [{"key": "row", "label": "backend, precision"},
                    {"key": "images_per_s", "label": "images/s", "format": "{:.1f}"},
                    {"key": "ratio_to_v0.1", "label": "vs v0.1", "format": "{:.2f}x"},
+                   {"key": "ratio_to_openvino_fp32", "label": "vs openvino fp32", "format": "{:.2f}x"},
                    {"key": "mask_agreement_with_v0.1", "label": "mask agreement with v0.1", "format": "{:.4f}"},
                    {"key": "dice", "label": "validation Dice", "format": "{:.4f}"},
                    {"key": "dice_change", "label": "Dice change", "format": "{:+.4f}"}]

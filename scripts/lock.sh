@@ -10,7 +10,7 @@ venv=$(mktemp -d)/venv
 python3 -m venv "$venv"
 printf '%s\n' "$torch_pins" > "$venv/torch-pins.txt"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
-"$venv/bin/python" -m pip install --quiet -c "$venv/torch-pins.txt" -e ".[dev,offline-weights,onnx,openvino,docs]"
+"$venv/bin/python" -m pip install --quiet -c "$venv/torch-pins.txt" -e ".[dev,offline-weights,onnx,openvino,int8,docs]"
 {
   echo "# The lock: every runtime and dev dependency at the exact version CI passed with."
   echo "# Used by scripts/setup.sh (pip install -c constraints.txt). Refresh with: bash scripts/lock.sh"

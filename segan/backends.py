@@ -8,8 +8,8 @@ arithmetic of the network itself.
 
 - torch: the run's generator, in NHWC layout, under bf16 autocast when `precision` is bf16.
 - onnxruntime: `RUN/export/model.onnx` (`segan export RUN --format onnx`), float32.
-- openvino: `RUN/export/openvino/model.xml` (`segan export RUN --format openvino`), float32 or
-  bf16 (OpenVINO's `INFERENCE_PRECISION_HINT`).
+- openvino: `RUN/export/openvino/model.xml` (`segan export RUN --format openvino`, int8 with
+  `--int8`), its float layers in float32 or bf16 (OpenVINO's `INFERENCE_PRECISION_HINT`).
 """
 
 from __future__ import annotations
@@ -94,13 +94,15 @@ class OnnxRuntimeNetwork:
 
 
 class OpenVinoNetwork:
-    """An exported OpenVINO model on the CPU, in float32 or bf16."""
+    """An exported OpenVINO model on the CPU, its float layers in float32 or bf16 (int8 layers of a
+    quantised model stay int8). `model`: the model file, an `openvino.Model`, or one compiled already."""
 
-    def __init__(self, path: Path, stride: int, precision: str = "fp32", device: torch.device | None = None) -> None:
+    def __init__(self, model, stride: int, precision: str = "fp32", device: torch.device | None = None) -> None:
         import openvino
-        core = openvino.Core()
-        self.model = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16"
-                                                           else "f32"})
+        if not isinstance(model, openvino.CompiledModel):
+            model = openvino.Core().compile_model(str(model) if isinstance(model, Path) else model, "CPU",
+                                                  {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"})
+        self.model = model
         self.stride = stride
         self.precision = precision
 

@@ -12,8 +12,9 @@ from typing import Any, Callable, Sequence
 
 from . import __version__
 from .config import (ADVERSARIAL_MODES, AUGMENT_PRESETS, BACKENDS, CLASS_WEIGHTINGS, EXPORT_FORMATS, IN_CHANNELS,
-                     INFERENCE_PRECISIONS, INPUT_GUARDS, LOSS_TERMS, PRECISIONS, RESIZE_MODES, SEMI_MODES,
-                     STRUCTURE_DEFAULT, STRUCTURE_FAMILIES, Config, ConfigError, check_setting, merge)
+                     INFERENCE_PRECISIONS, INPUT_GUARDS, INT8_CALIBRATION_IMAGES, INT8_MAX_DROP, LOSS_TERMS, PRECISIONS,
+                     RESIZE_MODES, SEMI_MODES, STRUCTURE_DEFAULT, STRUCTURE_FAMILIES, STRUCTURE_TOLERANCE, Config,
+                     ConfigError, check_setting, merge)
 
 log = logging.getLogger(__name__)
 
@@ -504,19 +505,23 @@ def _add_evaluate(subparsers) -> None:
     g.add_argument("--allow-unknown-values", action="store_true",
                    help="ground-truth values the mask rule cannot place are not scored (a warning names the files) "
                         "instead of an error; predictions must always hold classes")
+    _add_structure_flags(p)
+    p.add_argument("--out", metavar="DIR", help="folder for metrics.json and per_image.csv; when not given, "
+                                                "RUN/evaluation/SPLIT for --model, else 'evaluation' beside the "
+                                                "prediction masks folder (PRED/evaluation for a segan predict output)")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results in the output folder")
+    p.set_defaults(handler=_evaluate)
+
+
+def _add_structure_flags(p) -> None:
     g = p.add_argument_group("structure metrics (per image and foreground class; conventions: "
                              "docs/reference/metrics.md)")
     g.add_argument("--metrics", nargs="+", default=list(STRUCTURE_DEFAULT), choices=[*STRUCTURE_FAMILIES, "none"],
                    help="families: distance (Hausdorff, HD95, ASSD), boundary (NSD, boundary F1, Boundary IoU), "
                         "topology (clDice for binary tasks, Betti errors), regions (binary: adapted Rand error and "
                         "variation of information of the regions the background forms, as for membranes); none")
-    g.add_argument("--tolerance", type=float, default=2.0, metavar="PX",
+    g.add_argument("--tolerance", type=float, default=STRUCTURE_TOLERANCE, metavar="PX",
                    help="NSD and boundary F1: boundary pixels within this many pixels agree")
-    p.add_argument("--out", metavar="DIR", help="folder for metrics.json and per_image.csv; when not given, "
-                                                "RUN/evaluation/SPLIT for --model, else 'evaluation' beside the "
-                                                "prediction masks folder (PRED/evaluation for a segan predict output)")
-    p.add_argument("--overwrite", action="store_true", help="replace earlier results in the output folder")
-    p.set_defaults(handler=_evaluate)
 
 
 def _families(chosen: Sequence[str]) -> list[str]:
@@ -588,12 +593,23 @@ def _add_export(subparsers) -> None:
     p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS, help="what to write")
     p.add_argument("--image", help="image to check the export on (default: the run's first validation image)")
     p.add_argument("--threshold", type=float, default=0.5, help="binary threshold recorded in predict.json")
+    g = p.add_argument_group("int8 (OpenVINO; needs segan[int8])")
+    g.add_argument("--int8", action="store_true",
+                   help="quantise the OpenVINO model to int8 with NNCF, calibrated on training images and checked on "
+                        "the validation split; falls back to accuracy-controlled quantisation when it loses more "
+                        "than --max-drop")
+    g.add_argument("--calibration-images", type=int, default=INT8_CALIBRATION_IMAGES, metavar="N",
+                   help="training images NNCF calibrates on")
+    g.add_argument("--max-drop", type=float, default=INT8_MAX_DROP,
+                   help="largest loss of validation Dice (binary) or mIoU accepted from plain quantisation")
+    g.add_argument("--data", metavar="DIR", help="dataset folder (default: the run's own)")
     p.set_defaults(handler=_export)
 
 
 def _export(args: argparse.Namespace) -> int:
     from .export import export_run
-    settings = export_run(args.run, args.format, image=args.image, threshold=args.threshold)
+    settings = export_run(args.run, args.format, image=args.image, threshold=args.threshold, int8=args.int8,
+                          data_root=args.data, calibration_images=args.calibration_images, max_drop=args.max_drop)
     out = Path(args.run) / "export"
     for name, rel in settings["files"].items():
         print(f"written {out / rel}")
@@ -601,6 +617,11 @@ def _export(args: argparse.Namespace) -> int:
     for name, difference in check["max_abs_logit_difference"].items():
         print(f"{name}: largest logit difference from the torch generator {difference:.2e} on {check['image']} "
               f"(tolerance {check['tolerance']})")
+    if "int8" in settings:
+        int8 = settings["int8"]["check"]
+        print(f"int8 ({settings['int8']['method']}, {settings['int8']['calibration']['images']} calibration images): "
+              f"{int8['score']} {int8['int8']:.4f} against float32's {int8['float32']:.4f} on {int8['images']} "
+              f"validation images; {int8['pixel_agreement']:.4f} of pixels agree")
     from .backends import EXPORTS
     backend = next(name for name, (format_name, _) in EXPORTS.items() if format_name == args.format)
     print(f"predictor settings in {out / 'predict.json'}; segment with: segan predict --model {args.run} "
@@ -617,8 +638,9 @@ def _add_report(subparsers) -> None:
                     "versions and hardware, training curves, per-class scores and confusion matrix (multi-class), "
                     "a reliability diagram, the worst and best images with error maps, and every image's scores "
                     "(the per_image.csv of segan evaluate --model, also written there). Several runs: scores each "
-                    "on the same split and compares them image by image against the first (paired Dice "
-                    "differences with a bootstrap interval, and the images where they differ most).")
+                    "on the same split and compares them image by image against the first (paired differences "
+                    "of Dice and of each structure metric with a bootstrap interval, and the images where they "
+                    "differ most).")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s) written by segan train")
     _add_split_flags(p)
     p.add_argument("--out", metavar="DIR", help="report folder (default RUN/report, or FIRST_RUN/report/compare-... "
@@ -626,6 +648,7 @@ def _add_report(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier report in the output folder")
     _add_segmentation_flags(p)
     _add_throughput_flags(p)
+    _add_structure_flags(p)
     p.set_defaults(handler=_report)
 
 
@@ -634,7 +657,8 @@ def _report(args: argparse.Namespace) -> int:
     predict = dict(tta=args.tta, tta_scales=args.tta_scales, device=args.device, threshold=args.threshold,
                    backend=args.backend,
                    precision=args.precision, batch_size=args.batch_size, num_workers=args.num_workers,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, structure_families=_families(args.metrics),
+                   tolerance=args.tolerance)
     if len(args.runs) == 1:
         page = report_run(args.runs[0], args.data, args.split, args.out, args.overwrite, **predict)
     else:

@@ -47,6 +47,9 @@ ClassWeighting = Literal["median-frequency", "inverse-sqrt"]
 # segan evaluate --metrics: the structure families (segan.metrics.structure.FAMILIES holds their figures)
 STRUCTURE_FAMILIES = ("distance", "boundary", "topology", "regions")
 STRUCTURE_DEFAULT = ("distance", "boundary", "topology")  # regions only on request: for membranes
+STRUCTURE_TOLERANCE = 2.0  # pixels: NSD and boundary F1 count boundary pixels this close as agreeing
+INT8_CALIBRATION_IMAGES = 300  # training images NNCF calibrates an int8 export on (NNCF's default subset)
+INT8_MAX_DROP = 0.005  # validation Dice (binary) or mIoU an int8 export may lose before the accuracy-controlled fallback
 ADVERSARIAL_MODES: tuple[str, ...] = typing.get_args(AdversarialMode)
 INPUT_GUARDS: tuple[str, ...] = typing.get_args(InputGuard)
 AUGMENT_PRESETS: tuple[str, ...] = typing.get_args(AugmentPreset)

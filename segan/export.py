@@ -4,7 +4,8 @@ Writes into `RUN/export/`:
 - `model.onnx`: input `image` (float32, N x C x H x W, N, H and W dynamic: H and W multiples of
   `pad_multiple`), output `logits` (float32, N x K x H x W);
 - `openvino/model.xml` + `.bin` (`--format openvino`), converted from that ONNX file with float32
-  weights (OpenVINO picks bf16 at run time through its precision hint, not in the file);
+  weights (OpenVINO picks bf16 at run time through its precision hint, not in the file), or with
+  `--int8` the model NNCF quantised from it (`segan.quantize`);
 - `predict.json`: normalisation, size policy, pad multiple, threshold, classes, palette, the
   output activation, and the self-check below.
 
@@ -15,6 +16,7 @@ printed and recorded; above `TOLERANCE` the export is refused and nothing is lef
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import quantize
 from .atomic import atomic_write
 from .backends import EXPORT_DIR, ONNX_FILE, OPENVINO_FILE, OnnxRuntimeNetwork, OpenVinoNetwork, require_package
 from .config import EXPORT_FORMATS, Config
@@ -103,7 +106,9 @@ def _write_openvino(onnx_path: Path, xml_path: Path) -> None:
         staged.replace(xml_path)
 
 
-def export_run(run: str | Path, format: str = "onnx", image: str | Path | None = None, threshold: float = 0.5) -> dict:
+def export_run(run: str | Path, format: str = "onnx", image: str | Path | None = None, threshold: float = 0.5,
+               int8: bool = False, data_root: str | Path | None = None,
+               calibration_images: int = quantize.CALIBRATION_IMAGES, max_drop: float = quantize.MAX_DROP) -> dict:
     """Exports `run`'s generator (see the module docstring) and checks it.
 
     Args:
@@ -111,6 +116,10 @@ def export_run(run: str | Path, format: str = "onnx", image: str | Path | None =
         format: onnx or openvino (openvino writes the ONNX file too, as its source).
         image: the image to check the export on; default the run's first validation image.
         threshold: the binary threshold predict.json records (the one predict uses by default).
+        int8: openvino only: quantise the OpenVINO model to int8 (`segan.quantize`), calibrated on
+            `calibration_images` training images and checked on the validation split, where it may
+            lose at most `max_drop` of Dice (binary) or mIoU.
+        data_root: the dataset folder, where it is not the run's own (`data.root`).
 
     Returns:
         predict.json's content, with the files written and the check's figures.
@@ -118,13 +127,19 @@ def export_run(run: str | Path, format: str = "onnx", image: str | Path | None =
     from .inference import Predictor
     if format not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
+    if int8 and format != "openvino":
+        raise ExportError("--int8 quantises the OpenVINO model: give --format openvino --int8")
     require_package("onnxruntime")  # the ONNX file is checked in ONNX Runtime, whatever the format
     if format == "openvino":
         require_package("openvino")
+    if int8:
+        quantize.require_nncf()
     run = Path(run)
     predictor = Predictor.from_pretrained(run, device="cpu", precision="fp32")
     model = predictor.network.model.to(memory_format=torch.contiguous_format).eval()
     config, stride = predictor.config, pad_multiple(model)
+    if data_root is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(data_root)))
     out = run / EXPORT_DIR
     onnx_path = out / ONNX_FILE
     _write_onnx(model, config.data.in_channels, stride, onnx_path)
@@ -152,6 +167,12 @@ def export_run(run: str | Path, format: str = "onnx", image: str | Path | None =
                 **predict_settings(config, stride, threshold),
                 "check": {"image": source, "input_shape": list(batch.shape),
                           "max_abs_logit_difference": differences, "tolerance": TOLERANCE},
-                "torch": torch.__version__, "opset": OPSET}
+                "precision": "int8" if int8 else "float32", "torch": torch.__version__, "opset": OPSET}
+    if int8:  # the float model passed its check: quantise it, in place of the float one
+        with tempfile.TemporaryDirectory(dir=out) as staging:
+            staged = Path(staging) / xml_path.name
+            settings["int8"] = quantize.quantize_export(config, xml_path, staged, stride, calibration_images, max_drop)
+            staged.with_suffix(".bin").replace(xml_path.with_suffix(".bin"))
+            staged.replace(xml_path)
     atomic_write(out / "predict.json", (json.dumps(settings, indent=2) + "\n").encode())
     return settings

@@ -37,6 +37,7 @@ from .config import Config
 from .data.encoding import MaskEncoding, read_mask, read_roi
 from .data.io import read_image
 from .evaluation import EvaluationResult, evaluate_model
+from .metrics import structure
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +280,7 @@ def compare_runs(runs: Sequence[str | Path], data_root: str | Path | None = None
             "worse": int((differences < 0).sum()), "equal": int((differences == 0).sum()),
             "mean_dice": {base.label: float(np.mean([a for a, _ in paired.values()])),
                           other.label: float(np.mean([b for _, b in paired.values()]))},
-            "figure": figure_file, "pictures": pictures,
+            "figure": figure_file, "pictures": pictures, "structure": compare_structure(base.result, other.result),
             "differences": {name: b - a for name, (a, b) in paired.items()}})
     (out / "index.html").write_text(_compare_page(scored, comparisons, split))
     (out / "report.json").write_text(json.dumps(metrics.json_safe({
@@ -301,6 +302,49 @@ def paired_dice(base: list[dict[str, str]], other: list[dict[str, str]]) -> dict
     """name -> (Dice of base, Dice of other) for the images both score with a defined Dice."""
     first = {row["name"]: float(row["dice"]) for row in _defined(base)}
     return {row["name"]: (first[row["name"]], float(row["dice"])) for row in _defined(other) if row["name"] in first}
+
+
+def paired_structure(base: EvaluationResult, other: EvaluationResult, figure: str) -> dict[str, tuple[float, float]]:
+    """name -> (base's, other's) `figure` of the image (`structure.headline`), for the images where
+    both define it."""
+    first = {name: structure.headline(image, figure) for name, image in zip(base.names, base.structure)}
+    pairs = {}
+    for name, image in zip(other.names, other.structure):
+        a, b = first.get(name), structure.headline(image, figure)
+        if a is not None and b is not None:
+            pairs[name] = (a, b)
+    return pairs
+
+
+def verdict(interval: tuple[float, float], lower_is_better: bool = False) -> str:
+    """"better" or "worse" where the 95% interval of the difference leaves out 0, else "not distinguishable"."""
+    low, high = (-interval[1], -interval[0]) if lower_is_better else interval
+    return "better" if low > 0 else "worse" if high < 0 else "not distinguishable"
+
+
+def compare_structure(base: EvaluationResult, other: EvaluationResult) -> list[dict]:
+    """Per structure figure both evaluations hold: the per-image difference (other minus base) over
+    the images where both define it, its mean with the 95% bootstrap interval, and the verdict on the
+    figure's good side (errors and distances: lower is better)."""
+    if not base.structure or not other.structure:
+        return []
+    held = [set(next(iter(result.report["structure"]["per_class"].values()))) for result in (base, other)]
+    rows = []
+    for figure in (name for name in structure.LABELS if name in held[0] & held[1]):
+        paired = paired_structure(base, other, figure)
+        if not paired:
+            continue
+        differences = np.array([b - a for a, b in paired.values()])
+        interval = bootstrap_interval(differences)
+        lower = figure in structure.LOWER_IS_BETTER
+        rows.append({"figure": figure, "label": structure.LABELS[figure], "lower_is_better": lower,
+                     "images": len(differences), "mean_base": float(np.mean([a for a, _ in paired.values()])),
+                     "mean_other": float(np.mean([b for _, b in paired.values()])),
+                     "mean_difference": float(differences.mean()), "interval_95": list(interval),
+                     "better": int(((differences < 0) if lower else (differences > 0)).sum()),
+                     "worse": int(((differences > 0) if lower else (differences < 0)).sum()),
+                     "verdict": verdict(interval, lower)})
+    return rows
 
 
 def bootstrap_interval(differences: np.ndarray, samples: int = BOOTSTRAP_SAMPLES,
@@ -412,6 +456,25 @@ def _image_table(rows: list[dict[str, str]], pictures: dict[str, str]) -> str:
             + "</tbody></table>")
 
 
+def _structure_table(report: dict | None) -> list[str]:
+    """Each foreground class's structure figures: mean and median over the images where defined."""
+    if not report or not report["per_class"]:
+        return []
+    lines = ["<h3>Structure</h3>",
+             f'<p class="muted">Per image and foreground class, then the mean and median over the images where the '
+             f"class is in the truth or the prediction. Distances in pixels; a class in one mask only gets the image "
+             f"diagonal (counted under one-sided). NSD and boundary F1 within {report['tolerance_px']:g} px. "
+             "Conventions: docs/reference/metrics.md.</p>",
+             '<table class="sortable"><thead><tr><th>class</th><th>figure</th><th>mean</th><th>median</th>'
+             "<th>images</th><th>one-sided</th></tr></thead><tbody>"]
+    for name, figures in report["per_class"].items():
+        for figure, entry in figures.items():
+            lines.append(f"<tr><td>{_e(name)}</td><td>{_e(structure.LABELS[figure])}</td>"
+                         f'<td class="num">{_number(entry["mean"])}</td><td class="num">{_number(entry["median"])}</td>'
+                         f'<td class="num">{entry["defined"]}</td><td class="num">{entry["one_sided"]}</td></tr>')
+    return lines + ["</tbody></table>"]
+
+
 def _run_page(scored: Scored, summary: dict, figures: dict[str, str], pictures: dict[str, str], split: str) -> str:
     result, config = scored.result, scored.config
     head = result.report["headline"]
@@ -467,6 +530,7 @@ def _run_page(scored: Scored, summary: dict, figures: dict[str, str], pictures: 
                 + "</tbody></table>")
     if "classes" in figures:
         body += [_figure(figures["classes"], "IoU per class"), _figure(figures["confusion"], "confusion matrix")]
+    body += _structure_table(result.report.get("structure"))
     reliability = scored.reliability
     body.append("<h2>Calibration</h2>")
     body.append(f"<p>Expected calibration error <b>{reliability['ece']:.4f}</b> over {reliability['pixels']} "
@@ -491,6 +555,24 @@ def _run_page(scored: Scored, summary: dict, figures: dict[str, str], pictures: 
     return _page(f"segan report: {scored.label}", body)
 
 
+def _structure_comparison_table(rows: list[dict], base: str, other: str) -> list[str]:
+    if not rows:
+        return []
+    head = "".join(f"<th>{_e(column)}</th>" for column in (
+        "figure", "images", base, other, f"{other} minus {base}", "95% interval", "images better / worse", "verdict"))
+    body = "".join(
+        f"<tr><td>{_e(r['label'])}{' (lower is better)' if r['lower_is_better'] else ''}</td>"
+        f"<td class=\"num\">{r['images']}</td><td class=\"num\">{r['mean_base']:.4f}</td>"
+        f"<td class=\"num\">{r['mean_other']:.4f}</td><td class=\"num\">{r['mean_difference']:+.4f}</td>"
+        f"<td class=\"num\">[{r['interval_95'][0]:+.4f}, {r['interval_95'][1]:+.4f}]</td>"
+        f"<td class=\"num\">{r['better']} / {r['worse']}</td><td>{_e(r['verdict'])}</td></tr>" for r in rows)
+    return ["<h3>Structure</h3>",
+            '<p class="muted">Per image: the figure of the foreground class (multi-class: the mean over the classes '
+            "where it is defined), paired over the images where both runs define it; the interval resamples those "
+            "images. Conventions: docs/reference/metrics.md.</p>",
+            f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>']
+
+
 def _compare_page(scored: list[Scored], comparisons: list[dict], split: str) -> str:
     base = scored[0]
     body = [f"<h1>segan comparison on {_e(split)}</h1>",
@@ -511,16 +593,16 @@ def _compare_page(scored: list[Scored], comparisons: list[dict], split: str) -> 
     body.append("</tbody></table>")
     for c in comparisons:
         low, high = c["interval_95"]
-        verdict = ("better" if low > 0 else "worse" if high < 0 else "not distinguishable from the first run")
         body += [f"<h2>{_e(c['run'])} against {_e(base.label)}</h2>",
                  f"<p class=\"headline\">Per-image Dice difference ({_e(c['run'])} minus {_e(base.label)}), "
                  f"{c['images']} images: mean <b>{c['mean_difference']:+.4f}</b>, 95% bootstrap interval "
-                 f"[{low:+.4f}, {high:+.4f}]: {verdict}. Better on {c['better']} images, worse on {c['worse']}, "
+                 f"[{low:+.4f}, {high:+.4f}]: {verdict((low, high))}. Better on {c['better']} images, worse on {c['worse']}, "
                  f"equal on {c['equal']}.</p>",
                  f'<p class="muted">Mean per-image Dice over these images: {_e(base.label)} '
                  f"{c['mean_dice'][base.label]:.4f}, {_e(c['run'])} {c['mean_dice'][c['run']]:.4f}. The interval "
                  f"resamples the images {BOOTSTRAP_SAMPLES} times.</p>",
                  _figure(c["figure"], "histogram of per-image differences"),
+                 *_structure_comparison_table(c["structure"], base.label, c["run"]),
                  "<h3>Where they differ most</h3><div class=\"gallery\">"]
         body += [f'<img src="{quote(path)}" alt="{_e(name)}" loading="lazy">' for name, path in c["pictures"].items()]
         body.append("</div>")

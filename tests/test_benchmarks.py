@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from conftest import SHARED_DATA, shared_dataset, write
+from segan.report import bootstrap_interval
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -29,6 +30,16 @@ def write_summary(run: Path, dice: float, iou: float, wall_time_s: float) -> Non
     run.mkdir(parents=True)
     run.joinpath("summary.json").write_text(json.dumps(
         {"best_val_dice": dice, "best_val_iou": iou, "wall_time_s": wall_time_s, "best_epoch": 3}))
+
+
+def write_native(run: Path, images: dict[str, tuple[float, float, float]]) -> None:
+    """What `segan evaluate --model RUN --out RUN/native` leaves for bench_accuracy: image -> (Dice,
+    HD95, clDice) of the foreground; the other structure figures undefined."""
+    (run / "native").mkdir(parents=True)
+    (run / "native" / "metrics.json").write_text(json.dumps({"per_class": {"background": {}, "foreground": {}}}))
+    lines = ["name,iou,dice,hd95_foreground,cldice_foreground,nsd_foreground"]
+    lines += [f"{name},{dice - 0.1},{dice},{hd95},{cldice}," for name, (dice, hd95, cldice) in images.items()]
+    (run / "native" / "per_image.csv").write_text("\n".join(lines) + "\n")
 
 
 def finished_lever_run(run: Path, iou: float, class_iou: dict[str, float]) -> None:
@@ -50,6 +61,10 @@ def test_bench_accuracy_reuses_finished_runs_and_pairs_seeds(tmp_path):
     write_summary(runs / "gan-seed1", 0.78, 0.64, 310)
     write_summary(runs / "plain-seed0", 0.79, 0.65, 270)
     write_summary(runs / "plain-seed1", 0.78, 0.62, 280)
+    write_native(runs / "gan-seed0", {"a": (0.8, 2, 0.6), "b": (0.7, 4, 0.5)})
+    write_native(runs / "gan-seed1", {"a": (0.8, 1, 0.7), "b": (0.7, 6, 0.4)})
+    write_native(runs / "plain-seed0", {"a": (0.8, 3, 0.5), "b": (0.7, 4, 0.4)})
+    write_native(runs / "plain-seed1", {"a": (0.8, 3, 0.6), "b": (0.7, 5, 0.3)})
 
     result = run_script("bench_accuracy.py", "--datasets", "isbi2012", "--seeds", "0", "1",
                         "--data", str(data), "--out", str(out))
@@ -62,6 +77,17 @@ def test_bench_accuracy_reuses_finished_runs_and_pairs_seeds(tmp_path):
     assert summary["isbi2012/gan-minus-plain"]["iou"]["mean"] == pytest.approx(0.015)
     assert len(result["runs"]) == 4
     assert json.loads((out / "cpu" / "results.json").read_text()) == result
+    # At native size, per image: gan minus plain averaged over the two seeds, then over images.
+    paired = {row["figure"]: row for row in result["native_paired"]}
+    assert list(paired) == ["Dice", "IoU", "HD95 (px)", "clDice"]  # NSD is undefined everywhere
+    hd95 = paired["HD95 (px)"]  # a: -1 and -2, b: 0 and +1
+    assert (hd95["images"], hd95["seeds"], hd95["plain"], hd95["mean"]) == (2, 2, 3.75, 3.25)
+    assert hd95["difference"] == pytest.approx(-0.5)
+    assert [hd95["low"], hd95["high"]] == list(bootstrap_interval(np.array([-1.5, 0.5])))
+    assert hd95["verdict"] == "not distinguishable"
+    cldice = paired["clDice"]  # +0.1 on every image and seed
+    assert cldice["difference"] == pytest.approx(0.1) and cldice["verdict"] == "better"
+    assert paired["Dice"]["difference"] == 0 and paired["Dice"]["verdict"] == "not distinguishable"
 
 
 def test_bench_accuracy_refuses_missing_data(tmp_path):
@@ -169,10 +195,15 @@ def test_bench_accuracy_publishes_the_docs_table(tmp_path, monkeypatch):
     write_summary(runs / "plain-seed0", 0.79, 0.65, 270)
     write_summary(runs / "plain-seed1", 0.78, 0.62, 280)
 
+    for run in ("gan-seed0", "gan-seed1", "plain-seed0", "plain-seed1"):
+        write_native(runs / run, {"a": (0.8, 2, 0.6)})
     run_script("bench_accuracy.py", "--datasets", "isbi2012", "--seeds", "0", "1", "--data", str(data),
                "--out", str(out), "--publish")
 
-    [table] = json.loads((results / "accuracy.json").read_text())["tables"]
+    table, paired = json.loads((results / "accuracy.json").read_text())["tables"]
+    assert paired["name"] == "cpu-structure" and [row["figure"] for row in paired["rows"]] == [
+        "Dice", "IoU", "HD95 (px)", "clDice"]
+    assert {column["key"] for column in paired["columns"]} == set(paired["rows"][0])
     assert table["name"] == "cpu" and table["command"].startswith("python scripts/bench_accuracy.py --datasets")
     gan, plain = table["rows"]
     assert (gan["dataset"], gan["config"], gan["dice"], gan["best_epochs"]) == ("isbi2012", "gan", 0.79, "3 / 3")
@@ -462,8 +493,8 @@ def test_bench_predict_tables_are_the_published_shape():
          "predict_folder_images_per_s": 40.0, "throughput_ratio": 0.8, "peak_rss_mb_2": 500.0,
          "peak_rss_mb_4": 510.0, "memory_ratio": 1.02}]
     assert [column["key"] for column in table["columns"]] == list(table["rows"][0])
-    row = {"row": "openvino bf16", "images_per_s": 60.0, "ratio_to_v0.1": 4.0, "mask_agreement_with_v0.1": 0.999,
-           "dice": 0.9, "dice_change": -0.001, "seconds": 3.0}
+    row = {"row": "openvino bf16", "images_per_s": 60.0, "ratio_to_v0.1": 4.0, "ratio_to_openvino_fp32": 1.5,
+           "mask_agreement_with_v0.1": 0.999, "dice": 0.9, "dice_change": -0.001, "seconds": 3.0}
     backends = bench_predict.backends_table({"rows": [row]})
     assert backends["name"] == "backends"
     assert backends["rows"] == [{key: value for key, value in row.items() if key != "seconds"}]
@@ -479,3 +510,31 @@ def test_bench_data_publishes_its_tables(tmp_path, monkeypatch):
     assert encodings["rows"][4] == {key: value for key, value in result["encodings"][4].items() if key != "masks"}
     assert encodings["rows"][4]["encoding"] == "RGB colour table, 11 colours + a void colour"
     assert sample["rows"][0]["ms"] == result["kvasir_sample_192px_ms"]
+
+
+def test_bench_metrics_times_scoring_and_a_whole_evaluate_with_and_without_structure(tmp_path, monkeypatch):
+    from conftest import make_run
+    from segan.config import Config, merge
+
+    camvid = yaml.safe_load((SCRIPTS.parent / "datasets" / "camvid" / "config.yaml").read_text())["data"]
+    rng = np.random.default_rng(0)
+    for split, name in (("val", "a"), ("val", "b"), ("val", "c"), ("train", "d")):
+        write(tmp_path / "data" / "camvid" / split / f"{name}.png", rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+        write(tmp_path / "data" / "camvid" / f"{split}annot" / f"{name}.png", rng.integers(0, 12, (48, 64), dtype=np.uint8))
+    run = make_run(tmp_path / "run", classes=camvid["classes"], resize="resize", size=64)
+    merge(Config.load(run / "config.yaml"), {"data": {key: camvid[key] for key in (
+        "train_split", "val_split", "image_dir", "mask_dir", "ignore_index")}}).save(run / "config.yaml")
+    monkeypatch.setenv("SEGAN_BENCH_RESULTS", str(tmp_path / "results"))
+
+    result = run_script("bench_metrics.py", "--data", str(tmp_path / "data"), "--rounds", "1", "--model", str(run),
+                        "--publish")
+
+    assert result["images"] == 3
+    assert [row["row"] for row in result["rows"]] == ["overlap only (`--metrics none`)", "default families",
+                                                      "every family"]
+    assert [row["row"] for row in result["model_rows"]] == ["segan evaluate --model, `--metrics none`",
+                                                            "segan evaluate --model, default families"]
+    assert result["rows"][0]["vs_overlap"] == result["model_rows"][0]["vs_overlap"] == 1.0
+    scoring, whole = json.loads((tmp_path / "results" / "metrics.json").read_text())["tables"]
+    assert (scoring["name"], scoring["rows"], whole["name"], whole["rows"]) == (
+        "camvid-val", result["rows"], "camvid-val-model", result["model_rows"])

@@ -363,8 +363,22 @@ def test_threshold_sweep_is_chosen_on_val_and_matches_a_real_evaluation(tmp_path
         expected.append({"threshold": k / 100, "iou": tp / (tp + fp + fn), "dice": 2 * tp / (2 * tp + fp + fn)})
     assert sweep["thresholds"] == expected
     chosen = max(expected, key=lambda row: row["dice"])  # the first of equal best rows
-    assert sweep["best"] == chosen and sweep["best_threshold"] == chosen["threshold"]
-    assert sweep["at_0.5"] == expected[49]
+    without_structure = {key: {k: v for k, v in sweep[key].items() if k != "structure"} for key in ("best", "at_0.5")}
+    assert without_structure["best"] == chosen and sweep["best_threshold"] == chosen["threshold"]
+    assert without_structure["at_0.5"] == expected[49]
+    # The structure figures at both thresholds are what scoring those thresholded maps as files gives.
+    for key in ("best", "at_0.5"):
+        threshold = sweep[key]["threshold"]
+        masks = tmp_path / f"masks-{key}"
+        masks.mkdir()
+        for path in (out / "predictions" / "probs").glob("*.npy"):
+            probs = np.load(path)[0].astype(np.float32)
+            cv2.imwrite(str(masks / f"{path.stem}.png"), (probs >= threshold).astype(np.uint8) * 255)
+        files = evaluate_folders(masks, data / "validation" / "masks")
+        means = {figure: entry["mean"] for figure, entry in files.report["structure"]["per_class"]["foreground"].items()}
+        assert sweep[key]["structure"] == means
+        assert set(means) == {"hd", "hd95", "assd", "nsd", "boundary_f1", "boundary_iou", "cldice", "betti0_error",
+                              "betti1_error"}
     best = sweep["best_threshold"]
     scored = evaluate_model(run, data, "val", tmp_path / "check", threshold=best, device="cpu", num_workers=0,
                             progress=False)

@@ -185,3 +185,76 @@ def test_export_and_predict_from_the_command_line(tmp_path, image_file, capsys, 
                            "openvino")
     assert code == 2
     assert f"segan export {run} --format openvino" in err
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A binary run trained until it segments (validation Dice above 0.9): bright noisy rectangles
+    on a dark ground, 24 training and 6 validation images; int8 is checked on a model that
+    segments, not on random weights."""
+    from segan.training import train
+    from conftest import tiny_config, write
+    root = tmp_path_factory.mktemp("int8")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 24), ("validation", 6)):
+        for i in range(count):
+            mask = np.zeros((64, 64), np.uint8)
+            for _ in range(2):
+                top, left, height, width = *rng.integers(0, 44, 2), *rng.integers(8, 20, 2)
+                mask[top:top + height, left:left + width] = 1
+            image = (40 + 150 * mask[..., None] + rng.normal(0, 20, (64, 64, 3))).clip(0, 255).astype(np.uint8)
+            write(root / "data" / split / "images" / f"{i:03d}.png", image)
+            write(root / "data" / split / "masks" / f"{i:03d}.png", mask * 255)
+    run = root / "run"
+    train(tiny_config(root / "data", run, loss={"adv_weight": 0.0}, train={"epochs": 8, "batch_size": 8}))
+    assert json.loads((run / "summary.json").read_text())["best_val_dice"] > 0.9
+    return run
+
+
+def test_int8_export_is_calibrated_checked_and_predicts_like_float32(trained_run, tmp_path):
+    import openvino
+    assert main(["export", str(trained_run), "--format", "openvino", "--int8", "--calibration-images", "12"]) == 0
+    settings = json.loads((trained_run / "export" / "predict.json").read_text())
+    assert settings["precision"] == "int8"
+    int8 = settings["int8"]
+    assert int8["calibration"] == {"split": "train", "images": 12, "seed": 0,
+                                   "preprocessing": "segan's prepare_image, padded to the stride"}
+    check = int8["check"]
+    assert (check["split"], check["images"], check["score"]) == ("val", 6, "Dice")
+    assert check["drop"] == pytest.approx(check["float32"] - check["int8"])
+    assert check["pixel_agreement"] >= 0.99
+    assert check["drop"] <= 0.005 or int8["method"] == "accuracy-controlled quantisation"
+    # the file on disk is the quantised model: its convolutions read int8 weights through FakeQuantize
+    model = openvino.Core().read_model(str(trained_run / "export" / "openvino" / "model.xml"))
+    assert sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops()) >= 10
+
+    # predict --backend openvino runs it; its masks agree with the torch generator's
+    images = trained_run.parent / "data" / "validation" / "images"
+    for backend in ("torch", "openvino"):
+        assert main(["predict", "--model", str(trained_run), "--input", str(images), "--output",
+                     str(tmp_path / backend), "--backend", backend, "--precision", "fp32", "--device", "cpu",
+                     "--num-workers", "0", "--no-progress"]) == 0
+    torch_masks = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted((tmp_path / "torch" / "masks").glob("*.png"))]
+    int8_masks = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted((tmp_path / "openvino" / "masks").glob("*.png"))]
+    assert len(torch_masks) == len(int8_masks) == 6
+    assert np.mean([(a == b).mean() for a, b in zip(torch_masks, int8_masks)]) >= 0.99
+
+
+def test_int8_needs_openvino_nncf_and_the_runs_data(trained_run, tmp_path, monkeypatch, capsys):
+    from segan.quantize import QuantizationError
+    assert main(["export", str(trained_run), "--format", "onnx", "--int8"]) == 2
+    assert "--int8 quantises the OpenVINO model: give --format openvino --int8" in capsys.readouterr().err
+    with pytest.raises(QuantizationError, match=r"--data DIR"):
+        export_run(trained_run, "openvino", int8=True, data_root=tmp_path / "nowhere")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "nncf"
+                        else real_find_spec(name, *args))
+    with pytest.raises(QuantizationError, match=r"pip install 'segan\[int8\]'"):
+        export_run(trained_run, "openvino", int8=True)
+
+
+def test_int8_falls_back_to_accuracy_control_when_plain_quantisation_loses_too_much(trained_run):
+    # No quantised model can lose less than nothing (the bound is below zero): the fallback must run.
+    settings = export_run(trained_run, "openvino", int8=True, calibration_images=8, max_drop=-1.0)
+    assert settings["int8"]["method"] == "accuracy-controlled quantisation"
+    assert settings["int8"]["check"]["max_drop"] == -1.0

@@ -22,7 +22,8 @@ from segan.cli import main
 from segan.config import Config
 from segan.data import make_demo_dataset
 from segan.metrics import Reliability
-from segan.report import ReportError, bootstrap_interval
+from segan.metrics.structure import LABELS, LOWER_IS_BETTER
+from segan.report import ReportError, bootstrap_interval, verdict
 from segan.training import train
 
 from conftest import make_run, tiny_config, write
@@ -139,6 +140,9 @@ def test_run_report_is_self_contained_and_its_table_is_evaluates_csv(two_runs, t
     text = page.read_text()
     assert f"segan train --config {gan / 'config.yaml'} --out NEW_RUN" in text
     assert "loss.adv_warmup_epochs" in text  # a setting that differs from the defaults, with both values
+    for figure, entry in evaluated["structure"]["per_class"]["foreground"].items():  # the structure table
+        assert (f"<td>foreground</td><td>{LABELS[figure]}</td><td class=\"num\">{entry['mean']:.4f}</td>" in text
+                if entry["mean"] is not None else LABELS[figure] in text)
     # a folder that holds other files is not a report's to fill or clear
     keep = write(tmp_path / "mine" / "evaluation" / "notes.png", [[0, 255]])
     assert main(["report", str(gan), "--out", str(tmp_path / "mine"), "--overwrite", *RUN_FLAGS]) == 2
@@ -183,6 +187,20 @@ def test_comparison_paired_mean_is_the_difference_of_per_image_means(two_runs, t
     low, high = figures["interval_95"]
     assert low <= figures["mean_difference"] <= high
     assert figures["better"] + figures["worse"] + figures["equal"] == 5
+    # Each structure metric: the mean of the per-image differences of evaluate's own columns.
+    rows = {run: {r["name"]: r for r in read_csv(out / "evaluation" / run / "per_image.csv")} for run in ("gan", "plain")}
+    structure = {row["figure"]: row for row in figures["structure"]}
+    assert list(structure) == ["hd", "hd95", "assd", "nsd", "boundary_f1", "boundary_iou", "cldice", "betti0_error",
+                               "betti1_error"]
+    for figure, row in structure.items():
+        column = f"{figure}_foreground"
+        pairs = [(float(rows["gan"][n][column]), float(rows["plain"][n][column])) for n in sorted(rows["gan"])
+                 if rows["gan"][n][column] and rows["plain"][n][column]]
+        assert row["images"] == len(pairs) and row["lower_is_better"] == (figure in LOWER_IS_BETTER)
+        # per_image.csv rounds to 6 decimals
+        assert row["mean_difference"] == pytest.approx(np.mean([b - a for a, b in pairs]), abs=1e-6)
+        assert row["verdict"] == verdict(tuple(row["interval_95"]), row["lower_is_better"])
+    assert "HD95 (px) (lower is better)" in (out / "index.html").read_text()
     # an existing comparison is kept unless --overwrite
     before = (out / "index.html").read_bytes()
     assert main(["report", str(gan), str(plain), "--out", str(out), *RUN_FLAGS]) == 2
@@ -238,6 +256,14 @@ def test_bootstrap_interval_covers_the_mean_and_narrows_with_more_images():
     low_large, high_large = bootstrap_interval(large)
     assert (high_large - low_large) < (high - low) / 5  # ~ sqrt(100) narrower
     assert bootstrap_interval(small) == (low, high)  # seeded: a report is reproducible
+
+
+def test_verdict_reads_the_interval_on_the_figures_good_side():
+    assert verdict((0.01, 0.03)) == "better" and verdict((-0.03, -0.01)) == "worse"
+    assert verdict((0.01, 0.03), lower_is_better=True) == "worse"  # an error that grew
+    assert verdict((-0.03, -0.01), lower_is_better=True) == "better"
+    assert verdict((-0.01, 0.02)) == verdict((-0.01, 0.02), lower_is_better=True) == "not distinguishable"
+    assert verdict((0.0, 0.02)) == "not distinguishable"  # an interval touching 0 does not leave it out
 
 
 def test_comparison_of_runs_with_other_classes_is_refused(tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
-from skimage.measure import label
+from skimage.measure import euler_number, label
 from skimage.metrics import adapted_rand_error, variation_of_information
 
 from segan.metrics import structure
@@ -113,6 +113,18 @@ def test_boundary_bands_equal_a_chessboard_distance_transform(seed):
         padded = np.pad(mask, 1)
         distance = ndimage.distance_transform_cdt(padded, metric="chessboard")[1:-1, 1:-1]
         assert np.array_equal(structure.boundary_band(mask, width), mask & (distance <= width))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_betti_numbers_equal_scikit_images_labels_and_euler_number(seed):
+    """OpenCV's labels against scikit-image's, on noisy masks full of small pieces and holes."""
+    mask = np.random.default_rng(seed).random((37, 53)) < 0.35 + 0.05 * seed
+    components, holes = structure.betti_numbers(mask)
+    assert components == label(mask, connectivity=2).max()
+    assert holes == label(np.pad(~mask, 1, constant_values=True), connectivity=1).max() - 1
+    assert components - holes == euler_number(mask, connectivity=2)
+    assert structure.betti_numbers(np.zeros((5, 5), bool)) == (0, 0)
+    assert structure.betti_numbers(np.ones((5, 5), bool)) == (1, 0)
 
 
 def test_boundary_iou_of_two_squares_by_hand():
