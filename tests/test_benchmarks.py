@@ -84,7 +84,7 @@ def test_bench_accuracy_reuses_finished_runs_and_pairs_seeds(tmp_path):
     assert (hd95["images"], hd95["seeds"], hd95["plain"], hd95["mean"]) == (2, 2, 3.75, 3.25)
     assert hd95["difference"] == pytest.approx(-0.5)
     assert [hd95["low"], hd95["high"]] == list(bootstrap_interval(np.array([-1.5, 0.5])))
-    assert hd95["verdict"] == "not distinguishable"
+    assert hd95["verdict"] == "not distinguishable" and hd95["per_seed"] == "-0.5000 / -0.5000"
     cldice = paired["clDice"]  # +0.1 on every image and seed
     assert cldice["difference"] == pytest.approx(0.1) and cldice["verdict"] == "better"
     assert paired["Dice"]["difference"] == 0 and paired["Dice"]["verdict"] == "not distinguishable"
