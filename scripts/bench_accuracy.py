@@ -84,7 +84,7 @@ def score_native(dataset: str, run: Path, protocol: str) -> dict[str, dict[str, 
     scored = run / "native"
     if not (scored / "per_image.csv").is_file():
         segan("evaluate", "--model", str(run), "--split", "val", "--out", str(scored), "--overwrite",
-              "--metrics", *FAMILIES.get(dataset, list(structure.DEFAULT_FAMILIES)), "--no-progress",
+              "--metrics", *FAMILIES.get(dataset, list(structure.DEFAULT_FAMILIES)),
               *(["--device", "cpu"] if protocol == "cpu" else []), label=f"  scored {run.name} at native size")
     classes = list(json.loads((scored / "metrics.json").read_text())["per_class"])
     images = {}

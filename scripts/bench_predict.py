@@ -21,8 +21,10 @@ to v0.1's masks, and validation Dice with its change. Exports the run first if i
 
     python scripts/bench_predict.py --backends --model RUN [--data DIR] [--rounds 3]
 
-With `--publish`, also writes the table (`pipeline`, or `backends` with `--backends`) into
-docs/benchmarks/results/predict.json, the source of docs/benchmarks/predict.md.
+With `--publish`, also writes the table (`pipeline`, or `backends` with `--backends`, or the name
+`--table` gives) into docs/benchmarks/results/predict.json, the source of docs/benchmarks/predict.md.
+The backends include OpenVINO int8: the run's generator quantised by `segan export --int8` in a
+copy of the run folder, calibrated and checked on the run's data.
 """
 
 from __future__ import annotations
@@ -229,9 +231,9 @@ BACKEND_COLUMNS = [{"key": "row", "label": "backend, precision"},
                    {"key": "dice_change", "label": "Dice change", "format": "{:+.4f}"}]
 
 
-def backends_table(result: dict) -> dict:
-    """The `--backends` rows as the published `backends` table."""
-    return {"name": "backends", "columns": BACKEND_COLUMNS,
+def backends_table(result: dict, name: str = "backends") -> dict:
+    """The `--backends` rows as the published table NAME."""
+    return {"name": name, "columns": BACKEND_COLUMNS,
             "rows": [{column["key"]: row[column["key"]] for column in BACKEND_COLUMNS} for row in result["rows"]]}
 
 
@@ -248,6 +250,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds; the best of each is kept")
     parser.add_argument("--backends", action="store_true", help="one row per backend and precision (needs --model)")
     parser.add_argument("--data", help="with --backends: the dataset folder, if not the run's own data.root")
+    parser.add_argument("--table", default="backends", help="with --backends --publish: the table's name")
     benchkit.add_publish_argument(parser)
     args = parser.parse_args()
     if args.backends:
@@ -256,7 +259,7 @@ def main() -> None:
         result = backend_rows(args)
         print(json.dumps(result))
         if args.publish:
-            benchkit.publish("predict", [backends_table(result)])
+            benchkit.publish("predict", [backends_table(result, args.table)])
         return
 
     with tempfile.TemporaryDirectory() as tmp:
