@@ -538,3 +538,31 @@ def test_bench_metrics_times_scoring_and_a_whole_evaluate_with_and_without_struc
     scoring, whole = json.loads((tmp_path / "results" / "metrics.json").read_text())["tables"]
     assert (scoring["name"], scoring["rows"], whole["name"], whole["rows"]) == (
         "camvid-val", result["rows"], "camvid-val-model", result["model_rows"])
+
+
+def test_bench_accuracy_scores_a_run_at_native_size_through_segan_evaluate(tmp_path):
+    """score_native's real path: `segan evaluate --model RUN` with the structure families, read back."""
+    from conftest import make_run
+    from segan.config import Config, merge
+    from segan.data import make_demo_dataset
+    sys.path.insert(0, str(SCRIPTS))
+    import bench_accuracy
+    data = make_demo_dataset(tmp_path / "data", n_train=2, n_val=3, size=48, seed=1)
+    run = make_run(tmp_path / "run", resize="resize", size=64)
+    merge(Config.load(run / "config.yaml"), {"data": {"root": str(data)}}).save(run / "config.yaml")
+
+    images = bench_accuracy.score_native("isbi2012", run, "cpu")  # isbi2012: the regions family too
+
+    evaluated = {row["name"]: row for row in csv_rows(run / "native" / "per_image.csv")}
+    assert sorted(images) == sorted(evaluated) and len(images) == 3
+    for name, figures in images.items():
+        assert list(figures) == ["dice", "iou", "hd", "hd95", "assd", "nsd", "boundary_f1", "boundary_iou", "cldice",
+                                 "betti0_error", "betti1_error", "rand_error", "vi"]
+        assert figures["dice"] == float(evaluated[name]["dice"])
+        assert figures["vi"] == (float(evaluated[name]["vi_foreground"]) if evaluated[name]["vi_foreground"] else None)
+
+
+def csv_rows(path: Path) -> list[dict]:
+    import csv
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
