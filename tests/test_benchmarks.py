@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import SHARED_DATA, shared_dataset, write
-from segan.report import bootstrap_interval
+from segan.report import bootstrap_interval, verdict
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -85,8 +85,10 @@ def test_bench_accuracy_reuses_finished_runs_and_pairs_seeds(tmp_path):
     assert hd95["difference"] == pytest.approx(-0.5)
     assert [hd95["low"], hd95["high"]] == list(bootstrap_interval(np.array([-1.5, 0.5])))
     assert hd95["verdict"] == "not distinguishable" and hd95["per_seed"] == "-0.5000 / -0.5000"
-    cldice = paired["clDice"]  # +0.1 on every image and seed
-    assert cldice["difference"] == pytest.approx(0.1) and cldice["verdict"] == "better"
+    cldice = paired["clDice"]  # +0.1 on every image and seed: better at any level
+    assert cldice["difference"] == pytest.approx(0.1) and cldice["verdict"] == cldice["adjusted_verdict"] == "better"
+    # the adjusted verdict reads the interval at 1 - 0.05 / 4 (four figures tested)
+    assert hd95["adjusted_verdict"] == verdict(bootstrap_interval(np.array([-1.5, 0.5]), level=1 - 0.05 / 4), True)
     assert paired["Dice"]["difference"] == 0 and paired["Dice"]["verdict"] == "not distinguishable"
 
 
