@@ -148,26 +148,32 @@ def int8_copy(run: Path, data_root: str | None, folder: Path) -> Path:
     return copy
 
 
+def backend_predictor(run: Path, name: str, backend: str, precision: str, args: argparse.Namespace,
+                      int8_folder: Path) -> Predictor:
+    """The predictor of one row of BACKEND_ROWS."""
+    if backend == "openvino-int8":
+        return Predictor.from_pretrained(int8_copy(run, args.data, int8_folder), device=args.device, backend="openvino",
+                                         precision=precision)
+    if backend == "v0.1":
+        torch_predictor = Predictor.from_pretrained(run, device=args.device, precision="fp32")
+        return Predictor(NchwNetwork(torch_predictor.network.model, torch_predictor.device), torch_predictor.config,
+                         torch_predictor.device)
+    return Predictor.from_pretrained(run, device=args.device, backend=backend, precision=precision)
+
+
 def backend_rows(args: argparse.Namespace) -> dict:
     from segan.data import MaskEncoding
     from segan.data.pairs import find_split
     from segan.evaluation import evaluate_folders
     from segan.export import export_run
     run = Path(args.model)
-    if not (run / "export" / "openvino" / "model.xml").is_file():
-        export_run(run, "openvino")
     predictors = {}
     int8_folder = tempfile.TemporaryDirectory()
-    for name, backend, precision in BACKEND_ROWS:
-        if backend == "openvino-int8":
-            predictors[name] = Predictor.from_pretrained(int8_copy(run, args.data, Path(int8_folder.name)),
-                                                         device=args.device, backend="openvino", precision=precision)
-        elif backend == "v0.1":
-            torch_predictor = Predictor.from_pretrained(run, device=args.device, precision="fp32")
-            predictors[name] = Predictor(NchwNetwork(torch_predictor.network.model, torch_predictor.device),
-                                         torch_predictor.config, torch_predictor.device)
-        else:
-            predictors[name] = Predictor.from_pretrained(run, device=args.device, backend=backend, precision=precision)
+    with contextlib.redirect_stdout(sys.stderr):  # smp's loader prints; stdout holds the one JSON line
+        if not (run / "export" / "openvino" / "model.xml").is_file():
+            export_run(run, "openvino")
+        for name, backend, precision in BACKEND_ROWS:
+            predictors[name] = backend_predictor(run, name, backend, precision, args, Path(int8_folder.name))
     config = predictors[BACKEND_ROWS[0][0]].config
     data = config.data if args.data is None else dataclasses.replace(config.data, root=args.data)
     pairs = find_split(data, "val")

@@ -94,6 +94,11 @@ def mean_std(values: Sequence[float]) -> dict:
             "std": round(statistics.stdev(values), 4) if len(values) > 1 else None, "n": len(values)}
 
 
+# The commit measured, read when a script starts: forking git later, from a process that has run
+# OpenVINO and NNCF, crashes it (bench_predict's int8 row).
+COMMIT = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                        cwd=ROOT).stdout.strip()
+
 # Where --publish writes; tests point SEGAN_BENCH_RESULTS at a temporary folder.
 RESULTS = Path(os.environ.get("SEGAN_BENCH_RESULTS", ROOT / "docs" / "benchmarks" / "results"))
 
@@ -128,12 +133,11 @@ def publish(name: str, tables: Sequence[dict]) -> Path:
     import datetime
     path = RESULTS / f"{name}.json"
     result = json.loads(path.read_text()) if path.is_file() else {"title": name, "tables": [], "summary": []}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     script = Path(sys.argv[0]).resolve()
     script_name = str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else sys.argv[0]
     arguments = [argument for argument in sys.argv[1:] if argument != "--publish"]  # the command that measures
     stamp = {"command": " ".join(["python", script_name, *arguments]),
-             "machine": machine(), "date": datetime.date.today().isoformat(), "commit": commit.stdout.strip()}
+             "machine": machine(), "date": datetime.date.today().isoformat(), "commit": COMMIT}
     fresh = {table["name"]: {"name": table["name"], **stamp, **{k: v for k, v in table.items() if k != "name"}}
              for table in tables}
     kept = [table for table in result["tables"] if table["name"] not in fresh]
