@@ -94,8 +94,7 @@ def mean_std(values: Sequence[float]) -> dict:
             "std": round(statistics.stdev(values), 4) if len(values) > 1 else None, "n": len(values)}
 
 
-# The commit measured, read when a script starts: forking git later, from a process that has run
-# OpenVINO and NNCF, crashes it (bench_predict's int8 row).
+# The commit measured: the code a script starts with is the code it measures.
 COMMIT = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                         cwd=ROOT).stdout.strip()
 

@@ -19,6 +19,7 @@ calibration go into `predict.json`, beside the model.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from pathlib import Path
 import numpy as np
 import torch
@@ -101,17 +102,27 @@ def validation_score(config: Config, network, pairs) -> tuple[float, list[np.nda
 def quantize_export(config: Config, float_xml: Path, out_xml: Path, stride: int, count: int = CALIBRATION_IMAGES,
                     max_drop: float = MAX_DROP) -> dict:
     """Writes the int8 model of `float_xml` to `out_xml` (see the module docstring); returns what
-    `predict.json` records under `int8`."""
-    require_nncf()
-    import nncf
-    import openvino
+    `predict.json` records under `int8`.
 
-    from .backends import OpenVinoNetwork
+    NNCF runs in a process of its own: a process that has run its quantisation crashes when it
+    later starts a subprocess (seen with git, Chromium and test workers), so the caller's process
+    never imports it."""
+    require_nncf()
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_quantize_export, (config, float_xml, out_xml, stride, count, max_drop))
+
+
+def _quantize_export(config: Config, float_xml: Path, out_xml: Path, stride: int, count: int,
+                     max_drop: float) -> dict:
     inputs = calibration_inputs(config, stride, count)
     pairs = validation_pairs(config)
     if not inputs or not pairs:
         raise QuantizationError(f"{config.data.root} has no training images to calibrate on or no validation images "
                                 "to check with; give the dataset folder with --data DIR")
+    import nncf
+    import openvino
+
+    from .backends import OpenVinoNetwork
     float_model = openvino.Core().read_model(str(float_xml))
     calibration = nncf.Dataset(inputs)
     log.info("quantising with %d calibration images", len(inputs))
