@@ -125,9 +125,9 @@ def paired_rows(dataset: str, config: str, scores: dict[int, dict[str, dict]],
         lower = figure in structure.LOWER_IS_BETTER
         rows.append({"dataset": dataset, "config": config,
                      "figure": structure.LABELS.get(figure, {"dice": "Dice", "iou": "IoU"}.get(figure)),
-                     "images": len(differences), "seeds": len(scores), "plain": float(np.mean(values["plain"])),
+                     "images": len(differences), "plain": float(np.mean(values["plain"])),
                      "mean": float(np.mean(values["config"])), "difference": float(differences.mean()),
-                     "low": interval[0], "high": interval[1], "verdict": verdict(interval, lower),
+                     "interval": f"{interval[0]:+.4f} to {interval[1]:+.4f}", "verdict": verdict(interval, lower),
                      "per_seed": " / ".join(f"{np.mean(d):+.4f}" for d in per_seed.values())})
     level = 1 - 0.05 / len(rows) if rows else 0.95
     for row, (figure, differences) in zip(rows, differences_of.items()):
@@ -138,13 +138,12 @@ def paired_rows(dataset: str, config: str, scores: dict[int, dict[str, dict]],
 
 STRUCTURE_COLUMNS = [{"key": "dataset", "label": "dataset"}, {"key": "config", "label": "config"},
                      {"key": "figure", "label": "figure (per image)"}, {"key": "images", "label": "images"},
-                     {"key": "seeds", "label": "seeds"}, {"key": "plain", "label": "plain", "format": "{:.4f}"},
+                     {"key": "plain", "label": "plain", "format": "{:.4f}"},
                      {"key": "mean", "label": "config", "format": "{:.4f}"},
                      {"key": "difference", "label": "config − plain", "format": "{:+.4f}"},
-                     {"key": "low", "label": "95% interval from", "format": "{:+.4f}"},
-                     {"key": "high", "label": "to", "format": "{:+.4f}"},
-                     {"key": "verdict", "label": "config is"},
-                     {"key": "adjusted_verdict", "label": "config is, adjusted for the figures tested"},
+                     {"key": "interval", "label": "95% interval"},
+                     {"key": "verdict", "label": "verdict"},
+                     {"key": "adjusted_verdict", "label": "verdict, adjusted for the figures tested"},
                      {"key": "per_seed", "label": "difference per seed"}]
 
 
