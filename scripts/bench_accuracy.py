@@ -82,10 +82,8 @@ def score_native(dataset: str, run: Path, protocol: str) -> dict[str, dict[str, 
     RUN/native holds it): Dice and IoU of the image (evaluate's headline per image) and each
     structure figure (`structure.headline`: the foreground's, or the mean over classes)."""
     scored = run / "native"
-    if not (scored / "per_image.csv").is_file():
-        segan("evaluate", "--model", str(run), "--split", "val", "--out", str(scored), "--overwrite",
-              "--metrics", *FAMILIES.get(dataset, list(structure.DEFAULT_FAMILIES)),
-              *(["--device", "cpu"] if protocol == "cpu" else []), label=f"  scored {run.name} at native size")
+    benchkit.evaluate(run, "native", "val", "--metrics", *FAMILIES.get(dataset, list(structure.DEFAULT_FAMILIES)),
+                      *(["--device", "cpu"] if protocol == "cpu" else []))
     classes = list(json.loads((scored / "metrics.json").read_text())["per_class"])
     images = {}
     with (scored / "per_image.csv").open(newline="") as handle:
@@ -204,7 +202,8 @@ def main() -> None:
     runs = [run_one(dataset, config, seed, args.protocol, data, out)
             for dataset in args.datasets for seed in seeds[dataset] for config in args.configs]
     native = {(dataset, config): {seed: score_native(dataset, out / dataset / f"{config}-seed{seed}", args.protocol)
-                                  for seed in seeds[dataset]} for dataset in args.datasets for config in args.configs}
+                                  for seed in seeds[dataset]}
+              for dataset in args.datasets for config in args.configs if "plain" in args.configs}  # pairs with plain
     structure_rows = [row for dataset in args.datasets for config in args.configs if config != "plain"
                       and "plain" in args.configs
                       for row in paired_rows(dataset, config, native[dataset, config], native[dataset, "plain"])]
@@ -226,8 +225,8 @@ def main() -> None:
     print(json.dumps(result))
     if args.publish:
         main_table = table(result)
-        benchkit.publish("accuracy", [main_table, {"name": f"{main_table['name']}-structure",
-                                                   "columns": STRUCTURE_COLUMNS, "rows": structure_rows}])
+        paired = [{"name": f"{main_table['name']}-structure", "columns": STRUCTURE_COLUMNS, "rows": structure_rows}]
+        benchkit.publish("accuracy", [main_table, *(paired if structure_rows else [])])
 
 
 if __name__ == "__main__":

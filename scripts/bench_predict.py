@@ -142,13 +142,12 @@ def int8_copy(run: Path, data_root: str | None, folder: Path) -> Path:
     shutil.copy(run / "config.yaml", copy / "config.yaml")
     for file in (run / "generator").iterdir():
         (copy / "generator" / file.name).symlink_to(file.resolve())
-    with contextlib.redirect_stdout(sys.stderr):
-        settings = export_run(copy, "openvino", int8=True, data_root=data_root)
+    settings = export_run(copy, "openvino", int8=True, data_root=data_root)
     print(f"int8 export: {json.dumps(settings['int8'])}", file=sys.stderr)
     return copy
 
 
-def backend_predictor(run: Path, name: str, backend: str, precision: str, args: argparse.Namespace,
+def backend_predictor(run: Path, backend: str, precision: str, args: argparse.Namespace,
                       int8_folder: Path) -> Predictor:
     """The predictor of one row of BACKEND_ROWS."""
     if backend == "openvino-int8":
@@ -173,7 +172,7 @@ def backend_rows(args: argparse.Namespace) -> dict:
         if not (run / "export" / "openvino" / "model.xml").is_file():
             export_run(run, "openvino")
         for name, backend, precision in BACKEND_ROWS:
-            predictors[name] = backend_predictor(run, name, backend, precision, args, Path(int8_folder.name))
+            predictors[name] = backend_predictor(run, backend, precision, args, Path(int8_folder.name))
     config = predictors[BACKEND_ROWS[0][0]].config
     data = config.data if args.data is None else dataclasses.replace(config.data, root=args.data)
     pairs = find_split(data, "val")

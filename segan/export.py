@@ -140,6 +140,8 @@ def export_run(run: str | Path, format: str = "onnx", image: str | Path | None =
     config, stride = predictor.config, pad_multiple(model)
     if data_root is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(data_root)))
+    if int8:
+        quantize.require_data(config)  # before anything is written
     out = run / EXPORT_DIR
     onnx_path = out / ONNX_FILE
     _write_onnx(model, config.data.in_channels, stride, onnx_path)

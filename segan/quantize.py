@@ -18,8 +18,10 @@ calibration go into `predict.json`, beside the model.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import sys
 from pathlib import Path
 import numpy as np
 import torch
@@ -68,6 +70,12 @@ def calibration_inputs(config: Config, stride: int, count: int = CALIBRATION_IMA
     return inputs
 
 
+def require_data(config: Config) -> None:
+    """Stops before any export work when the run's training or validation images cannot be read."""
+    calibration_inputs(config, 32, count=0)
+    validation_pairs(config, count=0)
+
+
 def validation_pairs(config: Config, count: int = CHECK_IMAGES) -> list:
     """The first `count` pairs of the run's validation split."""
     from .data.pairs import find_split
@@ -114,6 +122,11 @@ def quantize_export(config: Config, float_xml: Path, out_xml: Path, stride: int,
 
 def _quantize_export(config: Config, float_xml: Path, out_xml: Path, stride: int, count: int,
                      max_drop: float) -> dict:
+    with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars: the caller's stdout stays its own
+        return _quantize(config, float_xml, out_xml, stride, count, max_drop)
+
+
+def _quantize(config: Config, float_xml: Path, out_xml: Path, stride: int, count: int, max_drop: float) -> dict:
     inputs = calibration_inputs(config, stride, count)
     pairs = validation_pairs(config)
     if not inputs or not pairs:

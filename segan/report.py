@@ -11,8 +11,9 @@ normalised confusion matrix (multi-class), a reliability diagram with the calibr
 worst and best images (image, truth, prediction, error map) and every image's scores.
 
 A comparison scores each run on the same split and pairs the images: the per-image Dice
-differences against the first run (histogram, mean with a bootstrap interval) and the images
-where the runs differ most, side by side.
+differences against the first run (histogram, mean with a bootstrap interval), the same for each
+structure metric (a table, with the verdict on the figure's good side), and the images where the
+runs differ most, side by side.
 """
 
 from __future__ import annotations
@@ -167,8 +168,8 @@ def report_run(run: str | Path, data_root: str | Path | None = None, split: str 
         split: "val" (the run's validation split), "train", or a split folder such as "test".
         out: report folder; default RUN/report.
         overwrite: replace an earlier report in `out`.
-        predict: how to segment (`evaluate_model`'s tta, device, backend, precision, batch_size,
-            num_workers, progress, threshold).
+        predict: how to segment and what to score (`evaluate_model`'s tta, device, backend,
+            precision, batch_size, num_workers, progress, threshold, structure_families, tolerance).
     """
     from . import plots
     from .progress import best_step, read_metrics
@@ -233,8 +234,9 @@ def compare_runs(runs: Sequence[str | Path], data_root: str | Path | None = None
     """Scores each run on the same split and writes the comparison page; returns its `index.html`.
 
     Images pair by name. For every run after the first: the per-image Dice difference to the first
-    run (images where both are defined), its mean with a 95% bootstrap interval, a histogram, and
-    the images where the two differ most. Default `out`: FIRST_RUN/report/compare-OTHER-RUNS.
+    run (images where both are defined), its mean with a 95% bootstrap interval, a histogram, the
+    same for each structure figure (`compare_structure`), and the images where the two differ most.
+    Default `out`: FIRST_RUN/report/compare-OTHER-RUNS.
     """
     from . import plots
     runs = [Path(run) for run in runs]
@@ -317,7 +319,8 @@ def paired_structure(base: EvaluationResult, other: EvaluationResult, figure: st
 
 
 def verdict(interval: tuple[float, float], lower_is_better: bool = False) -> str:
-    """"better" or "worse" where the 95% interval of the difference leaves out 0, else "not distinguishable"."""
+    """"better" or "worse" where the interval of the difference (second minus first) leaves out 0,
+    read on the figure's good side, else "not distinguishable"."""
     low, high = (-interval[1], -interval[0]) if lower_is_better else interval
     return "better" if low > 0 else "worse" if high < 0 else "not distinguishable"
 

@@ -244,8 +244,12 @@ def test_int8_needs_openvino_nncf_and_the_runs_data(trained_run, tmp_path, monke
     from segan.quantize import QuantizationError
     assert main(["export", str(trained_run), "--format", "onnx", "--int8"]) == 2
     assert "--int8 quantises the OpenVINO model: give --format openvino --int8" in capsys.readouterr().err
+    export = trained_run / "export"
+    before = {path: path.stat().st_mtime_ns for path in export.rglob("*")} if export.exists() else {}
     with pytest.raises(QuantizationError, match=r"--data DIR"):
         export_run(trained_run, "openvino", int8=True, data_root=tmp_path / "nowhere")
+    after = {path: path.stat().st_mtime_ns for path in export.rglob("*")} if export.exists() else {}
+    assert after == before  # refused before anything was written
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "nncf"
                         else real_find_spec(name, *args))
