@@ -90,7 +90,7 @@ def validation_score(config: Config, network, pairs) -> tuple[float, list[np.nda
     """`network`'s score on `pairs`, segmented by `Predictor` at native size (binary: pooled
     foreground Dice; multi-class: mIoU over the classes present), and its masks."""
     from . import metrics
-    from .data import MaskEncoding, read_image, read_mask
+    from .data import MaskEncoding, read_image, read_mask, read_roi
     from .inference import Predictor
     predictor = Predictor(network, config, "cpu", precision="fp32")
     encoding = MaskEncoding.from_config(config.data)
@@ -99,12 +99,13 @@ def validation_score(config: Config, network, pairs) -> tuple[float, list[np.nda
     for pair in pairs:
         mask = predictor.predict(read_image(pair.image, config.data.in_channels))
         truth = torch.from_numpy(read_mask(pair.mask, encoding)).long()
+        if pair.roi is not None:  # outside the region of interest is not scored, as in segan evaluate
+            truth[torch.from_numpy(~read_roi(pair.roi))] = -1
         confusion += metrics.confusion_matrix(torch.from_numpy(mask).long()[None], truth[None],
                                               config.data.num_classes, encoding.ignore_index)[0]
         masks.append(mask)
-    if config.data.binary:
-        return float(metrics.dice(confusion[None])[0, 1]), masks
-    return float(metrics.nanmean(metrics.iou(confusion[None]), dim=1)[0]), masks
+    headline = metrics.summary(confusion, config.data.binary)
+    return headline["dice"] if config.data.binary else headline["iou"], masks
 
 
 def quantize_export(config: Config, float_xml: Path, out_xml: Path, stride: int, count: int = CALIBRATION_IMAGES,
