@@ -511,12 +511,18 @@ def _probabilities_and_truth(result: EvaluationResult, out: Path):
         yield probs, truth
 
 
-def _structure_at(result: EvaluationResult, out: Path, threshold: float, families: Sequence[str],
-                  tolerance: float) -> dict[str, float | None]:
-    """The foreground's structure figures at `threshold`: figure -> mean over the images where defined."""
-    scores = [structure.image_scores((probs >= threshold).astype(np.uint8), truth, truth < 2, result.class_names,
-                                     families, tolerance) for probs, truth in _probabilities_and_truth(result, out)]
-    return {figure: entry["mean"] for figure, entry in structure.summarise(scores)[result.class_names[1]].items()}
+def _structure_at(result: EvaluationResult, out: Path, thresholds: Sequence[float], families: Sequence[str],
+                  tolerance: float) -> dict[float, dict[str, float | None]]:
+    """The foreground's structure figures at each of `thresholds`, in one pass over the saved maps:
+    threshold -> figure -> mean over the images where defined."""
+    scores: dict[float, list] = {threshold: [] for threshold in thresholds}
+    for probs, truth in _probabilities_and_truth(result, out):
+        for threshold, images in scores.items():
+            images.append(structure.image_scores((probs >= threshold).astype(np.uint8), truth, truth < 2,
+                                                 result.class_names, families, tolerance))
+    foreground = result.class_names[1]
+    return {threshold: {figure: entry["mean"] for figure, entry in structure.summarise(images)[foreground].items()}
+            for threshold, images in scores.items()}
 
 
 def sweep_threshold(run: str | Path, data_root: str | Path | None = None, out: str | Path | None = None,
@@ -561,8 +567,8 @@ def sweep_threshold(run: str | Path, data_root: str | Path | None = None, out: s
     best = max(rows, key=lambda row: row[criterion])
     half = min(rows, key=lambda row: abs(row["threshold"] - 0.5))
     if structure_families:  # on copies: the rows of the sweep stay overlap figures only
-        best, half = ({**row, "structure": _structure_at(result, out, row["threshold"], structure_families, tolerance)}
-                      for row in (best, half))
+        at = _structure_at(result, out, {best["threshold"], half["threshold"]}, structure_families, tolerance)
+        best, half = ({**row, "structure": at[row["threshold"]]} for row in (best, half))
     sweep = {"split": "val", "criterion": criterion, "best_threshold": best["threshold"], "best": best,
              "at_0.5": half, "thresholds": rows,
              "note": "micro IoU/Dice of the foreground over the validation split; a pixel is foreground when "
