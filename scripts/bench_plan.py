@@ -5,7 +5,8 @@
                                  [--rows plan hand plan+ema plan+lite1 plan+lr3e-4 plan+lovasz plan+fpn
                                         plan+gan plan+batch4 plan+light plan+heavy plan+unetplusplus
                                         plan+val-native plan+wd1e-4 plan+size192
-                                        plan+decoder128 plan+decoder256]
+                                        plan+decoder128 plan+decoder256 plan+validate-every-epoch]
+                                 [--time-budget B]
                                  [--seeds 0]
                                  [--tta-scales S...] [--out DIR] [--markdown]
 
@@ -52,7 +53,10 @@ steps); the half-width decoder over three seeds, each beside the plan: 0.8955 ±
 U-Net decoder where it resizes, so on a Kvasir-SEG plan.yaml written since `plan+decoder128` changes
 nothing and `plan+decoder256` measures smp's width; on native crops (ISBI 2012, CamVid) the plan
 keeps 256 and `plan+decoder128` is the lever. `plan+fpn` and `plan+unetplusplus` set smp's width.
-They are not run by default.
+`plan+validate-every-epoch` sets `train.validate_every: 1` where the plan validates every k-th
+epoch (a slow machine, a large validation set): the same budget spent validating every epoch.
+They are not run by default. `--time-budget B` runs every dataset at B instead of its own budget;
+its tables are published apart (`camvid-30m`).
 Runs go to OUT/DATASET/ROW (OUT/DATASET/ROW-seedS for `--seeds` other than 0, each with `segan
 train --seed S`, on the same plan.yaml) and are not run again once their summary.json exists (give a
 new --out after a row's recipe changes, as ISBI 2012's `hand` did on 2026-12-06: native crops).
@@ -102,11 +106,13 @@ LEVERS = {
     "plan+size192": {"data": {"size": 192}},
     "plan+decoder128": {"generator": {"decoder_width": 128}},
     "plan+decoder256": {"generator": {"decoder_width": 256}},
+    "plan+validate-every-epoch": {"train": {"validate_every": 1}},  # where the plan validates every k-th
 }
 
 
 def run_one(dataset: str, row: str, data: Path, out: Path, seed: int = 0,
-            tta_scales: list[float] | None = None) -> dict:
+            tta_scales: list[float] | None = None, budget: str | None = None) -> dict:
+    budget = budget or BUDGETS[dataset]
     run = out / dataset / (row if seed == 0 else f"{row}-seed{seed}")
     seeded = ["--seed", str(seed)] if seed else []
     summary = run / "summary.json"
@@ -116,14 +122,14 @@ def run_one(dataset: str, row: str, data: Path, out: Path, seed: int = 0,
         if row == "plan" or row in LEVERS:
             plan = out / dataset / "plan.yaml"
             if not plan.is_file():
-                segan("plan", str(data / dataset), "--config", str(recipe), "--time-budget", BUDGETS[dataset],
+                segan("plan", str(data / dataset), "--config", str(recipe), "--time-budget", budget,
                       "--out", str(plan), "--overwrite")
             if row in LEVERS:
                 plan = with_lever(plan, LEVERS[row], out / dataset / f"{row}.yaml")
             segan("train", "--config", str(plan), "--out", str(run), *seeded, "--overwrite")
         else:
             segan("train", "--config", str(recipe), "--data", str(data / dataset), "--out", str(run),
-                  "--time-budget", BUDGETS[dataset], *HAND[dataset], *seeded, "--overwrite")
+                  "--time-budget", budget, *HAND[dataset], *seeded, "--overwrite")
         print(f"{dataset} {row}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     eval_s = evaluate(run, "evaluation", "val")
     tta, tta_s = evaluate_tta(run, "val", tta_scales)
@@ -183,13 +189,20 @@ def columns(dataset: str) -> list[dict]:
     *_, score, tta = SCORES.get(dataset, DICE)
     return [{"key": "row", "label": "row"}, {"key": "date", "label": "date"}, {"key": "machine", "label": "machine"},
             {"key": "seeds", "label": "seeds"}, {"key": "steps", "label": "steps", "format": "{:,}"},
+            {"key": "validating", "label": "validating, of training time", "format": "{:.0%}"},
             {"key": "score", "label": score, "format": "{:.4f}"}, {"key": "sd", "label": "± sd", "format": "{:.4f}"},
             {"key": "tta", "label": tta, "format": "{:.4f}"},
             {"key": "plan", "label": "plan it is compared with", "format": "{:.4f}"},
             {"key": "plan_tta", "label": "that plan with TTA", "format": "{:.4f}"}]
 
 
-def tables(result: dict) -> list[dict]:
+def validating(run: dict) -> float:
+    """The run's validation time over its training time, from its summary's time budget."""
+    spent = run.get("time_budget") or {}
+    return spent.get("validation_s", 0.0) / spent["training_s"] if spent.get("training_s") else 0.0
+
+
+def tables(result: dict, budget: str | None = None) -> list[dict]:
     """The docs' tables of RESULT, one a dataset: a row per bench row with its native score (and with
     TTA, where every seed was scored with it) as the mean and sample sd over its seeds, beside the plan
     row's mean over the same seeds where this invocation ran them."""
@@ -211,9 +224,12 @@ def tables(result: dict) -> list[dict]:
             steps = sorted(run["steps"] for run in group)
             rows.append({"row": name, "date": date, "machine": machine, "seeds": ", ".join(map(str, seeds)),
                          "steps": steps[0] if steps[0] == steps[-1] else f"{steps[0]:,}-{steps[-1]:,}",
+                         "validating": mean_std([validating(run) for run in group])["mean"],
                          "score": mean(group, score), "sd": mean_std([run[score] for run in group])["std"],
                          "tta": mean(group, tta), "plan": mean(plan, score), "plan_tta": mean(plan, tta)})
-        published.append({"name": dataset, "columns": columns(dataset), "rows": rows})
+        # A budget other than the dataset's own is another table: its figures are not comparable.
+        name = dataset if budget in (None, BUDGETS[dataset]) else f"{dataset}-{budget}"
+        published.append({"name": name, "columns": columns(dataset), "rows": rows})
     return published
 
 
@@ -222,6 +238,8 @@ def main() -> None:
     add_common_arguments(parser, BUDGETS, "bench-plan")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=[*ROWS, *LEVERS])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="train each row with these seeds")
+    parser.add_argument("--time-budget", help="one budget for every dataset in place of its own (its tables are "
+                                              "published apart, as DATASET-BUDGET)")
     add_tta_argument(parser)
     benchkit.add_publish_argument(parser)
     args = parser.parse_args()
@@ -233,14 +251,14 @@ def main() -> None:
         return
     require_datasets(data, args.datasets)
     out.mkdir(parents=True, exist_ok=True)
-    runs = [run_one(dataset, row, data, out, seed, args.tta_scales)
+    runs = [run_one(dataset, row, data, out, seed, args.tta_scales, args.time_budget)
             for dataset in args.datasets for row in args.rows for seed in args.seeds]
     result = {"benchmark": "plan", "runs": runs}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({"benchmark": "plan", "runs": [{k: v for k, v in run.items() if k != "config"}
                                                     for run in runs]}))
     if args.publish:
-        benchkit.publish("plan", tables(result))
+        benchkit.publish("plan", tables(result, args.time_budget))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,14 @@ best round's median step is kept. Prints one JSON line; with `--publish`, also w
 into docs/benchmarks/results/threads.json, the source of docs/benchmarks/threads.md.
 
     python scripts/bench_threads.py [--steps 8] [--rounds 2] [--busy 1] [--publish]
+
+With `--loaders DATA`, it measures instead what the workers that read and augment the images cost
+beside torch's threads: `segan train`'s plain step (Lite0 U-Net, `--size` px, batch 8) on the real
+training loader of DATA/`--dataset`, timed from one step's end to the next, with DataLoader
+workers 0, 1 and 2 and torch threads 1 and one per core, each in a fresh process (the `loaders`
+table):
+
+    python scripts/bench_threads.py --loaders ../shared/data --dataset camvid --steps 12 [--publish]
 """
 
 from __future__ import annotations
@@ -81,14 +89,85 @@ def published_table(result: dict, settings: list[str]) -> dict:
     return {"name": "busy-cpu", "columns": columns, "rows": rows}
 
 
+# A fresh process: `segan train`'s step on a dataset's real training loader (reading, augmenting
+# and cropping in `workers` processes, or between steps with 0), timed from one step's end to the
+# next (the wait for the next batch included); prints the median seconds after `warmup` steps.
+LOADER_CHILD = """
+import logging, statistics, sys, time, warnings
+import lightning as L
+import torch
+from segan.config import Config, merge
+from segan.hardware import resolve_training_precision
+from segan.training import SeganModule, build_dataloaders
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore")
+ends = []
+class Ends(L.Callback):
+    def on_train_batch_end(self, *args):
+        ends.append(time.perf_counter())
+config = merge(Config.load({recipe!r}), {{"data": {{"root": {root!r}, "size": {size}, "num_workers": {workers}}},
+                                          "generator": {{"encoder_name": "tu-efficientnet_lite0", "encoder_weights": None}},
+                                          "loss": {{"adv_weight": 0.0}},
+                                          "train": {{"precision": resolve_training_precision("auto", "cpu")}}}})
+torch.manual_seed(0)
+train_loader, _ = build_dataloaders(config)
+trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, precision=config.train.precision,
+                    limit_train_batches={warmup} + {steps} + 1, limit_val_batches=0, logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                    callbacks=[Ends()])
+trainer.fit(SeganModule(config.to_dict()), train_loader)
+gaps = [later - earlier for earlier, later in zip(ends[{warmup}:], ends[{warmup} + 1:])]
+print(statistics.median(gaps), torch.get_num_threads())
+"""
+LOADER_WARMUP = 3
+
+
+def loader_timed(data: Path, dataset: str, workers: int, threads: int, size: int, steps: int) -> float:
+    env = {key: value for key, value in os.environ.items() if key not in OPENMP_VARIABLES}
+    env["OMP_NUM_THREADS"] = str(threads)
+    child = LOADER_CHILD.format(recipe=str(benchkit.ROOT / "datasets" / dataset / "config.yaml"),
+                                root=str(data / dataset), size=size, workers=workers, warmup=LOADER_WARMUP,
+                                steps=steps)
+    done = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"workers {workers}, threads {threads} failed:\n{done.stderr[-3000:]}")
+    return float(done.stdout.split()[-2])
+
+
+def loader_table(data: Path, dataset: str, size: int, steps: int) -> dict:
+    """Training steps on the real loader for DataLoader workers 0, 1, 2 beside torch threads 1 and
+    one per core: the table of docs/benchmarks/results/threads.json named `loaders`."""
+    cores = os.cpu_count() or 1
+    rows = [{"workers": workers, "threads": threads, "step_s": loader_timed(data, dataset, workers, threads, size, steps)}
+            for threads in sorted({1, cores}) for workers in (0, 1, 2)]
+    fastest = min(row["step_s"] for row in rows)
+    for row in rows:
+        row["vs_fastest"] = row["step_s"] / fastest
+    columns = [{"key": "workers", "label": "DataLoader workers"}, {"key": "threads", "label": "torch threads"},
+               {"key": "step_s", "label": f"step on {dataset} at {size} px, batch 8", "format": "{:.3f} s"},
+               {"key": "vs_fastest", "label": "against the fastest", "format": "{:.2f}×"}]
+    return {"name": "loaders", "columns": columns, "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=8, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--busy", type=int, default=1, help="busy processes beside the loaded runs")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--loaders", type=Path, metavar="DATA",
+                        help="instead: DataLoader workers (0, 1, 2) beside torch threads on DATA/--dataset's real "
+                             "training loader (the `loaders` table)")
+    parser.add_argument("--dataset", default="camvid")
+    parser.add_argument("--size", type=int, default=256)
     benchkit.add_publish_argument(parser)
     args = parser.parse_args()
+    if args.loaders is not None:
+        table = loader_table(args.loaders, args.dataset, args.size, args.steps)
+        print(json.dumps({"benchmark": "loaders", "machine": benchkit.machine(), **table}))
+        if args.publish:
+            benchkit.publish("threads", [table])
+        return
     result = {"benchmark": "threads", "cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
               "steps": args.steps, "rounds": args.rounds, "busy_processes": args.busy}
     for setting in args.settings:

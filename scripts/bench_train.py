@@ -73,17 +73,23 @@ class NchwModule(SeganModule):
         return batch
 
 
-def step_time(config: Config, batch: dict, steps: int, nchw: bool = False) -> float:
-    """Median seconds per training step over `steps` steps after one warm-up step."""
+def step_time(config: Config, batch: dict, steps: int, nchw: bool = False, callbacks: tuple = ()) -> float:
+    """Median seconds per training step over `steps` steps after one warm-up step (`callbacks`:
+    more Lightning callbacks, e.g. a profiler's)."""
+    times = sorted(step_times(config, batch, steps, nchw, callbacks)[1:])
+    return times[len(times) // 2]
+
+
+def step_times(config: Config, batch: dict, steps: int, nchw: bool = False, callbacks: tuple = ()) -> list[float]:
+    """Seconds of each of `steps` + 1 training steps, the first (warm-up, compiling) included."""
     torch.manual_seed(0)
     module = (NchwModule if nchw else SeganModule)(config.to_dict())
     timer = StepTimer()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, precision=config.train.precision, limit_train_batches=steps + 1,
                         limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[timer])
+                        enable_model_summary=False, callbacks=[timer, *callbacks])
     trainer.fit(module, DataLoader([batch] * (steps + 1), batch_size=None))
-    times = sorted(timer.times[1:])
-    return times[len(times) // 2]
+    return timer.times
 
 
 def forward_gflop(model: torch.nn.Module, *inputs: torch.Tensor) -> float:

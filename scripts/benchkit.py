@@ -117,11 +117,17 @@ def cpu_info() -> tuple[str, tuple[str, str, str]]:
     return model, next(kind for kind in CPU_KINDS if not kind[0] or kind[0] in flags)
 
 
+# Environment variables that hold torch's own kernels (ATen) and oneDNN's to AVX2 on a newer CPU:
+# the closest a machine with AVX-512 comes to an AVX2-only one (its cores and memory stay its own).
+AVX2_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+
+
 def machine() -> str:
     """The machine class every recorded figure names: cores, CPU model, and its fastest float type
     (AMX, AVX-512 BF16, or AVX2 only)."""
     model, (_, words, _) = cpu_info()
-    return f"{os.cpu_count()} cores of an {model} {words}"
+    held = [f"{name}={os.environ[name]}" for name in AVX2_LIMITS if os.environ.get(name, "").lower() == "avx2"]
+    return f"{os.cpu_count()} cores of an {model} {words}" + (f", held to AVX2 kernels ({', '.join(held)})" if held else "")
 
 
 def publish(name: str, tables: Sequence[dict]) -> Path:
@@ -135,7 +141,8 @@ def publish(name: str, tables: Sequence[dict]) -> Path:
     script = Path(sys.argv[0]).resolve()
     script_name = str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else sys.argv[0]
     arguments = [argument for argument in sys.argv[1:] if argument != "--publish"]  # the command that measures
-    stamp = {"command": " ".join(["python", script_name, *arguments]),
+    held = [f"{name}={os.environ[name]}" for name in AVX2_LIMITS if name in os.environ]  # part of the command
+    stamp = {"command": " ".join([*held, "python", script_name, *arguments]),
              "machine": machine(), "date": datetime.date.today().isoformat(), "commit": COMMIT}
     fresh = {table["name"]: {"name": table["name"], **stamp, **{k: v for k, v in table.items() if k != "name"}}
              for table in tables}

@@ -116,7 +116,7 @@ def summary_table(results: dict[str, dict], headline: bool) -> str:
             if headline and not item.get("headline"):
                 continue
             _, table = find_table(results, f"{name}/{item['table']}")
-            note = re.sub(r"\{(\d+)\.(\w+)\}", lambda m: summary_value(table, {"row": int(m.group(1)),
+            note = re.sub(r"\{(\d+)\.([\w.]+)\}", lambda m: summary_value(table, {"row": int(m.group(1)),
                                                                          "column": m.group(2)}), item.get("note", ""))
             figure = summary_value(table, item) + (f" {note}" if note else "")
             link = f"[{result['title']}]({prefix}{name}.md)"

@@ -77,6 +77,8 @@ TRAIN_FLAGS = {
     "precision": ("train", "precision"),
     "checkpoint_every_n_steps": ("train", "checkpoint_every_n_steps"),
     "min_epoch_steps": ("train", "min_epoch_steps"),
+    "validate_every": ("train", "validate_every"),
+    "compile": ("train", "compile"),
 }
 _DEFAULTS = Config()
 
@@ -296,6 +298,8 @@ def _add_train(subparsers) -> None:
     _add_config_flag(g, "--min-epoch-steps", "an epoch holds at least N steps: a small training set is cycled "
                                              "through, so validation runs less often (segan plan sets it)",
                      metavar="N")
+    _add_config_flag(g, "--validate-every", "validate every N epochs, and always after the last one (segan plan "
+                                            "sets it on a slow machine)", metavar="N")
     _add_config_flag(g, "--time-budget", "train for this long instead of --epochs (30m, 1h30m, or seconds): "
                                          "the schedule is fitted to the measured epoch time and the run, its final "
                                          "scoring included, ends within the budget", metavar="DURATION")
@@ -306,6 +310,8 @@ def _add_train(subparsers) -> None:
     _add_config_flag(g, "--accelerator", "auto, cpu, gpu")
     _add_config_flag(g, "--devices", "device count or auto; >1 runs DDP")
     _add_config_flag(g, "--precision", "Lightning precision", choices=PRECISIONS)
+    _add_config_flag(g, "--compile", "run the training step through torch.compile: true, false, or auto (only "
+                                     "where segan plan measured that it pays)", metavar="{auto,true,false}")
     _add_config_flag(g, "--checkpoint-every-n-steps", "also write last.ckpt every N training steps "
                                                       "(default: at the end of every epoch)", metavar="N")
     p.set_defaults(handler=_train)

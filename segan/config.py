@@ -453,6 +453,17 @@ class TrainConfig:
             cycled through (each pass in a new order, each sample augmented anew), so that
             validation, checkpoints and pictures, which come once an epoch, take a smaller share
             of the time (nnU-Net's epochs are a fixed number of steps too). None: one pass.
+        compile: run the training step's networks through `torch.compile` (inductor): true, false,
+            or auto, which trains uncompiled unless `segan plan` measured that compiling pays for
+            itself within the time budget on this machine (it then writes true). Checkpoints and the
+            exported generator hold the plain networks' weights; validation runs them uncompiled
+            (whole images of many sizes would each compile anew). The compile time, a minute or
+            more on a small CPU, counts in the time budget.
+        validate_every: validate the first epoch, every N-th after it, and always the last one (the
+            one a time budget plans, or one the budget cuts short), so that a large validation set does not eat
+            a slow machine's budget; the best checkpoint is chosen among the validated epochs and
+            re-scored on the whole validation split at the end. `segan plan` sets it from its
+            measured times. 1: every epoch.
         progress_png: redraw RUN/progress.png (the training curves) after every epoch; about a
             second of plotting each time (runs of many tiny epochs: see min_epoch_steps).
         out: run folder.
@@ -473,6 +484,8 @@ class TrainConfig:
     precision: Precision = "auto"
     checkpoint_every_n_steps: PositiveInt | None = None
     min_epoch_steps: PositiveInt | None = None
+    validate_every: PositiveInt = 1
+    compile: bool | Literal["auto"] = "auto"
     progress_png: bool = True
     out: str = "weights/run"
 

@@ -16,8 +16,12 @@ log = logging.getLogger(__name__)
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU has native bf16 instructions (AVX-512 BF16 or AMX tiles); without them
-    torch emulates bf16 and it runs slower than float32."""
+    """Whether this CPU has native bf16 instructions (AVX-512 BF16 or AMX tiles) and torch uses
+    them; without them torch emulates bf16 and it runs slower than float32. A process whose
+    kernels are held to AVX2 (ATEN_CPU_CAPABILITY=avx2, as a benchmark of an AVX2-only machine
+    runs) has none either."""
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return False
     probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(probe() for probe in probes if probe is not None)
 

@@ -21,11 +21,16 @@ The rules, in order:
 - adversarial term: off (`loss.adv_weight: 0`) unless the discriminator is to judge unlabelled
   images (`data.unlabeled` or `data.labeled_fraction` with an adversarial `semi.mode`); decided
   before the size, because the measured step is then the plain one;
+- compiling (`train.compile`): for budgets of an hour or more, a compiled step is probed too,
+  and kept where it fits more steps in the budget after paying for its compile time;
 - size: the largest side (a multiple of 32, at most the images' own) at which the budget still
   holds `TARGET_STEPS` training steps, from the measured step time, and whose memory, scaled
   from the measured step's, fits in what the training device has free;
 - epoch length: one pass over the training set, or, for a small set, as many passes as keep
   validation (and the checkpoints and pictures that come with it) to a small share of the time;
+- validation: every epoch, or, where epochs cannot be made longer and validating would still take
+  more than `VALIDATION_SHARE` of the training time (a large validation set, a slow machine),
+  every k-th epoch, always the first and the last;
 - epochs: what the budget holds at that size (the run re-measures and re-plans as it trains).
 - decoder: where the images are resized, a U-Net decoder half as wide as smp's, after the size
   (which is chosen with smp's width): more steps at the same size; crops keep smp's width.
@@ -73,11 +78,16 @@ RARE_SHARE = 0.01  # classes below this share of the labelled pixels are named a
 MARGIN = 0.05  # of the budget, for start-up (data check, loading) and the final scoring
 EPOCH_END_SHARE = 0.1  # of an epoch's training time, at most, for its end, where epochs can be made longer
 MIN_EPOCHS = 30  # in a budget: the run stops at the last whole epoch, so an epoch is what it may leave unused
+VALIDATION_SHARE = 0.1  # of the training time, at most, for validation, where epochs cannot be made longer
 # Where the plan resizes (no thin objects), a U-Net decoder half as wide as smp's: its faster step
 # gives more steps at the size chosen with smp's width (see the reason in make_plan).
 RESIZED_DECODER_WIDTH = 128
 PAGE = "docs/benchmarks/plan.md"  # the measurements behind the rules; reason lines link into it
 ACCURACY_STRUCTURE = "at-native-size-with-the-structure-metrics"  # the GAN against plain on structure
+VALIDATION_SECTION = "validating-every-kth-epoch"  # equal budgets, with and without validate_every
+PROFILE_PAGE = "docs/benchmarks/profile.md"  # where a training step's time goes, and compiling it
+COMPILE_SECTION = "compiled"
+COMPILE_PROBE_BUDGET = "1h"  # compiling is probed for budgets this long or longer
 
 
 @dataclass
@@ -109,6 +119,7 @@ class Probe:
     validation_image_s: float  # validating one image, as the run's validation does
     epoch_end_s: float  # the rest of an epoch's end: checkpoints, pictures
     memory: float = 0.0  # bytes
+    first_step_s: float = 0.0  # from the fit's start to the first step's end (compiling, with train.compile)
 
 
 StepTimer = Callable[[Config], Probe]
@@ -124,7 +135,10 @@ class _Clock(Callback):
         self.validation_ends: list[float] = []
         self.validation_sizes: list[int] = []
         self.step_peak = 0.0
-        self.finished = 0.0
+        self.started = self.finished = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.started = time.perf_counter()
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         self.train_ends.append(time.perf_counter())
@@ -218,7 +232,7 @@ def measure_step(config: Config, steps: int = 10, warmup: int = 4, validation_ba
         validation_s = (clock.validation_ends[0] - clock.train_ends[-1]) / clock.validation_sizes[0]
     return Probe(step_s=(clock.train_ends[-1] - clock.train_ends[warmup - 1]) / steps,
                  validation_image_s=validation_s, epoch_end_s=clock.finished - clock.validation_ends[-1],
-                 memory=max(0.0, clock.step_peak - before))
+                 memory=max(0.0, clock.step_peak - before), first_step_s=clock.train_ends[0] - clock.started)
 
 
 def gib(size: float) -> str:
@@ -417,9 +431,9 @@ class Budget:
     epoch at each size. The budget rules narrow `batch` and `sizes` and choose `size`."""
 
     def __init__(self, facts: Facts, config: Config, time_budget: str, budget_s: float, measured: Probe,
-                 probe_size: int) -> None:
+                 probe_size: int, compiled: Probe | None = None) -> None:
         self.facts, self.time_budget = facts, time_budget
-        self.measured, self.probe_size = measured, probe_size
+        self.measured, self.probe_size, self.compiled = measured, probe_size, compiled
         self.free = available_memory(training_device(config.train.accelerator))
         self.usable = 0.8 * self.free
         self.probed = self.batch = config.train.batch_size
@@ -461,11 +475,45 @@ class Budget:
         longest = math.floor(self.usable_s / MIN_EPOCHS / self.step_seconds(size))
         return max(self.pass_steps, min(wanted, longest))
 
+    def validate_every(self, size: int) -> int:
+        # Where an epoch can grow no longer (it would leave too much of the budget unused) and
+        # validation still costs more than VALIDATION_SHARE of its training time, the run
+        # validates every k-th epoch instead: validation costs the same on a slow machine as on
+        # a fast one only in images, not in seconds.
+        training_s = self.epoch_steps(size) * self.step_seconds(size)
+        return max(1, math.ceil(self.validation_seconds(size) / (VALIDATION_SHARE * training_s)))
+
     def epoch_seconds(self, size: int) -> float:
-        return self.epoch_steps(size) * self.step_seconds(size) + self.epoch_end_seconds(size)
+        """An epoch's training, its end, and its share of the validations."""
+        return (self.epoch_steps(size) * self.step_seconds(size) + self.measured.epoch_end_s
+                + self.validation_seconds(size) / self.validate_every(size))
 
     def epochs(self, size: int) -> int:
         return math.floor(self.usable_s / self.epoch_seconds(size))
+
+
+def compile_rule(facts: Facts, budget: Budget) -> list[Choice]:
+    """Compiling: on where the probe's compiled step, its compile time paid out of the budget, fits
+    more steps in it than the uncompiled one; probed only for budgets of `COMPILE_PROBE_BUDGET`
+    or more (compiling alone takes minutes on a small CPU). A true or false in the base stands."""
+    if facts.base.train.compile != "auto":
+        return []
+    compiled, measured = budget.compiled, budget.measured
+    if compiled is None:
+        return [Choice("train.compile", False,
+                       f"train.compile false: not probed for a budget under {COMPILE_PROBE_BUDGET}; compiling the "
+                       "step takes minutes on a small CPU and, on the CPUs measured, gained too little to earn them "
+                       f"back ({PROFILE_PAGE}#{COMPILE_SECTION})")]
+    compile_s = max(0.0, compiled.first_step_s - measured.first_step_s)
+    pays = (budget.usable_s - compile_s) / compiled.step_s > budget.usable_s / measured.step_s
+    why = (f"a compiled step took {compiled.step_s:.2f} s against {measured.step_s:.2f} s "
+           f"({measured.step_s / compiled.step_s:.2f}x) after {compile_s:.0f} s of compiling, so {budget.time_budget} "
+           f"holds {'more' if pays else 'fewer'} steps {'with' if pays else 'without'} it "
+           f"({PROFILE_PAGE}#{COMPILE_SECTION})")
+    if pays:
+        budget.step_s = compiled.step_s
+        budget.usable_s -= compile_s
+    return [Choice("train.compile", pays, f"train.compile {'true' if pays else 'false'}: {why}")]
 
 
 def memory_rule(facts: Facts, budget: Budget) -> list[Choice]:
@@ -488,7 +536,7 @@ def memory_rule(facts: Facts, budget: Budget) -> list[Choice]:
         if budget.step_memory(smallest, fewer) > budget.usable:
             why += (f"; even one image would take about {gib(budget.step_memory(smallest, 1))}: the run may run "
                     "out of memory (close other programs, or plan on a machine with more)")
-        budget.step_s, budget.batch = measured.step_s * fewer / budget.probed, fewer
+        budget.step_s, budget.batch = budget.step_s * fewer / budget.probed, fewer
     elif measured.memory and budget.free < math.inf:
         why += (f"; a step of {count(batch, 'image')} at {budget.probe_size} px peaked at {gib(measured.memory)}, "
                 f"with {gib(budget.free)} free")
@@ -536,6 +584,22 @@ def epoch_length_rule(facts: Facts, budget: Budget) -> list[Choice]:
                    f"{budget.measured.epoch_end_s:.1f} s); an epoch cycles through the set so that its end takes at "
                    f"most {EPOCH_END_SHARE:.0%} of its training time, as long as an epoch stays under "
                    f"1/{MIN_EPOCHS} of the budget")]
+
+
+def validation_rule(facts: Facts, budget: Budget) -> list[Choice]:
+    """Validation: every k-th epoch (and always the first and last) where validating every epoch
+    would take more than `VALIDATION_SHARE` of the training time."""
+    size = budget.size
+    every = budget.validate_every(size)
+    if every == 1:
+        return []
+    training_s = budget.epoch_steps(size) * budget.step_seconds(size)
+    return [Choice("train.validate_every", every,
+                   f"train.validate_every {every}: validating the {budget.val_images} validation images takes about "
+                   f"{budget.validation_seconds(size):.0f} s, {budget.validation_seconds(size) / training_s:.0%} of an "
+                   f"epoch's {training_s:.0f} s of training on this machine; validating once every {every} epochs (and "
+                   f"the first and last) keeps it under {VALIDATION_SHARE:.0%}. The best checkpoint is chosen among the "
+                   f"validated epochs and scored on every validation image at the end ({PAGE}#{VALIDATION_SECTION})")]
 
 
 def time_budget_rule(facts: Facts, budget: Budget) -> list[Choice]:
@@ -604,7 +668,8 @@ def rotations_rule(facts: Facts, budget: Budget) -> list[Choice]:
 
 
 BUDGET_RULES: list[Callable[[Facts, Budget], list[Choice]]] = [
-    memory_rule, largest_size_rule, size_rule, epoch_length_rule, time_budget_rule, decoder_rule, predict_rule,
+    compile_rule, memory_rule, largest_size_rule, size_rule, epoch_length_rule, validation_rule, time_budget_rule, decoder_rule,
+    predict_rule,
     classes_rule, rotations_rule]
 
 
@@ -648,7 +713,11 @@ def make_plan(base: Config, time_budget: str, timer: StepTimer | None = None) ->
     config = merge(base, values)
     probe_size = min(facts.sizes, key=lambda size: abs(size - 256))  # small sizes inflate the per-pixel time
     config.data.size = probe_size
-    budget = Budget(facts, config, time_budget, budget_s, (timer or measure_step)(config), probe_size)
+    timer = timer or measure_step
+    measured = timer(config)
+    compiled = (timer(merge(config, {"train": {"compile": True}}))
+                if config.train.compile == "auto" and budget_s >= parse_duration(COMPILE_PROBE_BUDGET) else None)
+    budget = Budget(facts, config, time_budget, budget_s, measured, probe_size, compiled)
     for rule in BUDGET_RULES:
         for choice in rule(facts, budget):
             if choice.setting:

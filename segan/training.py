@@ -107,6 +107,11 @@ class SeganModule(L.LightningModule):
         # NHWC: oneDNN's CPU convolutions (bf16 above all) and GPU tensor cores run faster in it.
         # The weights go to safetensors through `export_generator`, which builds a fresh model.
         network_layout(self)
+        # What the training step calls: the networks, or with train.compile their compiled views.
+        # A tuple, so they are not registered as children: checkpoints keep the plain networks'
+        # keys, and validation runs the plain ones (each new image size would compile anew).
+        self.step_networks = tuple(torch.compile(network, dynamic=False) if self.config.train.compile is True
+                                   else network for network in (self.generator, self.discriminator))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.generator(image)
@@ -135,7 +140,7 @@ class SeganModule(L.LightningModule):
         return mask
 
     def discriminate(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.discriminator(image, self.guarded(mask))
+        return self.step_networks[1](image, self.guarded(mask))
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         """One step of the algorithm, as pix2pix's `optimize_parameters`: the generator predicts;
@@ -143,7 +148,7 @@ class SeganModule(L.LightningModule):
         learns from the masks, from fooling D, and from images without masks (G step)."""
         labeled, unlabeled = (batch["labeled"], batch["unlabeled"]) if "labeled" in batch else (batch, None)
         image, mask = labeled["image"], labeled["mask"]
-        logits = self.generator(image)
+        logits = self.step_networks[0](image)
         fake = probabilities(logits)
         seg_loss = self.segmentation_loss(logits, mask)
         judged = self.judge(image, mask, fake) if self.adversarial else None
@@ -237,7 +242,7 @@ class SeganModule(L.LightningModule):
     def unlabelled_term(self, unlabeled: dict) -> torch.Tensor:
         """The weighted loss on images without masks (see `segan.semi`)."""
         gate_open = self.current_epoch >= self.config.semi.gate_warmup_epochs
-        step = self.semi.step(self.generator, unlabeled, gate_open, self.config.data.ignore_index,
+        step = self.semi.step(self.step_networks[0], unlabeled, gate_open, self.config.data.ignore_index,
                               teacher=self.teacher.module if self.teacher is not None else None)
         self.log("semi/unlabeled_loss", step.loss.detach(), on_epoch=True)
         self.log_dict({f"semi/{name}": value for name, value in step.stats.items()}, on_step=False, on_epoch=True)
@@ -538,7 +543,8 @@ class ResumeError(ValueError):
 # What a resume may change: how long and on what the run goes on, and where its data now lies.
 # Anything else (model, classes, losses, augmentation, optimiser) would make it another run.
 RESUMABLE_SETTINGS = frozenset({"train.epochs", "train.time_budget", "train.accelerator", "train.devices", "train.out",
-                                "train.checkpoint_every_n_steps", "train.progress_png", "data.num_workers",
+                                "train.checkpoint_every_n_steps", "train.progress_png", "train.validate_every",
+                                "data.num_workers",
                                 "data.root"})
 
 
@@ -573,6 +579,33 @@ class LastCheckpoint(Checkpoint):
         if self.trained_this_session:
             trainer.save_checkpoint(self.path, weights_only=False)
             log.warning("training state saved to %s", self.path)
+
+
+class ValidationCadence(Callback):
+    """Validates the first epoch, every `every`-th after it, and always the last one: the trainer's
+    last epoch (a time budget's plan) or one stopped inside (the budget ran out, or non-finite
+    losses). The first is validated early because a time budget plans with its validation time.
+
+    It sets Lightning's `check_val_every_n_epoch` per epoch: 1 where this epoch validates, else
+    a period no epoch reaches. `BestCheckpoint` then saves at the end of validated epochs only
+    (Lightning's ModelCheckpoint saves at an epoch's end when that setting is 1, else after a
+    validation), so an epoch that was not validated never inherits the last one's score."""
+
+    NEVER = 1 << 30
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+
+    def validates(self, epoch: int, last_epoch: int) -> bool:
+        return epoch % self.every == 0 or epoch + 1 >= last_epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        validates = self.validates(trainer.current_epoch, trainer.max_epochs)
+        trainer.check_val_every_n_epoch = 1 if validates else self.NEVER
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        if trainer.should_stop:  # set by the budget's callback or the non-finite guard, listed before
+            trainer.check_val_every_n_epoch = 1
 
 
 class BestCheckpoint(ModelCheckpoint):
@@ -749,7 +782,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
                if config.train.time_budget is not None else None)
     # The planner goes first, so that last.ckpt holds the epoch it has just measured; the time
     # between two epoch ends still holds one of everything the other callbacks do.
-    callbacks = [*([planner] if planner else []), best_checkpoint, last_checkpoint, *pictures]
+    callbacks = [*([planner] if planner else []), ValidationCadence(config.train.validate_every), best_checkpoint,
+                 last_checkpoint, *pictures]
     trainer = build_trainer(config, run_dir, callbacks)
     started = time.perf_counter()
     _fit(trainer, module, (train_loader, val_loader), resume, last_checkpoint, aside, run_dir)

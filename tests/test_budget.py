@@ -91,3 +91,34 @@ def test_an_epoch_longer_than_the_budget_stops_inside_it(demo_root, tmp_path, te
     assert result.steps == 2
     assert result.time_budget["ended_by"] == "budget, inside an epoch"
     assert (run / "generator" / "model.safetensors").is_file()  # validated and exported all the same
+
+
+def validated_epochs(run) -> list[int]:
+    with (run / "metrics.csv").open(newline="") as handle:
+        return [int(row["epoch"]) for row in csv.DictReader(handle) if row.get("val/iou")]
+
+
+def test_an_epoch_cut_short_is_validated_whatever_the_cadence(demo_root, tmp_path, monkeypatch):
+    # Steps take 10 s in epoch 0 and 40 s after it (the machine got busy). 100 s budget: after epoch
+    # 0 (1 s sanity check, 30 s of steps, 1 s validating) 3 epochs are planned; epoch 1, which
+    # validate_every 5 would not validate, is cut at its second step (112 s > 100 - 2.5 s kept back)
+    # and validated all the same, so its weights can still become the best.
+    now = [0.0]
+    monkeypatch.setattr(budget, "clock", lambda: now[0])
+    steps, validations = SeganModule.training_step, SeganModule.validation_step
+
+    def training_step(self, *args):
+        now[0] += 10.0 if self.current_epoch == 0 else 40.0
+        return steps(self, *args)
+
+    def validation_step(self, *args):
+        now[0] += VALIDATION_BATCH_S
+        return validations(self, *args)
+
+    monkeypatch.setattr(SeganModule, "training_step", training_step)
+    monkeypatch.setattr(SeganModule, "validation_step", validation_step)
+    run = tmp_path / "run"
+    result = train(tiny_config(demo_root, run, train={"time_budget": "100s", "validate_every": 5}))
+    assert result.steps == 5
+    assert result.time_budget["ended_by"] == "budget, inside an epoch"
+    assert validated_epochs(run) == [0, 1]

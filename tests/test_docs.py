@@ -115,6 +115,12 @@ def test_generated_references_and_tables_are_current():
     assert stale == [], "run python scripts/docs.py"
 
 
+def test_summary_notes_name_cells_that_exist():
+    # A note's {ROW.COLUMN} is replaced by that cell; one left as typed names no cell.
+    docs = load_script("docs")
+    assert re.findall(r"\{\d+\.[^}]*\}", docs.summary_table(docs.load_results(), headline=False)) == []
+
+
 def test_a_flag_added_without_regenerating_makes_the_cli_reference_stale(monkeypatch):
     import segan.cli
     docs = load_script("docs")

@@ -159,6 +159,55 @@ def test_plan_counts_checkpoints_and_pictures_in_an_epochs_end(tmp_path):
                                  "checkpoints and pictures 1.0 s)") for reason in plan.reasons)
 
 
+def test_plan_validates_every_kth_epoch_where_epochs_cannot_grow(tmp_path):
+    # 8 training images in batches of 2, 60 validation images, 2 minutes. Even at 128 px (a step of
+    # 0.164 s) 2200 steps do not fit, so the plan takes the smallest size. Validating takes 1.64 s;
+    # to be a tenth of an epoch's training an epoch would need 100 steps, but it may be at most
+    # 1/30 of the 114 s usable: 23 steps (3.77 s). Validation is then 43 % of the training: every
+    # 5th epoch keeps it under 10 %. An epoch then counts 3.77 + 1.64 / 5 = 4.10 s: 27 epochs,
+    # where validating every epoch (5.41 s) would leave 21.
+    root = dataset(tmp_path / "data", disks, n_train=8, n_val=60)
+    plan = make_plan(Config.from_dict({"data": {"root": str(root)}}), "2m", timer=fake_timer)
+    config = plan.config
+    assert (config.data.size, config.train.min_epoch_steps) == (128, 23)
+    assert (config.train.validate_every, config.train.epochs) == (5, 27)
+    assert any(reason.startswith("train.validate_every 5: validating the 60 validation images takes about 2 s, 43% "
+                                 "of an epoch's 4 s of training on this machine; validating once every 5 epochs (and "
+                                 "the first and last) keeps it under 10%") for reason in plan.reasons)
+
+
+@pytest.mark.parametrize("compiled_step, compile_s, chosen", [(0.8, 100.0, True), (0.8, 2000.0, False),
+                                                               (1.05, 10.0, False)])
+def test_plan_compiles_where_the_compiled_step_pays_for_its_compile_time(tmp_path, compiled_step, compile_s, chosen):
+    # A 2h budget (6840 s usable). A compiled step 0.8x as long after 100 s of compiling fits
+    # 6740 / 0.8 = 8425 step-lengths against 6840: on. After 2000 s, 6050: off. A slower one: off.
+    root = dataset(tmp_path / "data", disks)
+    timed = []
+
+    def timer(config: Config) -> Probe:
+        timed.append(config.train.compile)
+        probe = fake_timer(config)
+        if config.train.compile is True:
+            return dataclasses.replace(probe, step_s=probe.step_s * compiled_step, first_step_s=compile_s)
+        return probe
+
+    plan = make_plan(Config.from_dict({"data": {"root": str(root)}}), "2h", timer=timer)
+    assert timed == ["auto", True] and plan.config.train.compile is chosen
+    reason = next(reason for reason in plan.reasons if reason.startswith("train.compile"))
+    assert reason.startswith(f"train.compile {str(chosen).lower()}: a compiled step took "
+                             f"{0.65536 * compiled_step:.2f} s against 0.66 s ({1 / compiled_step:.2f}x) after "
+                             f"{compile_s:.0f} s of compiling, so 2h holds {'more' if chosen else 'fewer'} steps")
+    # under an hour it is not probed, and a choice in the base config is kept without probing
+    timed.clear()
+    short = make_plan(Config.from_dict({"data": {"root": str(root)}}), "30m", timer=timer)
+    assert timed == ["auto"] and short.config.train.compile is False
+    assert any(reason.startswith("train.compile false: not probed for a budget under 1h") for reason in short.reasons)
+    timed.clear()
+    kept = make_plan(Config.from_dict({"data": {"root": str(root)}, "train": {"compile": True}}), "2h", timer=timer)
+    assert timed == [True] and kept.config.train.compile is True
+    assert not any(reason.startswith("train.compile") for reason in kept.reasons)
+
+
 def test_plan_takes_native_crops_of_thin_structures(tmp_path):
     root = dataset(tmp_path / "data", thin_lines, colour=False)
     plan = make_plan(Config.from_dict({"data": {"root": str(root)}}), "10m", timer=fake_timer)

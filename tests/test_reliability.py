@@ -541,3 +541,44 @@ def test_unwritable_output_folder_is_refused_up_front_even_as_root(tmp_path, cap
                  str(tmp_path / "out"), "--device", "cpu"]) == 2
     assert "cannot write to the output folder" in capsys.readouterr().err
     assert not (tmp_path / "out" / "masks").exists()
+
+
+def test_compiled_training_resumes_exactly_keeps_the_plain_networks_and_runs_under_ddp(tmp_path, interrupt_data):
+    """train.compile true: kill -9 in epoch 2 and resume ends with the weights of a straight compiled
+    run; the checkpoints hold the plain networks' keys (they load into an uncompiled module); the
+    exported generator loads in plain smp; a two-process DDP run completes. One test, so that the
+    later runs reuse the compiled code inductor cached on disk (same networks, same shapes)."""
+    import segmentation_models_pytorch as smp
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert main(["train", "--config", str(tiny_yaml(tmp_path / "a.yaml", interrupt_data, straight)),
+                 "--compile", "true"]) == 0
+    killed = run_training("--config", str(tiny_yaml(tmp_path / "b.yaml", interrupt_data, broken)), "--compile", "true",
+                          stop_at=2 * STEPS_PER_EPOCH + 2, how="kill")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert main(["train", "--resume", "--out", str(broken)]) == 0
+    expected, got = generator_weights(straight), generator_weights(broken)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
+
+    saved = load_checkpoint(broken / "checkpoints" / "best.ckpt")
+    config = saved["hyper_parameters"]["config"]
+    assert config["train"]["compile"] is True
+    plain = training.SeganModule({**config, "train": {**config["train"], "compile": False}})
+    assert plain.state_dict().keys() == saved["state_dict"].keys()
+    plain.load_state_dict(saved["state_dict"])  # strict: every key, none under "_orig_mod."
+    image = torch.randn(2, 3, 64, 64)
+    exported = smp.from_pretrained(str(broken / "generator")).eval()
+    generator = plain.generator.eval().to(memory_format=torch.contiguous_format)
+    with torch.inference_mode():
+        torch.testing.assert_close(exported(image), generator(image), rtol=0, atol=0)
+
+    ddp = tmp_path / "ddp"
+    config = tiny_config(interrupt_data, ddp, train={"epochs": 1, "batch_size": 4, "devices": 2, "compile": True})
+    config.save(tmp_path / "ddp.yaml")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    done = subprocess.run([sys.executable, "-m", "segan", "train", "--config", str(tmp_path / "ddp.yaml")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # 16 training images, 4 per device per step, 2 devices: 2 steps.
+    assert json.loads((ddp / "summary.json").read_text())["steps"] == 2

@@ -216,6 +216,7 @@ def test_device_count_reads_every_form_train_devices_takes():
 
 
 def test_two_process_cpu_ddp_run_completes(tmp_path, demo_root):
+    # (compiled: tests/test_reliability.py, after a compiled run whose inductor cache it reuses)
     run = tmp_path / "ddp"
     command = [sys.executable, "-m", "segan", "train", "--data", str(demo_root), "--out", str(run),
                "--size", "64", "--epochs", "1", "--batch-size", "2", "--num-workers", "0",
@@ -334,3 +335,18 @@ def test_min_epoch_steps_makes_an_epoch_several_passes(tmp_path, demo_root):
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert sorted(int(row["epoch"]) for row in rows if row.get("val/iou")) == [0, 1]  # once an epoch
 
+
+
+def test_validate_every_validates_the_first_every_nth_and_the_last_epoch(tmp_path, demo_root):
+    import csv
+    run = tmp_path / "run"
+    result = train(tiny_config(demo_root, run, loss={"adv_weight": 0.0}, train={"epochs": 6, "validate_every": 4}))
+    with (run / "metrics.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    scores = {int(row["epoch"]): float(row["val/iou"]) for row in rows if row.get("val/iou")}
+    assert sorted(scores) == [0, 4, 5]
+    # best.ckpt is one of the validated epochs, the best of them; an epoch between two validations
+    # never took the previous one's score.
+    best = training.load_checkpoint(run / "checkpoints" / "best.ckpt")
+    assert best["epoch"] == max(scores, key=lambda epoch: (scores[epoch], -epoch))
+    assert result.best_val_iou == pytest.approx(max(scores.values()), abs=1e-4)
