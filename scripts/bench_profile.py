@@ -183,7 +183,7 @@ def published_tables(result: dict) -> list[dict]:
     operations = [{"kind": kind, "seconds": seconds, "share": seconds / result["profiled_s"]}
                   for kind, seconds in sorted(result["operations"].items(), key=lambda item: -item[1])]
     columns = [{"key": "seconds", "label": "seconds per step", "format": "{:.3f}"},
-               {"key": "share", "label": "share of the plain step", "format": "{:.0%}"}]
+               {"key": "share", "label": "share of the plain step", "format": "{:.1%}"}]
     top = [{"key": "operation", "label": "operation"}, {"key": "kind", "label": "kind"},
            {"key": "calls", "label": "calls per step"},
            {"key": "self_s", "label": "self seconds per step", "format": "{:.3f}"}]

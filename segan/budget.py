@@ -1,9 +1,10 @@
 """Training to a time budget (`train.time_budget`, `segan train --time-budget 30m`).
 
 The budget is spent in whole epochs. After every epoch `TimeBudget` measures how long an epoch
-takes (training, validation, checkpoints: everything between two epoch ends) and sets the
-trainer's last epoch to the last one that fits, keeping back the time the run needs after its
-last epoch (re-scoring and exporting the best checkpoint, about one validation pass). The cosine
+takes (training and checkpoints: everything between two epoch ends but validation, which it
+measures apart) and sets the trainer's last epoch to the last one that fits, counting a
+validation every `train.validate_every` epochs and keeping back the time the run needs after its
+last epoch (validating it, re-scoring and exporting the best checkpoint). The cosine
 learning-rate schedule reads that last epoch (`SeganModule.on_train_epoch_start`), so the rate
 reaches its end when the budget does; the first epoch needs no plan, as the schedule starts at
 its full rate whatever the end.
@@ -51,11 +52,14 @@ def reserve(validation_s: list[float], validations: float = 1.5) -> float:
     return validations * statistics.fmean(validation_s[-RECENT:]) if validation_s else 0.0
 
 
-def last_epoch(budget_s: float, spent_s: float, epoch_s: list[float], validation_s: list[float], done: int) -> int:
+def last_epoch(budget_s: float, spent_s: float, epoch_s: list[float], validation_s: list[float], done: int,
+               every: int = 1) -> int:
     """The last whole epoch that ends within the budget, counting `done` epochs trained so far
-    (`done` itself when not one more fits)."""
-    left = budget_s - spent_s - reserve(validation_s)
-    return done + max(0, math.floor(left / epoch_estimate(epoch_s)))
+    (`done` itself when not one more fits). `epoch_s` are epochs without their validation; one in
+    `every` epochs is validated, and the last one always is."""
+    validation = statistics.fmean(validation_s[-RECENT:]) if validation_s else 0.0
+    left = budget_s - spent_s - reserve(validation_s) - (1 - 1 / every) * validation
+    return done + max(0, math.floor(left / (epoch_estimate(epoch_s) + validation / every)))
 
 
 class TimeBudget(Callback):
@@ -65,13 +69,15 @@ class TimeBudget(Callback):
     Args:
         budget_s: the budget in seconds.
         origin: `clock()` when this training session started (before the data check).
+        every: `train.validate_every`: one epoch in `every` is validated, and the last one.
     """
 
-    def __init__(self, budget_s: float, origin: float) -> None:
+    def __init__(self, budget_s: float, origin: float, every: int = 1) -> None:
         self.budget_s = budget_s
         self.origin = origin
+        self.every = every
         self.spent_before = 0.0  # earlier sessions of a resumed run
-        self.epoch_s: list[float] = []  # whole epochs: what plans the next ones
+        self.epoch_s: list[float] = []  # whole epochs without their validation: what plans the next ones
         self.in_epochs_s = 0.0  # all time inside epochs, cut or resumed ones included
         self.validation_s: list[float] = []
         self.startup_s = 0.0
@@ -80,6 +86,7 @@ class TimeBudget(Callback):
         self._partial = False  # this session started inside an epoch: its length is not an epoch's
         self._mark = 0.0
         self._validation_started: float | None = None
+        self._validated_s = 0.0  # validating, in the current epoch
         self._fitting = False
 
     def elapsed(self) -> float:
@@ -91,14 +98,33 @@ class TimeBudget(Callback):
             return
         # Every rank must take rank 0's decision, or DDP would hang at the next collective.
         planned = int(trainer.strategy.broadcast(
-            last_epoch(self.budget_s, self.elapsed(), self.epoch_s, self.validation_s, done), src=0))
+            last_epoch(self.budget_s, self.elapsed(), self.epoch_s, self.validation_s, done, self.every), src=0))
         if planned != self.planned_epochs:
             log.info("time budget: %d epochs of about %.1f s fit in %.0f s (%.0f s spent)", planned,
-                     epoch_estimate(self.epoch_s), self.budget_s, self.elapsed())
+                     self.epoch_seconds(), self.budget_s, self.elapsed())
         self.planned_epochs = planned
         trainer.fit_loop.max_epochs = max(planned, done)
         if planned <= done:
             trainer.should_stop = True
+
+    def epoch_seconds(self) -> float:
+        """An epoch with its share of the validations."""
+        validation = statistics.fmean(self.validation_s[-RECENT:]) if self.validation_s else 0.0
+        return epoch_estimate(self.epoch_s) + validation / self.every
+
+    def ends_after_this_epoch(self, trainer: L.Trainer) -> bool:
+        """At an epoch's last batch: whether the budget will end the run after it, if it is not
+        validated (so that `segan.training.ValidationCadence` validates the run's last epoch). A
+        twentieth of an epoch of margin: validating one epoch too many costs less than leaving the
+        last one unvalidated."""
+        if not self.epoch_s:
+            return False
+        so_far = clock() - self._mark - self._validated_s
+        measured = self.epoch_s + ([] if self._partial else [so_far])
+        done = trainer.current_epoch + 1
+        margin = 0.05 * epoch_estimate(measured)
+        planned = last_epoch(self.budget_s, self.elapsed() + margin, measured, self.validation_s, done, self.every)
+        return bool(trainer.strategy.broadcast(planned <= done, src=0))
 
     def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         self._fitting = stage == "fit"
@@ -118,6 +144,7 @@ class TimeBudget(Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self._validation_started is not None:
             self.validation_s.append(clock() - self._validation_started)
+            self._validated_s += self.validation_s[-1]
             self._validation_started = None
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
@@ -136,8 +163,8 @@ class TimeBudget(Callback):
         now = clock()
         self.in_epochs_s += now - self._mark
         if not (self._partial or self.stopped_early):  # only whole epochs tell how long one takes
-            self.epoch_s.append(now - self._mark)
-        self._mark, self._partial = now, False
+            self.epoch_s.append(now - self._mark - self._validated_s)
+        self._mark, self._partial, self._validated_s = now, False, 0.0
         if not self.stopped_early:
             self.plan(trainer, trainer.current_epoch + 1)
 
@@ -147,7 +174,7 @@ class TimeBudget(Callback):
         validation = sum(self.validation_s)
         return {"budget_s": round(self.budget_s, 1), "spent_s": round(spent, 1),
                 "spent_share": round(spent / self.budget_s, 3), "epochs": epochs,
-                "epoch_s": round(epoch_estimate(self.epoch_s), 2) if self.epoch_s else None,
+                "epoch_s": round(self.epoch_seconds(), 2) if self.epoch_s else None,
                 "startup_s": round(self.startup_s, 1), "validation_s": round(validation, 1),
                 "training_s": round(self.in_epochs_s - validation, 1),
                 "after_training_s": round(max(0.0, spent - self.startup_s - self.in_epochs_s), 1),

@@ -9,18 +9,24 @@ measurements behind this default (speed, and validation Dice within seed noise o
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
 log = logging.getLogger(__name__)
 
+# oneDNN ISA limits (ONEDNN_MAX_CPU_ISA) below its bf16 kernels.
+ONEDNN_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU has native bf16 instructions (AVX-512 BF16 or AMX tiles) and torch uses
     them; without them torch emulates bf16 and it runs slower than float32. A process whose
-    kernels are held to AVX2 (ATEN_CPU_CAPABILITY=avx2, as a benchmark of an AVX2-only machine
-    runs) has none either."""
+    kernels are held below them (ATEN_CPU_CAPABILITY=avx2 or ONEDNN_MAX_CPU_ISA=AVX2, as a
+    benchmark of an AVX2-only machine runs) has none either."""
     if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return False
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ONEDNN_WITHOUT_BF16:  # oneDNN's convolutions held back
         return False
     probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(probe() for probe in probes if probe is not None)

@@ -489,7 +489,9 @@ class Budget:
                 + self.validation_seconds(size) / self.validate_every(size))
 
     def epochs(self, size: int) -> int:
-        return math.floor(self.usable_s / self.epoch_seconds(size))
+        # The last epoch is validated whatever the cadence: the rest of its validation is kept back.
+        last_validation = (1 - 1 / self.validate_every(size)) * self.validation_seconds(size)
+        return math.floor((self.usable_s - last_validation) / self.epoch_seconds(size))
 
 
 def compile_rule(facts: Facts, budget: Budget) -> list[Choice]:
@@ -598,7 +600,7 @@ def validation_rule(facts: Facts, budget: Budget) -> list[Choice]:
                    f"train.validate_every {every}: validating the {budget.val_images} validation images takes about "
                    f"{budget.validation_seconds(size):.0f} s, {budget.validation_seconds(size) / training_s:.0%} of an "
                    f"epoch's {training_s:.0f} s of training on this machine; validating once every {every} epochs (and "
-                   f"the first and last) keeps it under {VALIDATION_SHARE:.0%}. The best checkpoint is chosen among the "
+                   f"the first and last) keeps it to about {VALIDATION_SHARE:.0%}. The best checkpoint is chosen among the "
                    f"validated epochs and scored on every validation image at the end ({PAGE}#{VALIDATION_SECTION})")]
 
 

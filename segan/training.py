@@ -543,7 +543,7 @@ class ResumeError(ValueError):
 # What a resume may change: how long and on what the run goes on, and where its data now lies.
 # Anything else (model, classes, losses, augmentation, optimiser) would make it another run.
 RESUMABLE_SETTINGS = frozenset({"train.epochs", "train.time_budget", "train.accelerator", "train.devices", "train.out",
-                                "train.checkpoint_every_n_steps", "train.progress_png", "train.validate_every",
+                                "train.checkpoint_every_n_steps", "train.progress_png", "train.validate_every", "train.compile",
                                 "data.num_workers",
                                 "data.root"})
 
@@ -583,7 +583,8 @@ class LastCheckpoint(Checkpoint):
 
 class ValidationCadence(Callback):
     """Validates the first epoch, every `every`-th after it, and always the last one: the trainer's
-    last epoch (a time budget's plan) or one stopped inside (the budget ran out, or non-finite
+    last epoch, one the time budget will end the run after (`planner`, asked at the epoch's last
+    batch, as its plan may shrink), or one stopped inside (the budget ran out, or non-finite
     losses). The first is validated early because a time budget plans with its validation time.
 
     It sets Lightning's `check_val_every_n_epoch` per epoch: 1 where this epoch validates, else
@@ -593,8 +594,9 @@ class ValidationCadence(Callback):
 
     NEVER = 1 << 30
 
-    def __init__(self, every: int) -> None:
+    def __init__(self, every: int, planner: budget.TimeBudget | None = None) -> None:
         self.every = every
+        self.planner = planner
 
     def validates(self, epoch: int, last_epoch: int) -> bool:
         return epoch % self.every == 0 or epoch + 1 >= last_epoch
@@ -603,8 +605,16 @@ class ValidationCadence(Callback):
         validates = self.validates(trainer.current_epoch, trainer.max_epochs)
         trainer.check_val_every_n_epoch = 1 if validates else self.NEVER
 
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.on_train_epoch_start(trainer, module)  # a run resumed inside an epoch does not start it again
+
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
-        if trainer.should_stop:  # set by the budget's callback or the non-finite guard, listed before
+        if trainer.check_val_every_n_epoch == 1 or self.every == 1:
+            return
+        # should_stop: set by the budget's callback or the non-finite guard, listed before this one
+        last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if trainer.should_stop or (last_batch and self.planner is not None
+                                   and self.planner.ends_after_this_epoch(trainer)):
             trainer.check_val_every_n_epoch = 1
 
 
@@ -726,7 +736,8 @@ def check_resume(config: Config, run_dir: Path) -> tuple[dict[str, Any], Config]
         allowed = parse_duration(config.train.time_budget)
         spent = checkpoint.get("callbacks", {}).get("TimeBudget")
         if spent and spent["epoch_s"] and budget.last_epoch(allowed, spent["spent_s"], spent["epoch_s"],
-                                                            spent["validation_s"], done) <= done:
+                                                            spent["validation_s"], done,
+                                                            config.train.validate_every) <= done:
             raise ResumeError(f"{run_dir} has already spent {spent['spent_s']:.0f} s of its {allowed:.0f} s time "
                               f"budget, and another epoch (about {budget.epoch_estimate(spent['epoch_s']):.0f} s) "
                               "does not fit: nothing to resume. To train it longer, give a larger --time-budget "
@@ -772,17 +783,17 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
 
     aside = _set_aside(run_dir) if first_rank and overwrite and holds_run(run_dir) else None
     run_dir.mkdir(parents=True, exist_ok=True)
-    if first_rank and (saved is None or (saved.train.epochs, saved.train.time_budget)
-                       != (config.train.epochs, config.train.time_budget)):
+    recorded = ("epochs", "time_budget", "validate_every", "compile")  # what a resume may change and the run keeps
+    if first_rank and (saved is None or any(getattr(saved.train, key) != getattr(config.train, key) for key in recorded)):
         config.save(run_dir / "config.yaml")
     if first_rank and class_stats is not None:  # what the class weights and rare-class crops came from
         class_stats.save(run_dir / "class_stats.json", config.loss.class_weights)
     best_checkpoint, last_checkpoint, pictures = epoch_end_callbacks(config, run_dir)
-    planner = (budget.TimeBudget(parse_duration(config.train.time_budget), started_at)
+    planner = (budget.TimeBudget(parse_duration(config.train.time_budget), started_at, config.train.validate_every)
                if config.train.time_budget is not None else None)
     # The planner goes first, so that last.ckpt holds the epoch it has just measured; the time
     # between two epoch ends still holds one of everything the other callbacks do.
-    callbacks = [*([planner] if planner else []), ValidationCadence(config.train.validate_every), best_checkpoint,
+    callbacks = [*([planner] if planner else []), ValidationCadence(config.train.validate_every, planner), best_checkpoint,
                  last_checkpoint, *pictures]
     trainer = build_trainer(config, run_dir, callbacks)
     started = time.perf_counter()

@@ -122,3 +122,29 @@ def test_an_epoch_cut_short_is_validated_whatever_the_cadence(demo_root, tmp_pat
     assert result.steps == 5
     assert result.time_budget["ended_by"] == "budget, inside an epoch"
     assert validated_epochs(run) == [0, 1]
+
+
+def test_the_epoch_after_which_the_budget_ends_the_run_is_validated(demo_root, tmp_path, monkeypatch):
+    # validate_every 10, 200 s: after epoch 0 (32 s with the sanity check) 5 more epochs of 30 s
+    # (and a tenth of a 1 s validation) are planned. Epoch 3's steps take 25 s (the machine got
+    # busy): at its last batch 167 s are spent and no epoch of the now 45 s estimate fits, so the
+    # run ends after epoch 3, which the cadence would not have validated. It is validated, so its
+    # weights (trained at the lowest learning rate) can become the best.
+    now = [0.0]
+    monkeypatch.setattr(budget, "clock", lambda: now[0])
+    steps, validations = SeganModule.training_step, SeganModule.validation_step
+
+    def training_step(self, *args):
+        now[0] += 25.0 if self.current_epoch == 3 else 10.0
+        return steps(self, *args)
+
+    def validation_step(self, *args):
+        now[0] += VALIDATION_BATCH_S
+        return validations(self, *args)
+
+    monkeypatch.setattr(SeganModule, "training_step", training_step)
+    monkeypatch.setattr(SeganModule, "validation_step", validation_step)
+    run = tmp_path / "run"
+    result = train(tiny_config(demo_root, run, train={"time_budget": "200s", "validate_every": 10}))
+    assert result.epochs == 4 and result.time_budget["ended_by"] == "budget"
+    assert validated_epochs(run) == [0, 3]

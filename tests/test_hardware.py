@@ -15,3 +15,12 @@ def test_kernels_held_to_avx2_have_no_native_bf16(monkeypatch):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert hardware.cpu_has_bf16()
     assert hardware.resolve_training_precision("auto", "cpu") == "bf16-mixed"
+
+
+def test_onednn_held_below_bf16_has_no_native_bf16(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert not hardware.cpu_has_bf16()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert hardware.cpu_has_bf16()

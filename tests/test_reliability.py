@@ -549,9 +549,12 @@ def test_compiled_training_resumes_exactly_keeps_the_plain_networks_and_runs_und
     exported generator loads in plain smp; a two-process DDP run completes. One test, so that the
     later runs reuse the compiled code inductor cached on disk (same networks, same shapes)."""
     import segmentation_models_pytorch as smp
+    from torch._dynamo.utils import counters
     straight, broken = tmp_path / "straight", tmp_path / "broken"
+    graphs = counters["stats"]["unique_graphs"]
     assert main(["train", "--config", str(tiny_yaml(tmp_path / "a.yaml", interrupt_data, straight)),
                  "--compile", "true"]) == 0
+    assert counters["stats"]["unique_graphs"] > graphs  # it did compile
     killed = run_training("--config", str(tiny_yaml(tmp_path / "b.yaml", interrupt_data, broken)), "--compile", "true",
                           stop_at=2 * STEPS_PER_EPOCH + 2, how="kill")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]

@@ -337,16 +337,44 @@ def test_min_epoch_steps_makes_an_epoch_several_passes(tmp_path, demo_root):
 
 
 
-def test_validate_every_validates_the_first_every_nth_and_the_last_epoch(tmp_path, demo_root):
+def test_validate_every_validates_the_first_every_nth_and_the_last_epoch(tmp_path, demo_root, monkeypatch):
     import csv
+    from segan.training import BestCheckpoint
+    considered = []  # the epochs whose score the best checkpoint weighed
+    weigh = BestCheckpoint._save_topk_checkpoint
+
+    def spied(self, trainer, *args):
+        considered.append(trainer.current_epoch)
+        return weigh(self, trainer, *args)
+    monkeypatch.setattr(BestCheckpoint, "_save_topk_checkpoint", spied)
     run = tmp_path / "run"
     result = train(tiny_config(demo_root, run, loss={"adv_weight": 0.0}, train={"epochs": 6, "validate_every": 4}))
     with (run / "metrics.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     scores = {int(row["epoch"]): float(row["val/iou"]) for row in rows if row.get("val/iou")}
     assert sorted(scores) == [0, 4, 5]
-    # best.ckpt is one of the validated epochs, the best of them; an epoch between two validations
-    # never took the previous one's score.
+    # an epoch between two validations is never weighed with the last validation's score
+    assert considered == [0, 4, 5]
     best = training.load_checkpoint(run / "checkpoints" / "best.ckpt")
     assert best["epoch"] == max(scores, key=lambda epoch: (scores[epoch], -epoch))
     assert result.best_val_iou == pytest.approx(max(scores.values()), abs=1e-4)
+
+
+def test_a_run_resumed_inside_an_epoch_keeps_the_validation_cadence(tmp_path, demo_root, monkeypatch):
+    # Ctrl-C inside epoch 2, which validate_every 4 does not validate: the resumed run does not
+    # validate it either (Lightning does not start a resumed epoch again).
+    import csv
+    from segan.cli import main
+    run = tmp_path / "run"
+    tiny_config(demo_root, run, loss={"adv_weight": 0.0}, train={"epochs": 6, "validate_every": 4}).save(
+        tmp_path / "config.yaml")
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.trainer.fit_loop.epoch_loop.batch_progress.total.processed == 7:  # 3 steps an epoch
+            raise KeyboardInterrupt
+    with monkeypatch.context() as patched:
+        patched.setattr(SeganModule, "on_train_batch_end", on_train_batch_end, raising=False)
+        assert main(["train", "--config", str(tmp_path / "config.yaml")]) == 130
+    assert main(["train", "--resume", "--out", str(run)]) == 0
+    with (run / "metrics.csv").open(newline="") as handle:
+        assert sorted(int(row["epoch"]) for row in csv.DictReader(handle) if row.get("val/iou")) == [0, 4, 5]
