@@ -310,15 +310,7 @@ class SeganModule(L.LightningModule):
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * factor
             self.log(f"lr/{name}", optimizer.param_groups[0]["lr"], on_step=False, on_epoch=True)
-        # Order and augmentation are functions of (seed, epoch): told here, not counted, so a
-        # resumed run sees the batches of the uninterrupted one. Under DDP Lightning wraps the
-        # sampler and tells only the wrapper its epoch.
-        loaders = self.trainer.train_dataloader
-        for loader in loaders.values() if isinstance(loaders, dict) else [loaders]:
-            sampler = getattr(loader, "sampler", None)
-            sampler = getattr(getattr(sampler, "dataset", None), "_sampler", sampler)
-            if isinstance(sampler, EpochSampler):
-                sampler.set_epoch(self.current_epoch)
+        tell_samplers_the_epoch(self.trainer)
 
     def on_train_epoch_end(self) -> None:
         self.account_generator_step(bool(self.generator_rejected))  # the epoch's last step
@@ -416,6 +408,18 @@ def moving_average(generator: torch.nn.Module, decay: float | None) -> torch.nn.
     average = ModelEmaV3(generator, decay=decay, use_warmup=True, warmup_power=3 / 4)
     average.requires_grad_(False)  # no optimiser or DDP gradient sync touches it
     return average
+
+
+def tell_samplers_the_epoch(trainer: L.Trainer) -> None:
+    """Order and augmentation are functions of (seed, epoch): told at each epoch's start, not
+    counted, so a resumed run sees the batches of the uninterrupted one. Under DDP Lightning wraps
+    the sampler and tells only the wrapper its epoch."""
+    loaders = trainer.train_dataloader
+    for loader in loaders.values() if isinstance(loaders, dict) else [loaders]:
+        sampler = getattr(loader, "sampler", None)
+        sampler = getattr(getattr(sampler, "dataset", None), "_sampler", sampler)
+        if isinstance(sampler, EpochSampler):
+            sampler.set_epoch(trainer.current_epoch)
 
 
 def rejected(loss: torch.Tensor, parameters: Any) -> torch.Tensor:
@@ -619,14 +623,15 @@ class ValidationCadence(Callback):
 
 
 class BestCheckpoint(ModelCheckpoint):
-    """`best.ckpt` by validation IoU, whose saved state names files relative to the run folder, so
-    that a moved or copied run resumes with its best score and file (Lightning stores absolute
-    paths and forgets the best score when the folder changed)."""
+    """`best.ckpt` by a validation score (a segmenter's IoU; `segan synth`'s L1, lowest best),
+    whose saved state names files relative to the run folder, so that a moved or copied run
+    resumes with its best score and file (Lightning stores absolute paths and forgets the best
+    score when the folder changed)."""
 
     PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
 
-    def __init__(self, dirpath: Path) -> None:
-        super().__init__(dirpath=dirpath, filename="best", monitor="val/iou", mode="max", save_top_k=1,
+    def __init__(self, dirpath: Path, monitor: str = "val/iou", mode: str = "max") -> None:
+        super().__init__(dirpath=dirpath, filename="best", monitor=monitor, mode=mode, save_top_k=1,
                          save_last=False, enable_version_counter=False)
 
     def state_dict(self) -> dict[str, Any]:
@@ -781,32 +786,20 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
     module = _module(config, checkpoint_state, run_dir)
     del checkpoint_state
 
-    aside = _set_aside(run_dir) if first_rank and overwrite and holds_run(run_dir) else None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    recorded = ("epochs", "time_budget", "validate_every", "compile")  # what a resume may change and the run keeps
-    if first_rank and (saved is None or any(getattr(saved.train, key) != getattr(config.train, key) for key in recorded)):
-        config.save(run_dir / "config.yaml")
+    aside = open_run(config, saved, overwrite)
     if first_rank and class_stats is not None:  # what the class weights and rare-class crops came from
         class_stats.save(run_dir / "class_stats.json", config.loss.class_weights)
-    best_checkpoint, last_checkpoint, pictures = epoch_end_callbacks(config, run_dir)
-    planner = (budget.TimeBudget(parse_duration(config.train.time_budget), started_at, config.train.validate_every)
-               if config.train.time_budget is not None else None)
-    # The planner goes first, so that last.ckpt holds the epoch it has just measured; the time
-    # between two epoch ends still holds one of everything the other callbacks do.
-    callbacks = [*([planner] if planner else []), ValidationCadence(config.train.validate_every, planner), best_checkpoint,
-                 last_checkpoint, *pictures]
-    trainer = build_trainer(config, run_dir, callbacks)
-    started = time.perf_counter()
-    _fit(trainer, module, (train_loader, val_loader), resume, last_checkpoint, aside, run_dir)
-    wall = time.perf_counter() - started
+    fitted = fit_run(config, module, (train_loader, val_loader), epoch_end_callbacks(config, run_dir), resume, aside,
+                     started_at)
+    trainer, planner = fitted.trainer, fitted.planner
     semi_figures = _semi_figures(trainer)  # before validating again, which clears the fit's metrics
 
-    best_path = Path(best_checkpoint.best_model_path or last_checkpoint.path)
     # Re-score the best checkpoint: its IoU and Dice come from one and the same pass.
-    scores = trainer.validate(module, val_loader, ckpt_path=str(best_path), weights_only=True, verbose=False)[0]
+    scores = trainer.validate(module, val_loader, ckpt_path=str(fitted.best_path), weights_only=True,
+                              verbose=False)[0]
     # ^ also the last row of metrics.csv, under best/iou and best/dice
-    best = load_checkpoint(best_path)
-    result = _result(config, trainer, module, scores, best, run_dir, wall, semi_figures)
+    best = load_checkpoint(fitted.best_path)
+    result = _result(config, trainer, module, scores, best, run_dir, fitted.wall_s, semi_figures)
     if trainer.is_global_zero:
         merge_metrics(run_dir)
         ema_chosen = scores.get("best/ema_chosen", 0.0) == 1.0
@@ -816,6 +809,52 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
             result.time_budget = planner.summary(result.epochs)
         atomic_write(run_dir / "summary.json", (json.dumps(result.to_dict(), indent=2) + "\n").encode())
     return result
+
+
+@dataclass
+class Fitted:
+    """What `fit_run` leaves: the trainer, the best checkpoint's file (last.ckpt if no epoch was
+    validated), the time budget's callback (None without one) and the fit's wall time."""
+
+    trainer: L.Trainer
+    best_path: Path
+    planner: budget.TimeBudget | None
+    wall_s: float
+
+
+def open_run(config: Config, saved: Config | None, overwrite: bool) -> Path | None:
+    """Creates the run folder and writes its config.yaml (a resume rewrites it only where it
+    changed what a resume may change). A run that --overwrite replaces is first set aside; returns
+    where (None if nothing was)."""
+    run_dir = Path(config.train.out)
+    first_rank = rank_zero_only.rank == 0
+    aside = _set_aside(run_dir) if first_rank and overwrite and holds_run(run_dir) else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    recorded = ("epochs", "time_budget", "validate_every", "compile")  # what a resume may change and the run keeps
+    if first_rank and (saved is None or any(getattr(saved.train, key) != getattr(config.train, key) for key in recorded)):
+        config.save(run_dir / "config.yaml")
+    return aside
+
+
+def fit_run(config: Config, module: L.LightningModule, loaders: tuple,
+            epoch_end: tuple[BestCheckpoint, LastCheckpoint, list[Callback]], resume: bool, aside: Path | None,
+            started_at: float) -> Fitted:
+    """Fits `module` as every segan run does (`train`, `segan synth train`): the time budget
+    counted from `started_at`, the validation cadence, the epoch-end callbacks, resume from
+    last.ckpt, and a replaced run restored if this one fails before its first epoch ends."""
+    best_checkpoint, last_checkpoint, pictures = epoch_end
+    planner = (budget.TimeBudget(parse_duration(config.train.time_budget), started_at, config.train.validate_every)
+               if config.train.time_budget is not None else None)
+    # The planner goes first, so that last.ckpt holds the epoch it has just measured; the time
+    # between two epoch ends still holds one of everything the other callbacks do.
+    callbacks = [*([planner] if planner else []), ValidationCadence(config.train.validate_every, planner), best_checkpoint,
+                 last_checkpoint, *pictures]
+    run_dir = Path(config.train.out)
+    trainer = build_trainer(config, run_dir, callbacks)
+    started = time.perf_counter()
+    _fit(trainer, module, loaders, resume, last_checkpoint, aside, run_dir)
+    return Fitted(trainer, Path(best_checkpoint.best_model_path or last_checkpoint.path), planner,
+                  time.perf_counter() - started)
 
 
 def _checked(config: Config, run_dir: Path, resume: bool, overwrite: bool) -> tuple[dict | None, Config | None]:
