@@ -24,7 +24,8 @@ to v0.1's masks, and validation Dice with its change. Exports the run first if i
 With `--publish`, also writes the table (`pipeline`, or `backends` with `--backends`, or the name
 `--table` gives) into docs/benchmarks/results/predict.json, the source of docs/benchmarks/predict.md.
 The backends include OpenVINO int8: the run's generator quantised by `segan export --int8` in a
-copy of the run folder, calibrated and checked on the run's data.
+copy of the run folder, calibrated and checked on the run's data. On a CPU without bf16 units the
+bf16 rows are left out.
 """
 
 from __future__ import annotations
@@ -160,6 +161,12 @@ def backend_predictor(run: Path, backend: str, precision: str, args: argparse.Na
     return Predictor.from_pretrained(run, device=args.device, backend=backend, precision=precision)
 
 
+def rows_here() -> list[tuple[str, str, str]]:
+    """BACKEND_ROWS less the bf16 ones on a CPU without bf16 units, where bf16 is emulated (torch)
+    or not offered (OpenVINO runs float32): rows no one would choose there."""
+    return [row for row in BACKEND_ROWS if row[2] != "bf16" or cpu_has_bf16()]
+
+
 def backend_rows(args: argparse.Namespace) -> dict:
     from segan.data import MaskEncoding
     from segan.data.pairs import find_split
@@ -171,7 +178,7 @@ def backend_rows(args: argparse.Namespace) -> dict:
     with contextlib.redirect_stdout(sys.stderr):  # smp's loader prints; stdout holds the one JSON line
         if not (run / "export" / "openvino" / "model.xml").is_file():
             export_run(run, "openvino")
-        for name, backend, precision in BACKEND_ROWS:
+        for name, backend, precision in rows_here():
             predictors[name] = backend_predictor(run, backend, precision, args, Path(int8_folder.name))
     config = predictors[BACKEND_ROWS[0][0]].config
     data = config.data if args.data is None else dataclasses.replace(config.data, root=args.data)
@@ -191,7 +198,7 @@ def backend_rows(args: argparse.Namespace) -> dict:
         masks = {name: [cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
                         for path in sorted((tmp / name / "masks").rglob("*.png"))] for name in predictors}
         rows = []
-        for name, backend, precision in BACKEND_ROWS:
+        for name, backend, precision in rows_here():
             result = evaluate_folders(tmp / name / "masks", pairs[0].mask.parent, class_names=list(config.data.classes),
                                       encoding=MaskEncoding.from_config(data))
             agreement = np.mean([(a == b).mean() for a, b in zip(masks[name], masks[baseline])])
