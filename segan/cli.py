@@ -65,6 +65,8 @@ TRAIN_FLAGS = {
     "rare_class_crops": ("data", "rare_class_crops"),
     "unlabeled": ("data", "unlabeled"),
     "labeled_fraction": ("data", "labeled_fraction"),
+    "synthetic": ("data", "synthetic"),
+    "synthetic_ratio": ("data", "synthetic_ratio"),
     "semi": ("semi", "mode"),
     "epochs": ("train", "epochs"),
     "time_budget": ("train", "time_budget"),
@@ -80,6 +82,7 @@ TRAIN_FLAGS = {
     "validate_every": ("train", "validate_every"),
     "compile": ("train", "compile"),
 }
+SYNTH_FLAGS = {**TRAIN_FLAGS, "l1_weight": ("loss", "l1_weight")}
 _DEFAULTS = Config()
 
 
@@ -134,17 +137,18 @@ def _setting_type(section: str, key: str) -> Callable[[str], Any]:
     return parse
 
 
-def _add_config_flag(group, flag: str, help: str, **kwargs) -> None:
-    """Adds `flag`, which overrides the config setting that TRAIN_FLAGS maps it to.
+def _add_config_flag(group, flag: str, help: str, defaults: Config = _DEFAULTS, **kwargs) -> None:
+    """Adds `flag`, which overrides the config setting that SYNTH_FLAGS (TRAIN_FLAGS and the synth
+    run's own) maps it to.
 
     It defaults to None (unset: the config file's value stands). Values are checked by the config
     schema unless `type`, `action` or `nargs` says otherwise, and the help ends with the setting's
-    default from the schema (where there is one to show).
+    default in `defaults` (the schema's; a synth run's own), where there is one to show.
     """
-    section, key = TRAIN_FLAGS[flag.removeprefix("--").replace("-", "_")]
+    section, key = SYNTH_FLAGS[flag.removeprefix("--").replace("-", "_")]
     if not {"type", "action", "nargs"} & set(kwargs):
         kwargs["type"] = _setting_type(section, key)
-    default = getattr(getattr(_DEFAULTS, section), key)
+    default = getattr(getattr(defaults, section), key)
     if not (default is None or default is False or default == ""):
         shown = (" ".join(map(str, default)) if isinstance(default, list)
                  else " ".join(f"{k}={v:g}" for k, v in default.items()) if isinstance(default, dict) else default)
@@ -226,6 +230,8 @@ def _config(args: argparse.Namespace, flags: dict, base=None):
                 value = dict(value)
             elif key == "class_weights" and len(value) == 1 and isinstance(value[0], str):
                 value = value[0]  # a weighting by name
+            elif key == "synthetic":
+                value = os.path.abspath(value)  # as --unlabeled: relative to the working directory
             elif key == "unlabeled":
                 # A path typed on the command line means what it means to every other tool: relative to
                 # the working directory. In a config file it stays relative to the dataset root.
@@ -293,6 +299,11 @@ def _add_train(subparsers) -> None:
                                   "strong views), adversarial (the discriminator picks pseudo-labels), both, "
                                   "or none",
                      choices=SEMI_MODES)
+    g = p.add_argument_group("synthetic pairs (experimental: docs/how-to/synthesise-pairs.md)")
+    _add_config_flag(g, "--synthetic", "a folder of pairs segan synth sample drew, mixed into every training batch "
+                                       "(relative to the working directory; in a config file, to data.root)",
+                     metavar="PAIRS")
+    _add_config_flag(g, "--synthetic-ratio", "the share of each batch that is synthetic", metavar="R")
     g = p.add_argument_group("optimisation and hardware")
     _add_config_flag(g, "--epochs", "training epochs")
     _add_config_flag(g, "--min-epoch-steps", "an epoch holds at least N steps: a small training set is cycled "
@@ -317,23 +328,25 @@ def _add_train(subparsers) -> None:
     p.set_defaults(handler=_train)
 
 
+def _resumed_config(args: argparse.Namespace) -> Config:
+    """--resume's base settings: the run's own OUT/config.yaml."""
+    from .training import ResumeError
+    if not args.out:
+        raise ResumeError("--resume needs --out RUN (the run folder to continue)")
+    if args.config:
+        raise ResumeError("--resume continues with the run's own OUT/config.yaml; leave out --config")
+    if not (Path(args.out) / "config.yaml").exists():
+        raise ResumeError(f"cannot resume {args.out}: it holds no segan run (no config.yaml); was the run "
+                          f"started with --out {args.out}?")
+    try:
+        return Config.load(Path(args.out) / "config.yaml")
+    except (OSError, ValueError) as error:
+        raise ResumeError(f"cannot resume {args.out}: {error}; the run folder was not changed") from None
+
+
 def _train(args: argparse.Namespace) -> int:
-    from .config import Config
-    from .training import ResumeError, train
-    base = None
-    if args.resume:
-        if not args.out:
-            raise ResumeError("--resume needs --out RUN (the run folder to continue)")
-        if args.config:
-            raise ResumeError("--resume continues with the run's own OUT/config.yaml; leave out --config")
-        if not (Path(args.out) / "config.yaml").exists():
-            raise ResumeError(f"cannot resume {args.out}: it holds no segan run (no config.yaml); was the run "
-                              f"started with --out {args.out}?")
-        try:
-            base = Config.load(Path(args.out) / "config.yaml")
-        except (OSError, ValueError) as error:
-            raise ResumeError(f"cannot resume {args.out}: {error}; the run folder was not changed") from None
-    config = _config(args, TRAIN_FLAGS, base)
+    from .training import train
+    config = _config(args, TRAIN_FLAGS, _resumed_config(args) if args.resume else None)
     result = train(config, resume=args.resume, overwrite=bool(getattr(args, "overwrite", False)))
     if result.stopped:
         print(f"\n{result.stopped}")
@@ -345,6 +358,95 @@ def _train(args: argparse.Namespace) -> int:
               f"about {spent['epoch_s']} s; start-up {spent['startup_s']:.0f} s, final scoring "
               f"{spent['after_training_s']:.0f} s)")
     print(f"run written to {result.run_dir}  (summary.json, generator/, checkpoints/)")
+    print(json.dumps(result.to_dict()))
+    return 0
+
+
+def _add_synth(subparsers) -> None:
+    from .synthesis.settings import synth_config
+    defaults = synth_config()
+    p = _add_command(subparsers, "synth", help="the GAN that draws: new (image, mask) pairs for small label sets")
+    sub = p.add_subparsers(dest="synth_command", required=True)
+    t = _add_command(
+        sub, "train", help="train a mask-to-image generator on the labelled pairs",
+        description="Train a U-Net that draws an image from a mask (pix2pix: L1 to the real image plus a "
+                    "conditional PatchGAN) on a dataset's labelled pairs. Settings come from the synth defaults, "
+                    "the data section of --config FILE.yaml (a dataset recipe), then the flags given here. "
+                    "segan synth sample then draws new pairs from deformed masks.")
+    _add_config_flag(t, "--data", "dataset folder (the layouts segan train reads)")
+    _add_config_flag(t, "--out", "synth run folder to write", defaults=defaults)
+    t.add_argument("--config", help="a dataset recipe (e.g. datasets/camvid/config.yaml): its data section gives "
+                                    "the layout and classes; its other sections are the segmenter's and are not read")
+    t.add_argument("--resume", action="store_true", help="continue OUT/checkpoints/last.ckpt with OUT/config.yaml")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace a run in --out: it is set aside beside it and put back if the new run fails "
+                        "before its first epoch ends")
+    _add_data_flags(t)
+    _add_config_flag(t, "--labeled-fraction", "learn from this fraction of the training pairs (chosen with "
+                                              "--split-seed, as segan train chooses them)", metavar="F")
+    g = t.add_argument_group("reading")
+    _add_config_flag(g, "--size", "training image side in pixels, a multiple of 32", defaults=defaults)
+    _add_config_flag(g, "--resize", "resize images to --size or random-crop them", choices=RESIZE_MODES,
+                     defaults=defaults)
+    _add_config_flag(g, "--num-workers", "data loading processes", defaults=defaults)
+    g = t.add_argument_group("networks and losses")
+    _add_config_flag(g, "--encoder", "smp encoder of the drawing U-Net (untrained)", defaults=defaults)
+    _add_config_flag(g, "--d-channels", "discriminator base channels", defaults=defaults)
+    _add_config_flag(g, "--l1-weight", "weight of the L1 distance to the real image", defaults=defaults)
+    _add_config_flag(g, "--adv-weight", "weight of the adversarial term", defaults=defaults)
+    g = t.add_argument_group("optimisation and hardware")
+    _add_config_flag(g, "--epochs", "training epochs", defaults=defaults)
+    _add_config_flag(g, "--time-budget", "train for this long instead of --epochs (30m, 1h30m, or seconds)",
+                     metavar="DURATION", defaults=defaults)
+    _add_config_flag(g, "--validate-every", "validate every N epochs, and always after the last one", metavar="N",
+                     defaults=defaults)
+    _add_config_flag(g, "--batch-size", "images per step and device", defaults=defaults)
+    _add_config_flag(g, "--lr", "drawing network learning rate", defaults=defaults)
+    _add_config_flag(g, "--d-lr", "discriminator learning rate", defaults=defaults)
+    _add_config_flag(g, "--seed", "random seed", defaults=defaults)
+    _add_config_flag(g, "--accelerator", "auto, cpu, gpu", defaults=defaults)
+    _add_config_flag(g, "--devices", "device count or auto; >1 runs DDP", defaults=defaults)
+    _add_config_flag(g, "--precision", "Lightning precision", choices=PRECISIONS, defaults=defaults)
+    _add_config_flag(g, "--checkpoint-every-n-steps", "also write last.ckpt every N training steps", metavar="N",
+                     defaults=defaults)
+    t.set_defaults(handler=_synth_train)
+    p = _add_command(
+        sub, "sample", help="draw new (image, mask) pairs with a trained synth run",
+        description="Deform the training masks (flips, affine, elastic, objects pasted from other masks; never a "
+                    "training mask unchanged) and draw an image for each with SYNTH's network. Writes "
+                    "OUT/images, OUT/masks, OUT/manifest.json (each pair's source mask, deformations and nearest "
+                    "training image), OUT/contact_sheet.png and OUT/memorisation.png.")
+    p.add_argument("synth", metavar="SYNTH", help="a synth run folder (segan synth train --out)")
+    p.add_argument("--out", required=True, help="folder for the pairs")
+    p.add_argument("--count", required=True, type=int, help="pairs to draw")
+    p.add_argument("--seed", type=int, default=0, help="seeds the deformations")
+    p.set_defaults(handler=_synth_sample)
+
+
+def _synth_train(args: argparse.Namespace) -> int:
+    from .synthesis.settings import synth_config
+    from .synthesis.training import train_synth
+    base = _resumed_config(args) if args.resume else synth_config(Config.load(args.config) if args.config else None)
+    result = train_synth(_config(args, SYNTH_FLAGS, base), resume=args.resume,
+                         overwrite=bool(getattr(args, "overwrite", False)))
+    print(f"\nbest validation L1 {result.best_val_l1:.4f} (drawn against real images in [-1, 1]; epoch "
+          f"{result.best_epoch}, {result.steps} steps, {result.wall_time_s:.0f} s)")
+    print(f"synth run written to {result.run_dir}  (progress.png, generator/, checkpoints/, summary.json); "
+          f"next: segan synth sample {result.run_dir} --out PAIRS --count N")
+    print(json.dumps(result.to_dict()))
+    return 0
+
+
+def _synth_sample(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+    from .synthesis.sampling import sample
+    with tqdm(total=args.count, unit="pair", desc="draw") as bar:
+        result = sample(args.synth, args.out, args.count, seed=args.seed,
+                        progress=lambda done, total: bar.update(done - bar.n))
+    memorised = result.memorisation
+    print(f"{result.pairs} pairs written to {result.out} (images/, masks/, manifest.json, contact_sheet.png); "
+          f"nearest training image: median SSIM {memorised['median_ssim']}, {memorised['copies']} copies "
+          f"(SSIM >= {memorised['copy_ssim']}), memorisation.png")
     print(json.dumps(result.to_dict()))
     return 0
 
@@ -730,6 +832,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(subparsers)
     _add_export(subparsers)
     _add_report(subparsers)
+    _add_synth(subparsers)
     return parser
 
 

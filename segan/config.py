@@ -177,6 +177,14 @@ class DataConfig:
         labeled_fraction: keep the masks of only this seeded fraction of the training images and
             use the rest as unlabelled images (to measure what unlabelled images add); None keeps all.
 
+    Synthetic pairs (experimental; see docs/how-to/synthesise-pairs.md):
+        synthetic: a folder of pairs `segan synth sample` drew, mixed into every training batch;
+            in a config file relative to `root` (or absolute), on the command line (--synthetic)
+            relative to the working directory. None: real pairs only.
+        synthetic_ratio: the share of each training batch that is synthetic (at least one pair,
+            and at least one real pair). Not yet chosen by measurement: 0.5 is the one-to-one mix
+            most published generate-then-train results use.
+
     Reading and augmentation:
         in_channels: 1 (greyscale) or 3 (RGB); images are converted on reading.
         size: training side length in pixels, a multiple of the network stride (32).
@@ -227,6 +235,8 @@ class DataConfig:
     allow_unknown_values: bool = False
     unlabeled: list[str] | None = None
     labeled_fraction: Annotated[float, Field(gt=0, le=1)] | None = None
+    synthetic: str | None = None
+    synthetic_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.5
     in_channels: InChannels = 3
     size: ImageSize = 256
     resize: ResizeMode = "resize"
@@ -361,6 +371,9 @@ class LossConfig:
         adv_mode: vanilla, lsgan or hinge.
         adv_weight: weight of the adversarial term; 0 trains a plain supervised segmenter.
         adv_warmup_epochs: supervised-only epochs before the adversarial term starts.
+        l1_weight: `segan synth train` only, where the generator draws images from masks: weight
+            of the L1 distance between the drawn and the real image (pix2pix's 100), beside
+            adv_weight x the adversarial term.
     """
 
     __pydantic_config__ = SCHEMA_RULES
@@ -372,6 +385,7 @@ class LossConfig:
     adv_mode: AdversarialMode = "vanilla"
     adv_weight: NonNegativeFloat = 0.01
     adv_warmup_epochs: NonNegativeInt = 2
+    l1_weight: NonNegativeFloat = 100.0
 
 
 @dataclass

@@ -33,14 +33,16 @@ WRONG_COLOUR = (213, 94, 0)  # multi-class: a pixel of the wrong class
 # negative, hinge): it has its own axis, on the right.
 RIGHT_AXIS = {"train/adv_loss"}
 CURVES: dict[str, tuple[str, ...]] = {
-    "generator losses": ("train/seg_loss", "train/g_loss", "train/adv_loss", "val/loss"),
+    "generator losses": ("train/seg_loss", "train/g_loss", "train/adv_loss", "val/loss", "train/seg_loss_real",
+                         "train/seg_loss_synthetic"),
     "discriminator losses": ("train/d_loss", "train/d_loss_real", "train/d_loss_fake", "semi/d_loss_unlabeled"),
     "validation": ("val/iou", "val/dice"),
     "learning rate": ("lr/generator", "lr/discriminator"),
     "skipped steps (total)": ("train/d_steps_skipped", "train/nonfinite_skipped"),
     "unlabelled images": ("semi/pseudo_share", "semi/pseudo_precision", "semi/unlabeled_loss_epoch"),
 }
-LABELS = {"train/d_loss": "D loss", "train/d_loss_real": "D loss on truth (real)",
+LABELS = {"train/seg_loss_real": "segmentation loss, real pairs",
+          "train/seg_loss_synthetic": "segmentation loss, synthetic pairs", "train/d_loss": "D loss", "train/d_loss_real": "D loss on truth (real)",
           "train/d_loss_fake": "D loss on predictions (fake)",
           "semi/pseudo_share": "pseudo-label share", "semi/pseudo_precision": "pseudo-label precision",
           "semi/unlabeled_loss_epoch": "unlabelled loss", "semi/d_loss_unlabeled": "D loss, unlabelled",
@@ -249,4 +251,40 @@ def difference_histogram(differences: np.ndarray, interval: tuple[float, float],
     ax.set_ylabel("images")
     ax.legend(fontsize=8)
     ax.set_title(f"paired per-image differences, {len(differences)} images")
+    return figure
+
+
+def drawing_panels(shown: Sequence[Mapping[str, np.ndarray]], class_names: Sequence[str], title: str = "",
+                   panel_width: float = 2.4) -> Figure:
+    """One row per example, three panels: the mask, the real image, the image drawn from the mask
+    (`segan synth`). Each example maps "mask" (HxW class indices), "real" and "drawn" (HxWxC uint8)."""
+    binary = len(class_names) == 2
+    height, width = shown[0]["mask"].shape
+    figure = Figure(figsize=(3 * panel_width, len(shown) * panel_width * height / width + 0.9), layout="constrained")
+    axes = np.asarray(figure.subplots(len(shown), 3, squeeze=False))
+    for row, example in zip(axes, shown):
+        panels = [("mask", colour_mask(np.where(example["mask"] < len(class_names), example["mask"], 0), binary)),
+                  ("real", example["real"]), ("drawn", example["drawn"])]
+        for ax, (name, picture) in zip(row, panels):
+            ax.imshow(picture if picture.shape[-1] == 3 else picture[..., 0], cmap=None if picture.shape[-1] == 3 else "gray",
+                      interpolation="nearest")
+            ax.set_title(name, fontsize=9)
+            ax.axis("off")
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def ssim_histogram(ssim: np.ndarray, copy_ssim: float) -> Figure:
+    """How close each synthetic image comes to its nearest training image (SSIM), with the line
+    above which `segan synth sample` counts it a copy."""
+    figure = Figure(figsize=(6, 3.2), layout="constrained")
+    ax = figure.subplots()
+    ax.hist(ssim, bins=np.linspace(min(0.0, float(np.min(ssim))), 1.0, 41), color="#0072B2")
+    ax.axvline(copy_ssim, color="#D55E00", linestyle="--", label=f"copy (SSIM ≥ {copy_ssim:g})")
+    copies = int((ssim >= copy_ssim).sum())
+    ax.set_title(f"nearest training image of each synthetic one: {copies} of {len(ssim)} copies", fontsize=10)
+    ax.set_xlabel("SSIM with the nearest training image")
+    ax.set_ylabel("synthetic images")
+    ax.legend(fontsize=8)
     return figure

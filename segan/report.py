@@ -507,6 +507,8 @@ def _run_page(scored: Scored, summary: dict, figures: dict[str, str], pictures: 
         facts.append(("moving average of the weights",
                       _e(f"decay {summary['ema']['decay']}: IoU {summary['ema']['ema_iou']} against "
                          f"{summary['ema']['raw_iou']} for the raw weights; {summary['ema']['exported']} exported")))
+    facts.append(("synthetic pairs", _e(f"{config.data.synthetic_ratio:g} of each batch, from {config.data.synthetic}"
+                                        if config.data.synthetic else "none")))
     if summary.get("semi"):
         facts.append(("unlabelled images (last epoch)",
                       _e(", ".join(f"{k} {v}" for k, v in summary["semi"].items()))))

@@ -31,6 +31,7 @@ from .config import Config, parse_duration, validate
 from .hardware import describe, resolve_training_precision, training_device
 from .data import EpochSampler, MaskEncoding, Pair, SegmentationDataset, find_splits
 from .data.classes import ClassStats
+from .data.synthetic import MixedBatchSampler, MixedDataset, batch_make_up, read_synthetic, synthetic_encoding
 from .losses import AdversarialLoss, SegmentationLoss
 from .models import build_discriminator, build_generator, one_hot, output_channels
 from .preprocess import (EvalTransform, labels_from_probabilities, network_input, network_layout, padded_logits,
@@ -154,10 +155,22 @@ class SeganModule(L.LightningModule):
         judged = self.judge(image, mask, fake) if self.adversarial else None
         if not self.synchronise(seg_loss, judged):  # a non-finite loss: the batch is skipped
             return
+        if "synthetic" in labeled:
+            self.log_sources(logits, mask)
         if judged is not None:
             self.discriminator_step(judged)
         g_loss = self.generator_step(image, fake, seg_loss, unlabeled)
         self.log_dict({"train/seg_loss": seg_loss.detach(), "train/g_loss": g_loss.detach()}, prog_bar=True)
+
+    @torch.no_grad()
+    def log_sources(self, logits: torch.Tensor, mask: torch.Tensor) -> None:
+        """The segmentation loss on the batch's real and synthetic pairs apart (data.synthetic).
+        Every batch holds its real pairs first (`MixedBatchSampler`): slices, not a boolean index,
+        which would make the step wait for the device."""
+        real = batch_make_up(self.config.train.batch_size, self.config.data.synthetic_ratio)[0]
+        for name, part in (("real", slice(None, real)), ("synthetic", slice(real, None))):
+            self.log(f"train/seg_loss_{name}", self.segmentation_loss(logits[part], mask[part]), on_step=False,
+                     on_epoch=True)
 
     def judge(self, image: torch.Tensor, mask: torch.Tensor, fake: torch.Tensor) -> Judgement:
         """D's losses on truth (real) and on the current prediction (fake, detached), computed before
@@ -420,6 +433,8 @@ def tell_samplers_the_epoch(trainer: L.Trainer) -> None:
         sampler = getattr(getattr(sampler, "dataset", None), "_sampler", sampler)
         if isinstance(sampler, EpochSampler):
             sampler.set_epoch(trainer.current_epoch)
+        if isinstance(getattr(loader, "batch_sampler", None), MixedBatchSampler):  # data.synthetic
+            loader.batch_sampler.set_epoch(trainer.current_epoch)
 
 
 def rejected(loss: torch.Tensor, parameters: Any) -> torch.Tensor:
@@ -485,8 +500,9 @@ def build_dataloaders(config: Config, class_stats: ClassStats | None = None) -> 
     samples = max(len(train_set), (train.min_epoch_steps or 0) * train.batch_size)
     drop_last = samples > train.batch_size
     sampler = EpochSampler(len(train_set), train.seed, length=samples)
-    train_loader = DataLoader(train_set, batch_size=train.batch_size, sampler=sampler, drop_last=drop_last,
-                              **loader_args)
+    train_loader = (mixed_loader(config, train_set, samples // train.batch_size, loader_args) if data.synthetic else
+                    DataLoader(train_set, batch_size=train.batch_size, sampler=sampler, drop_last=drop_last,
+                               **loader_args))
     val_loader = DataLoader(val_set, batch_size=val_batch, shuffle=False, **loader_args)
     items = hidden + (find_unlabeled(data.unlabeled, data.root) if data.unlabeled else [])
     if config.semi.mode == "none" or not items:
@@ -503,6 +519,27 @@ def build_dataloaders(config: Config, class_stats: ClassStats | None = None) -> 
                                   **loader_args)
     log.info("unlabelled: %d images, %d per step", len(unlabeled_set), batch_u)
     return CombinedLoader({"labeled": train_loader, "unlabeled": unlabeled_loader}, mode="min_size"), val_loader
+
+
+def mixed_loader(config: Config, real: SegmentationDataset, steps: int, loader_args: dict) -> DataLoader:
+    """The training loader with data.synthetic: `steps` batches an epoch, as without synthetic
+    pairs, each holding data.synthetic_ratio of them (see `segan.data.synthetic`)."""
+    data, train = config.data, config.train
+    devices = device_count(train.devices)
+    if devices is None and train.accelerator in ("auto", "gpu", "cuda"):  # "auto" takes every GPU there is
+        devices = max(1, torch.cuda.device_count())
+    if (devices or 1) > 1:
+        raise ValueError("--synthetic does not run on more than one device yet; train with --devices 1")
+    folder = Path(data.synthetic) if Path(data.synthetic).is_absolute() else Path(data.root) / data.synthetic
+    pairs = read_synthetic(folder, data.classes, data.ignore_index)
+    synthetic = SegmentationDataset(pairs, real.transform, data.in_channels,
+                                    synthetic_encoding(data.num_classes, data.ignore_index), augment_seed=train.seed + 2)
+    real_per_batch, synthetic_per_batch = batch_make_up(train.batch_size, data.synthetic_ratio)
+    sampler = MixedBatchSampler(EpochSampler(len(real), train.seed, length=max(1, steps) * real_per_batch), len(real),
+                                len(synthetic), real_per_batch, synthetic_per_batch, train.seed + 2)
+    log.info("synthetic: %d pairs from %s, %d of every %d images a step", len(synthetic), folder, synthetic_per_batch,
+             train.batch_size)
+    return DataLoader(MixedDataset(real, synthetic), batch_sampler=sampler, **loader_args)
 
 
 @dataclass
@@ -775,7 +812,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> Trai
     """
     started_at = budget.clock()  # a time budget counts the data check and loading too
     run_dir = Path(config.train.out)
-    checkpoint_state, saved = _checked(config, run_dir, resume, overwrite)
+    checkpoint_state, saved = check_start(config, run_dir, resume, overwrite)
     first_rank = rank_zero_only.rank == 0
     class_stats = labelled_class_stats(config)
     resolve_class_weights(config, class_stats)
@@ -838,7 +875,7 @@ def open_run(config: Config, saved: Config | None, overwrite: bool) -> Path | No
 
 def fit_run(config: Config, module: L.LightningModule, loaders: tuple,
             epoch_end: tuple[BestCheckpoint, LastCheckpoint, list[Callback]], resume: bool, aside: Path | None,
-            started_at: float) -> Fitted:
+            started_at: float, command: str = "segan train") -> Fitted:
     """Fits `module` as every segan run does (`train`, `segan synth train`): the time budget
     counted from `started_at`, the validation cadence, the epoch-end callbacks, resume from
     last.ckpt, and a replaced run restored if this one fails before its first epoch ends."""
@@ -852,12 +889,12 @@ def fit_run(config: Config, module: L.LightningModule, loaders: tuple,
     run_dir = Path(config.train.out)
     trainer = build_trainer(config, run_dir, callbacks)
     started = time.perf_counter()
-    _fit(trainer, module, loaders, resume, last_checkpoint, aside, run_dir)
+    _fit(trainer, module, loaders, resume, last_checkpoint, aside, run_dir, command)
     return Fitted(trainer, Path(best_checkpoint.best_model_path or last_checkpoint.path), planner,
                   time.perf_counter() - started)
 
 
-def _checked(config: Config, run_dir: Path, resume: bool, overwrite: bool) -> tuple[dict | None, Config | None]:
+def check_start(config: Config, run_dir: Path, resume: bool, overwrite: bool) -> tuple[dict | None, Config | None]:
     """Every check before the first file is written: the settings (with the pretrained encoder's
     normalisation filled in), the resume, and a run already in `run_dir`. Returns the checkpoint to
     resume from and the run's saved config (both None without `resume`)."""
@@ -895,8 +932,8 @@ def _module(config: Config, checkpoint_state: dict | None, run_dir: Path) -> Seg
     return module
 
 
-def _fit(trainer: L.Trainer, module: SeganModule, loaders: tuple, resume: bool, last_checkpoint: LastCheckpoint,
-         aside: Path | None, run_dir: Path) -> None:
+def _fit(trainer: L.Trainer, module: L.LightningModule, loaders: tuple, resume: bool, last_checkpoint: LastCheckpoint,
+         aside: Path | None, run_dir: Path, command: str = "segan train") -> None:
     """Fits; a run replaced with --overwrite (set `aside`) comes back if the new one fails before
     its first epoch ends, and is deleted once one has; Ctrl-C says how to resume."""
     last = last_checkpoint.path
@@ -910,7 +947,7 @@ def _fit(trainer: L.Trainer, module: SeganModule, loaders: tuple, resume: bool, 
             aside = None
         if isinstance(error, SystemExit) and trainer.interrupted:  # Lightning exits on Ctrl-C after on_exception
             raise TrainingInterrupted(f"training interrupted at epoch {trainer.current_epoch}, step "
-                                      f"{trainer.global_step}; state saved to {last}. Continue with: segan train "
+                                      f"{trainer.global_step}; state saved to {last}. Continue with: {command} "
                                       f"--resume --out {run_dir}") from None
         raise
     finally:

@@ -343,7 +343,8 @@ def test_bench_plan_publishes_one_docs_table_per_dataset(tmp_path, monkeypatch):
         run = out / "kvasir-seg" / (row if seed == 0 else f"{row}-seed{seed}")
         write_summary(run, dice, dice - 0.1, 1750.0)
         summary = run / "summary.json"
-        summary.write_text(json.dumps({**json.loads(summary.read_text()), "epochs": steps // 100, "steps": steps}))
+        summary.write_text(json.dumps({**json.loads(summary.read_text()), "epochs": steps // 100, "steps": steps,
+                                       "time_budget": {"validation_s": 100.0 * (seed + 1), "training_s": 1000.0}}))
         (run / "config.yaml").write_text("train:\n  time_budget: 30m\n")
         for folder, score in (("evaluation", dice), ("evaluation-tta-1", dice + 0.01)):
             (run / folder).mkdir()
@@ -355,13 +356,13 @@ def test_bench_plan_publishes_one_docs_table_per_dataset(tmp_path, monkeypatch):
     [table] = json.loads((results / "plan.json").read_text())["tables"]
     assert table["name"] == "kvasir-seg" and table["command"].startswith("python scripts/bench_plan.py")
     assert [column["key"] for column in table["columns"]] == [
-        "row", "date", "machine", "seeds", "steps", "score", "sd", "tta", "plan", "plan_tta"]
-    assert [{key: row[key] for key in ("row", "seeds", "steps", "score", "sd", "tta", "plan", "plan_tta")}
-            for row in table["rows"]] == [
-        {"row": "plan", "seeds": "0, 1", "steps": "2,100-2,300", "score": 0.89, "sd": 0.0141, "tta": 0.9,
-         "plan": None, "plan_tta": None},
-        {"row": "plan+decoder128", "seeds": "0, 1", "steps": "2,400-2,600", "score": 0.9, "sd": 0.0141, "tta": 0.91,
-         "plan": 0.89, "plan_tta": 0.9}]
+        "row", "date", "machine", "seeds", "steps", "validating", "score", "sd", "tta", "plan", "plan_tta"]
+    keys = ("row", "seeds", "steps", "validating", "score", "sd", "tta", "plan", "plan_tta")
+    assert [{key: row[key] for key in keys} for row in table["rows"]] == [
+        {"row": "plan", "seeds": "0, 1", "steps": "2,100-2,300", "validating": 0.15, "score": 0.89, "sd": 0.0141,
+         "tta": 0.9, "plan": None, "plan_tta": None},
+        {"row": "plan+decoder128", "seeds": "0, 1", "steps": "2,400-2,600", "validating": 0.15, "score": 0.9,
+         "sd": 0.0141, "tta": 0.91, "plan": 0.89, "plan_tta": 0.9}]
 
 
 def test_bench_plan_lever_rows_change_only_their_keys_of_the_plan(tmp_path):
@@ -389,7 +390,8 @@ def test_bench_plan_lever_rows_change_only_their_keys_of_the_plan(tmp_path):
                 "plan+wd1e-4": {"train.weight_decay": 1e-4},
                 "plan+size192": {"data.size": 192},
                 "plan+decoder128": {"generator.decoder_width": 128},
-                "plan+decoder256": {}}
+                "plan+decoder256": {},
+                "plan+validate-every-epoch": {}}  # this plan validates every epoch already
     assert set(expected) == set(bench_plan.LEVERS)
 
     planned = Config.load(plan).flat()
@@ -405,6 +407,11 @@ def test_bench_plan_lever_rows_change_only_their_keys_of_the_plan(tmp_path):
                              ("plan+decoder256", "unet", 256), ("plan+decoder128", "unet", 128)):
         lever = Config.load(bench_plan.with_lever(plan, bench_plan.LEVERS[row], tmp_path / f"{row}.yaml"))
         assert (lever.generator.arch.lower(), lever.generator.decoder_width) == (arch, width), row
+    # A plan that validates every 5th epoch: the lever validates every one.
+    halved["train"]["validate_every"] = 5
+    plan.write_text(yaml.safe_dump(halved))
+    lever = Config.load(bench_plan.with_lever(plan, bench_plan.LEVERS["plan+validate-every-epoch"], tmp_path / "v.yaml"))
+    assert lever.train.validate_every == 1
 
 
 def patchgan_forward_flop(size: int, base: int, image_channels: int = 3, mask_channels: int = 1) -> int:

@@ -63,7 +63,7 @@ def test_an_invalid_config_file_exits_2_naming_every_problem_without_a_traceback
         "  train.epochs: expected an integer >= 1, got 'ten'",
         "  train.epoch: unknown setting (did you mean 'epochs'?); known: epochs, time_budget, batch_size, lr, d_lr, "
         "weight_decay, ema_decay, seed, accelerator, devices, precision, checkpoint_every_n_steps, min_epoch_steps, "
-        "progress_png, out",
+        "validate_every, compile, progress_png, out",
     ]
     assert not (tmp_path / "run").exists()
 

@@ -73,7 +73,7 @@ train:
 DATA_KEYS = ", ".join(f.name for f in dataclasses.fields(DataConfig))
 TRAIN_KEYS = ("epochs, time_budget, batch_size, lr, d_lr, weight_decay, ema_decay, seed, accelerator, devices, "
               "precision, "
-              "checkpoint_every_n_steps, min_epoch_steps, progress_png, out")
+              "checkpoint_every_n_steps, min_epoch_steps, validate_every, compile, progress_png, out")
 
 
 def problems(values) -> list[str]:

@@ -1,0 +1,219 @@
+#!/usr/bin/env python
+"""What drawn pairs add to a small label set, at equal total wall time (issue 54).
+
+    python scripts/bench_synth.py [--setups kvasir-seg-25 kvasir-seg-100 isbi2012-3] [--splits 0 1 2]
+                                  [--rows labeled-only synthetic synthetic-undeformed semi semi+synthetic]
+                                  [--budget 8m] [--generator-budget 2m30s] [--count 400] [--out DIR] [--publish]
+
+Setups: Kvasir-SEG with 25 and with 100 labelled training images, ISBI 2012 with 3. Each split
+(`--split-seed S`) chooses the labelled images, the same for every row. Rows, each trained for
+the same total wall time `--budget`:
+- labeled-only: the segmenter on the labelled pairs (`segan plan`'s choice: no adversarial term);
+- synthetic: a drawing network (`segan synth train`, `--generator-budget`, one per setup and split)
+  trained on the same labelled pairs, `--count` pairs drawn from deformed masks (`segan synth
+  sample`), mixed into half of each batch (`--synthetic`); the generator's training and the
+  sampling are charged to the row: its segmenter trains for what is left of the budget;
+- synthetic-undeformed: the same, its pairs drawn from the training masks unchanged (the ablation:
+  near copies of the training pairs, expected to add nothing);
+- semi: the other training images as unlabelled images (`--semi adversarial+self-training`, the
+  mode bench_semi found best on Kvasir-SEG);
+- semi+synthetic: both.
+
+Every row chooses its checkpoint on the validation split and is scored, at native resolution by
+`segan evaluate --model`, on the validation split and on a report split: training images carved
+out once (100 of Kvasir-SEG's 800, 6 of ISBI's 30, the same for every setup, split and row) that
+no row trains on or chooses a checkpoint with. ISBI's validation split is 6 more of its 30.
+
+The folds are written as list files in OUT/lists/DATASET (absolute paths; `--pairs-file
+'{split}.txt'`). Runs go to OUT/SETUP/ROW-splitS and are not run again once scored, so an
+interrupted benchmark continues where it stopped; whole splits come first. Prints one JSON line,
+writes OUT/results.json; `--publish` writes the tables into docs/benchmarks/results/synth.json
+(one table per setup, and one of the generators: their losses and memorisation figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import benchkit
+from benchkit import LITE0, ROOT, mean_std, require_datasets, segan
+
+sys.path.insert(0, str(ROOT))
+
+from segan.config import parse_duration  # noqa: E402
+
+REPORT_SEED = 1000  # the report split: one draw, the same for every setup, split and row
+SETUPS = {
+    "kvasir-seg-25": {"dataset": "kvasir-seg", "labels": 25, "report": 100,
+                      "flags": ["--size", "128", "--batch-size", "8", "--augment", "medium"]},
+    "kvasir-seg-100": {"dataset": "kvasir-seg", "labels": 100, "report": 100,
+                       "flags": ["--size", "128", "--batch-size", "8", "--augment", "medium"]},
+    "isbi2012-3": {"dataset": "isbi2012", "labels": 3, "report": 6, "validation": 6,
+                   "flags": ["--size", "256", "--batch-size", "4", "--augment", "medium"]},
+}
+ROWS = ("labeled-only", "synthetic", "synthetic-undeformed", "semi", "semi+synthetic")
+
+
+def write_lists(dataset: str, data: Path, out: Path, report: int, validation: int | None) -> Path:
+    """OUT/lists/DATASET/{train,validation,report}.txt: the folds, as 'image mask' lines."""
+    folder = out / "lists" / dataset
+    if (folder / "report.txt").is_file():
+        return folder
+    if dataset == "kvasir-seg":
+        train = pairs(data / dataset / "train" / "images", data / dataset / "train" / "masks")
+        held = pairs(data / dataset / "validation" / "images", data / dataset / "validation" / "masks")
+    else:
+        train, held = pairs(data / dataset / "train" / "image", data / dataset / "train" / "label"), []
+    order = np.random.default_rng(REPORT_SEED).permutation(len(train))
+    folds = {"report": [train[i] for i in order[:report]]}
+    if validation:  # carved out of train too
+        folds["validation"] = [train[i] for i in order[report:report + validation]]
+        folds["train"] = [train[i] for i in order[report + validation:]]
+    else:
+        folds["validation"], folds["train"] = held, [train[i] for i in order[report:]]
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, chosen in folds.items():
+        (folder / f"{name}.txt").write_text("".join(f"{image} {mask}\n" for image, mask in sorted(chosen)))
+    return folder
+
+
+def pairs(images: Path, masks: Path) -> list[tuple[str, str]]:
+    return [(str(image), str(masks / image.name)) for image in sorted(images.iterdir()) if (masks / image.name).is_file()]
+
+
+def data_flags(setup: str, lists: Path, split: int) -> list[str]:
+    spec = SETUPS[setup]
+    train_count = len((lists / "train.txt").read_text().splitlines())
+    return ["--config", str(ROOT / "datasets" / spec["dataset"] / "config.yaml"), "--data", str(lists),
+            "--pairs-file", "{split}.txt", "--train-split", "train", "--val-split", "validation",
+            "--labeled-fraction", f"{spec['labels'] / train_count:.6f}", "--split-seed", str(split), "--seed", "0"]
+
+
+def generator(setup: str, lists: Path, split: int, args: argparse.Namespace, out: Path) -> dict:
+    """The split's drawing network and its two samples (deformed, undeformed), each timed once."""
+    folder = out / setup / f"synth-split{split}"
+    record = folder / "bench.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    size = SETUPS[setup]["flags"][1]
+    train_s = segan("synth", "train", *data_flags(setup, lists, split), "--size", size, "--time-budget",
+                    args.generator_budget, "--out", str(folder / "run"), "--overwrite", "--num-workers", "1",
+                    label=f"{setup} split {split}: drawing network")
+    from segan.synthesis.sampling import sample
+    figures = {"train_s": round(train_s, 1), **json.loads((folder / "run" / "summary.json").read_text())}
+    for name, deform in (("deformed", True), ("undeformed", False)):
+        started = time.perf_counter()
+        result = sample(folder / "run", folder / name, args.count, seed=split, deform=deform)
+        figures[name] = {"sample_s": round(time.perf_counter() - started, 1), **result.memorisation}
+    record.write_text(json.dumps(figures, indent=1) + "\n")
+    return figures
+
+
+def run_row(setup: str, row: str, split: int, lists: Path, args: argparse.Namespace, out: Path) -> dict:
+    run = out / setup / f"{row}-split{split}"
+    budget_s = parse_duration(args.budget)
+    charged, flags = 0.0, []
+    if "synthetic" in row:
+        made = generator(setup, lists, split, args, out)
+        kind = "undeformed" if row == "synthetic-undeformed" else "deformed"
+        charged = made["train_s"] + made[kind]["sample_s"]
+        flags += ["--synthetic", str(out / setup / f"synth-split{split}" / kind), "--synthetic-ratio", "0.5"]
+    if row.startswith("semi"):
+        flags += ["--semi", "adversarial+self-training", "--adv-weight", "0.01"]
+    else:
+        flags += ["--semi", "none", "--adv-weight", "0"]
+    if not (run / "summary.json").is_file():
+        segan("train", *data_flags(setup, lists, split), *LITE0, *SETUPS[setup]["flags"], *flags,
+              "--time-budget", f"{max(60.0, budget_s - charged):.0f}", "--out", str(run), "--overwrite",
+              "--num-workers", "1", label=f"{setup} {row} split {split}")
+    scores = {}
+    for split_name, folder in (("val", "eval-val"), ("report", "eval-report")):
+        benchkit.evaluate(run, folder, split_name)
+        head = json.loads((run / folder / "metrics.json").read_text())["headline"]
+        scores[split_name] = {"dice": head["dice"], "dice_per_image": head["dice_per_image"]}
+    summary = json.loads((run / "summary.json").read_text())
+    return {"setup": setup, "row": row, "split": split, "charged_s": round(charged, 1),
+            "steps": summary["steps"], "val_dice": scores["val"]["dice"], "report_dice": scores["report"]["dice"],
+            "report_dice_per_image": scores["report"]["dice_per_image"]}
+
+
+def tables(runs: list[dict], generators: list[dict]) -> list[dict]:
+    """One table per setup (a row per benchmark row: Dice per split on both splits, the paired
+    difference to labelled-only on the report split), and one of the drawing networks."""
+    out = []
+    for setup in dict.fromkeys(r["setup"] for r in runs):
+        mine = [r for r in runs if r["setup"] == setup]
+        base = {r["split"]: r for r in mine if r["row"] == "labeled-only"}
+        splits = sorted({r["split"] for r in mine})
+        rows = []
+        for row in dict.fromkeys(r["row"] for r in mine):
+            chosen = {r["split"]: r for r in mine if r["row"] == row}
+            rows.append({
+                "row": row, "steps": mean_std([r["steps"] for r in chosen.values()])["mean"],
+                "charged_s": mean_std([r["charged_s"] for r in chosen.values()])["mean"],
+                "val_dice": mean_std([r["val_dice"] for r in chosen.values()])["mean"],
+                **{f"report_split{s}": chosen[s]["report_dice"] if s in chosen else None for s in splits},
+                "report_dice": mean_std([r["report_dice"] for r in chosen.values()])["mean"],
+                "minus_labeled_only": None if row == "labeled-only" else ", ".join(
+                    f"{chosen[s]['report_dice'] - base[s]['report_dice']:+.4f}" for s in splits
+                    if s in chosen and s in base)})
+        columns = [{"key": "row", "label": "row"}, {"key": "steps", "label": "segmenter steps (mean)", "format": "{:.0f}"},
+                   {"key": "charged_s", "label": "drawing charged (mean)", "format": "{:.0f} s"},
+                   {"key": "val_dice", "label": "validation Dice (mean)", "format": "{:.4f}"},
+                   *({"key": f"report_split{s}", "label": f"report Dice, split {s}", "format": "{:.4f}"} for s in splits),
+                   {"key": "report_dice", "label": "report Dice (mean)", "format": "{:.4f}"},
+                   {"key": "minus_labeled_only", "label": "report Dice − labelled-only, per split"}]
+        out.append({"name": setup, "columns": columns, "rows": rows})
+    columns = [{"key": "generator", "label": "setup, split"}, {"key": "steps", "label": "steps"},
+               {"key": "train_s", "label": "training", "format": "{:.0f} s"},
+               {"key": "best_val_l1", "label": "validation L1 (−1..1)", "format": "{:.3f}"},
+               {"key": "median_ssim", "label": "median SSIM to nearest training image", "format": "{:.3f}"},
+               {"key": "copies", "label": "copies (SSIM ≥ 0.9), deformed"},
+               {"key": "copies_undeformed", "label": "copies, undeformed"}]
+    out.append({"name": "generators", "columns": columns, "rows": [
+        {"generator": g["name"], "steps": g["steps"], "train_s": g["train_s"], "best_val_l1": g["best_val_l1"],
+         "median_ssim": g["deformed"]["median_ssim"], "copies": f"{g['deformed']['copies']} of {g['deformed']['images']}",
+         "copies_undeformed": f"{g['undeformed']['copies']} of {g['undeformed']['images']}"} for g in generators]})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--out", default=str(ROOT / "weights" / "bench-synth"))
+    parser.add_argument("--splits", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    parser.add_argument("--budget", default="8m", help="total wall time of every row")
+    parser.add_argument("--generator-budget", default="2m30s", help="the drawing network's time budget")
+    parser.add_argument("--count", type=int, default=400, help="synthetic pairs drawn per split")
+    benchkit.add_publish_argument(parser)
+    args = parser.parse_args()
+    data, out = Path(args.data), Path(args.out)
+    require_datasets(data, sorted({SETUPS[s]["dataset"] for s in args.setups}))
+    runs, generators = [], []
+    for split in args.splits:  # whole splits first: a partial benchmark still pairs its rows
+        for setup in args.setups:
+            spec = SETUPS[setup]
+            lists = write_lists(spec["dataset"], data, out, spec["report"], spec.get("validation"))
+            for row in args.rows:
+                runs.append(run_row(setup, row, split, lists, args, out))
+                result = {"benchmark": "synth", "machine": benchkit.machine(), "budget": args.budget,
+                          "generator_budget": args.generator_budget, "count": args.count, "runs": runs}
+                (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+            record = out / setup / f"synth-split{split}" / "bench.json"
+            if record.is_file():
+                generators.append({"name": f"{setup}, split {split}", **json.loads(record.read_text())})
+    print(json.dumps({"runs": runs, "generators": generators}))
+    if args.publish:
+        benchkit.publish("synth", tables(runs, generators))
+
+
+if __name__ == "__main__":
+    main()
