@@ -87,7 +87,7 @@ def on_train_batch_end(self, outputs, batch, batch_idx):
 DrawingModule.on_train_batch_end = on_train_batch_end
 sys.exit(main(sys.argv[1:]))
 """
-STEPS_PER_EPOCH = 4  # 16 training images, batch 4
+STEPS_PER_EPOCH = 2  # 8 training images, batch 4
 
 
 def synth_train_args(data: Path, out: Path, epochs: int = 2) -> list[str]:
@@ -103,7 +103,7 @@ def network_weights(run: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory):
-    return make_demo_dataset(tmp_path_factory.mktemp("synth"), n_train=16, n_val=4, size=64, seed=3)
+    return make_demo_dataset(tmp_path_factory.mktemp("synth"), n_train=8, n_val=4, size=64, seed=3)
 
 
 def test_synth_train_resumes_exactly_and_sample_draws_new_pairs(tmp_path, synth_data):
@@ -116,7 +116,7 @@ def test_synth_train_resumes_exactly_and_sample_draws_new_pairs(tmp_path, synth_
     for name in ("config.yaml", "progress.png", "metrics.csv", "checkpoints/best.ckpt", "generator/model.safetensors"):
         assert (straight / name).is_file(), name
     killed = subprocess.run([sys.executable, "-c", SYNTH_SCRIPT, *synth_train_args(synth_data, broken)],
-                            capture_output=True, text=True, env=dict(os.environ, STOP_AT=str(STEPS_PER_EPOCH + 2)),
+                            capture_output=True, text=True, env=dict(os.environ, STOP_AT=str(STEPS_PER_EPOCH + 1)),
                             timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert main(["synth", "train", "--resume", "--out", str(broken)]) == 0
