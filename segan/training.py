@@ -318,11 +318,8 @@ class SeganModule(L.LightningModule):
         # run's epochs), not a scheduler's state: a resumed run gets exactly the rate the
         # uninterrupted one had, and one resumed with more epochs gets the schedule of the new end.
         # The end is the trainer's last epoch: train.epochs, or what fits a time budget (segan.budget).
-        factor = 0.5 * (1 + math.cos(math.pi * self.current_epoch / max(1, self.trainer.max_epochs)))
-        for name, optimizer in zip(("generator", "discriminator"), self.optimizers()):
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * factor
-            self.log(f"lr/{name}", optimizer.param_groups[0]["lr"], on_step=False, on_epoch=True)
+        for name, rate in zip(("generator", "discriminator"), set_cosine_rates(self)):
+            self.log(f"lr/{name}", rate, on_step=False, on_epoch=True)
         tell_samplers_the_epoch(self.trainer)
 
     def on_train_epoch_end(self) -> None:
@@ -421,6 +418,16 @@ def moving_average(generator: torch.nn.Module, decay: float | None) -> torch.nn.
     average = ModelEmaV3(generator, decay=decay, use_warmup=True, warmup_power=3 / 4)
     average.requires_grad_(False)  # no optimiser or DDP gradient sync touches it
     return average
+
+
+def set_cosine_rates(module: L.LightningModule) -> list[float]:
+    """Sets each optimiser's rate to its base times the cosine factor of the module's epoch (from
+    the base to 0 over the trainer's epochs); returns the rates."""
+    factor = 0.5 * (1 + math.cos(math.pi * module.current_epoch / max(1, module.trainer.max_epochs)))
+    for optimizer in module.optimizers():
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+    return [optimizer.param_groups[0]["lr"] for optimizer in module.optimizers()]
 
 
 def tell_samplers_the_epoch(trainer: L.Trainer) -> None:

@@ -13,7 +13,6 @@ network's target is the image in [-1, 1], as tanh writes it.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
@@ -26,7 +25,7 @@ from ..config import Config
 from ..losses import AdversarialLoss
 from ..models import build_discriminator, build_generator, one_hot
 from ..preprocess import network_input, network_layout, pad_multiple, pad_to_multiple
-from ..training import rng_states, set_rng_states, tell_samplers_the_epoch
+from ..training import rng_states, set_cosine_rates, set_rng_states, tell_samplers_the_epoch
 from .settings import SHOWN
 
 # The synth run's normalisation, mean and std of every channel: the image in [-1, 1], tanh's range.
@@ -113,10 +112,7 @@ class DrawingModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         # As the segmenter's: the rate is a function of the epoch alone, so a resume gets it exactly.
-        factor = 0.5 * (1 + math.cos(math.pi * self.current_epoch / max(1, self.trainer.max_epochs)))
-        for optimizer in self.optimizers():
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * factor
+        set_cosine_rates(self)
         tell_samplers_the_epoch(self.trainer)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
