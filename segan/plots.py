@@ -254,25 +254,35 @@ def difference_histogram(differences: np.ndarray, interval: tuple[float, float],
     return figure
 
 
+def picture_grid(rows: Sequence[Sequence[tuple[str, np.ndarray]]], title: str = "",
+                 panel_width: float = 2.4) -> Figure:
+    """Pictures in rows, each under its caption: (caption, HxWx3 uint8 or HxW grey) per panel."""
+    height, width = rows[0][0][1].shape[:2]
+    columns = max(len(row) for row in rows)
+    figure = Figure(figsize=(columns * panel_width, len(rows) * (panel_width * height / width + 0.3) + 0.6),
+                    layout="constrained")
+    axes = np.asarray(figure.subplots(len(rows), columns, squeeze=False))
+    for row_axes, row in zip(axes, rows):
+        for ax in row_axes:
+            ax.axis("off")
+        for ax, (caption, picture) in zip(row_axes, row):
+            grey = picture.ndim == 2 or picture.shape[-1] == 1
+            ax.imshow(picture.reshape(picture.shape[:2]) if grey else picture, cmap="gray" if grey else None,
+                      vmin=0, vmax=255, interpolation="nearest")
+            ax.set_title(caption, fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure
+
+
 def drawing_panels(shown: Sequence[Mapping[str, np.ndarray]], class_names: Sequence[str], title: str = "",
                    panel_width: float = 2.4) -> Figure:
     """One row per example, three panels: the mask, the real image, the image drawn from the mask
     (`segan synth`). Each example maps "mask" (HxW class indices), "real" and "drawn" (HxWxC uint8)."""
     binary = len(class_names) == 2
-    height, width = shown[0]["mask"].shape
-    figure = Figure(figsize=(3 * panel_width, len(shown) * panel_width * height / width + 0.9), layout="constrained")
-    axes = np.asarray(figure.subplots(len(shown), 3, squeeze=False))
-    for row, example in zip(axes, shown):
-        panels = [("mask", colour_mask(np.where(example["mask"] < len(class_names), example["mask"], 0), binary)),
-                  ("real", example["real"]), ("drawn", example["drawn"])]
-        for ax, (name, picture) in zip(row, panels):
-            ax.imshow(picture if picture.shape[-1] == 3 else picture[..., 0], cmap=None if picture.shape[-1] == 3 else "gray",
-                      interpolation="nearest")
-            ax.set_title(name, fontsize=9)
-            ax.axis("off")
-    if title:
-        figure.suptitle(title, fontsize=10)
-    return figure
+    rows = [[("mask", colour_mask(np.where(example["mask"] < len(class_names), example["mask"], 0), binary)),
+             ("real", example["real"]), ("drawn", example["drawn"])] for example in shown]
+    return picture_grid(rows, title, panel_width)
 
 
 def ssim_histogram(ssim: np.ndarray, copy_ssim: float) -> Figure:

@@ -719,6 +719,13 @@ def build_trainer(config: Config, run_dir: Path, callbacks: list[Callback], **tr
         from lightning.pytorch.strategies import DDPStrategy
         # The D step leaves G's parameters unused and vice versa.
         strategy = DDPStrategy(find_unused_parameters=True)
+        if train.compile is True:
+            # Compile each network whole, as a single process does, rather than split at DDP's
+            # gradient buckets: the split only overlaps all-reduce with backward, which segan's small
+            # networks on a few devices hardly use, and whole graphs reuse the code that inductor
+            # cached on disk for a single-process run of the same networks (tests/test_reliability.py).
+            import torch._dynamo
+            torch._dynamo.config.optimize_ddp = False
     return L.Trainer(**{**dict(
         default_root_dir=str(run_dir),
         max_epochs=train.epochs if train.time_budget is None else budget.UNPLANNED,

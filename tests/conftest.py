@@ -25,6 +25,16 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 SHARED_DATA = Path(os.environ.get("SEGAN_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest tests first (`heavy(SECONDS)`, about what one takes on a 2-core AVX2 CPU; `slow`
+    and a bare `heavy` count 10): the workers share them out first and the short ones fill in at the
+    end, so both finish together instead of one waiting for a long test that another started last."""
+    def seconds(item: pytest.Item) -> float:
+        heavy = item.get_closest_marker("heavy")
+        return (heavy.args[0] if heavy and heavy.args else 10) if heavy or item.get_closest_marker("slow") else 0
+    items.sort(key=seconds, reverse=True)
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     return make_demo_dataset(tmp_path_factory.mktemp("demo"), n_train=12, n_val=4, size=64, seed=0)

@@ -28,10 +28,8 @@ def hashes(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
+def make_world(root: Path) -> Path:
     """A tiny dataset, a finished run trained on it, predictions and an evaluation of them."""
-    root = tmp_path_factory.mktemp("world")
     data = make_demo_dataset(root / "data", n_train=8, n_val=2, size=32, seed=0)
     config = tiny_config(data, root / "run", data={"size": 32}, train={"epochs": 1})
     config.save(root / "run.yaml")
@@ -41,6 +39,12 @@ def world(tmp_path_factory) -> Path:
     assert main(["evaluate", "--pred", str(root / "pred"), "--gt", str(data / "validation"),
                  "--out", str(root / "eval")]) == 0
     return root
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """One world for the table's rows: none of them may change it (each row checks)."""
+    return make_world(tmp_path_factory.mktemp("world"))
 
 
 def train_onto_the_finished_run(w: Path) -> list[str]:
@@ -142,9 +146,11 @@ def test_bad_input_is_one_clear_message_and_changes_nothing(world, capsys, case,
     assert {name: digest for name, digest in after.items() if name in before} == before, case
 
 
-def test_the_advice_in_each_message_works(world, capsys, monkeypatch):
+def test_the_advice_in_each_message_works(tmp_path, capsys, monkeypatch):
     """Run what the messages advise: --overwrite replaces, --skip-existing resumes, a raised
-    --max-image-pixels (after the subcommand) lets the huge image through to decoding."""
+    --max-image-pixels (after the subcommand) lets the huge image through to decoding. In a world
+    of its own: following the advice changes it, and the table's rows may run after this test."""
+    world = make_world(tmp_path)
     from segan.data import io
     # --max-image-pixels sets the limit for the process and its workers: restored afterwards
     monkeypatch.setattr(io, "MAX_IMAGE_PIXELS", io.MAX_IMAGE_PIXELS)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import runpy
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -18,8 +22,35 @@ from segan.report import bootstrap_interval, verdict
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
+def run_here(name: str, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+    """`python scripts/NAME ARGS`, run in this process: a fresh one spends seconds importing torch,
+    Lightning and segan again. The scripts' own modules are imported anew each time (benchkit reads
+    SEGAN_BENCH_RESULTS when imported); a SystemExit ends the run as it would end the process."""
+    for loaded in [key for key, module in sys.modules.items()
+                   if Path(getattr(module, "__file__", None) or "/").parent == SCRIPTS]:
+        del sys.modules[loaded]
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with mock.patch.object(sys, "argv", [str(SCRIPTS / name), *args]), \
+            mock.patch.object(sys, "path", [str(SCRIPTS), *sys.path]), \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(str(SCRIPTS / name), run_name="__main__")
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+            if isinstance(stop.code, str):
+                print(stop.code, file=sys.stderr)
+    done = subprocess.CompletedProcess([name, *args], code, out.getvalue(), err.getvalue())
+    assert not check or code == 0, done.stderr[-3000:]
+    return done
+
+
 def run_script(name: str, *args: str) -> dict:
-    done = subprocess.run([sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True, timeout=300)
+    """The one JSON line a benchmark script prints. bench_train and bench_threads start processes of
+    their own (a spawned pool, per-setting environments) and so run as `python scripts/NAME`."""
+    if name in ("bench_train.py", "bench_threads.py"):
+        done = subprocess.run([sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True, timeout=300)
+    else:
+        done = run_here(name, *args)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 1, done.stdout
@@ -94,8 +125,7 @@ def test_bench_accuracy_reuses_finished_runs_and_pairs_seeds(tmp_path):
 
 
 def test_bench_accuracy_refuses_missing_data(tmp_path):
-    done = subprocess.run([sys.executable, str(SCRIPTS / "bench_accuracy.py"), "--datasets", "camvid",
-                           "--data", str(tmp_path), "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    done = run_here("bench_accuracy.py", "--datasets", "camvid", "--data", str(tmp_path), "--out", str(tmp_path / "out"))
     assert done.returncode != 0
     assert "camvid not found" in done.stderr
 
@@ -148,8 +178,7 @@ def test_bench_levers_combines_the_levers_that_beat_the_recipe(tmp_path):
                                                 "iou_minus_recipe_seed0": 0.03}
     assert result["summary"]["camvid/ohem"]["iou_minus_recipe_seed0"] == -0.01
     assert best[0]["per_class_iou"] == {"Sky": 0.9, "Pole": 0.25}
-    table = subprocess.run([sys.executable, str(SCRIPTS / "bench_levers.py"), "--out", str(out), "--markdown"],
-                           capture_output=True, text=True, check=True).stdout
+    table = run_here("bench_levers.py", "--out", str(out), "--markdown", check=True).stdout
     assert "| row | seed | levers | mean IoU | − recipe | Sky | Pole | epochs | wall time | test mean IoU |" in table
     assert "| best | 0 | class-weights rare-class | 0.7200 | +0.0300 | 0.900 | 0.250 | 30 | 3600 s | 0.6700 |" in table
     assert "| ohem | 0 | ohem | 0.6800 | -0.0100 | 0.900 | 0.100 | 30 | 3600 s |  |" in table
@@ -163,9 +192,8 @@ def test_bench_levers_combines_the_levers_that_beat_the_recipe(tmp_path):
     for folder in ("test", "testannot"):
         shutil.rmtree(data / "camvid" / folder)
     finished("best", 3, 0.75, 0.3)
-    done = subprocess.run([sys.executable, str(SCRIPTS / "bench_levers.py"), "--datasets", "camvid", "--rows", "best",
-                           "--best-levers", "--final-seeds", "3", "--data", str(data), "--out", str(out)],
-                          capture_output=True, text=True)
+    done = run_here("bench_levers.py", "--datasets", "camvid", "--rows", "best", "--best-levers", "--final-seeds", "3",
+                    "--data", str(data), "--out", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"row best is scored on val only: {data / 'camvid'}: no split 'test' in the layout" in done.stderr
     runs = json.loads(done.stdout)["runs"]
@@ -183,8 +211,7 @@ def test_bench_levers_combines_the_levers_that_beat_the_recipe(tmp_path):
     recipe = scored["runs"][0]
     assert (recipe["tta_iou"], recipe["tta_eval_s"], recipe["eval_s"]) == (0.705, 95.0, 20.0)
     assert recipe["tta_per_class_iou"] == {"Sky": 0.92, "Pole": 0.06}
-    table = subprocess.run([sys.executable, str(SCRIPTS / "bench_levers.py"), "--out", str(out), "--markdown"],
-                           capture_output=True, text=True, check=True).stdout
+    table = run_here("bench_levers.py", "--out", str(out), "--markdown", check=True).stdout
     assert "| recipe | 0 | 0.75 1 1.25 | 0.6900 | 0.7050 | +0.0150 | 0.920 | 0.060 | 20 s | 95 s |" in table
 
 
@@ -238,8 +265,7 @@ def test_bench_semi_publishes_one_docs_table_per_dataset(tmp_path, monkeypatch):
                                 "minus_labeled_only": "+0.0500, +0.0200", "gap_closed": "0.50, 0.20",
                                 "pseudo_share": 0.9, "pseudo_precision": 0.97, "wall_time_s": 100}
     assert {column["key"] for column in table["columns"]} == set(table["rows"][1])
-    markdown = subprocess.run([sys.executable, str(SCRIPTS / "bench_semi.py"), "--out", str(out), "--markdown"],
-                              capture_output=True, text=True, timeout=300).stdout
+    markdown = run_here("bench_semi.py", "--out", str(out), "--markdown", check=True).stdout
     assert ("| self-training | 0.7500 | 0.6200 | 0.6850 | +0.0500, +0.0200 | 0.50, 0.20 | 0.90 / 0.970 | 100 s |"
             in markdown)
 
@@ -261,8 +287,7 @@ def test_bench_plan_reads_finished_runs_and_their_budgets(tmp_path):
 
     assert [(run["row"], run["dice"], run["native_dice"], run["time_budget"]["spent_share"])
             for run in result["runs"]] == [("plan", 0.90, 0.902, 0.994), ("hand", 0.88, 0.882, 0.983)]
-    table = subprocess.run([sys.executable, str(SCRIPTS / "bench_plan.py"), "--out", str(out), "--markdown"],
-                           capture_output=True, text=True, check=True).stdout
+    table = run_here("bench_plan.py", "--out", str(out), "--markdown", check=True).stdout
     assert "| kvasir-seg | plan | 1800 s | 1790 s | 0.994 | 40 | 4000 | 0.9000 | 0.8000 | 0.9020 | 0.8100 |" in table
 
     # Flip TTA re-scores the plan's finished run from its own folder; the hand row was not scored with it.
@@ -276,16 +301,14 @@ def test_bench_plan_reads_finished_runs_and_their_budgets(tmp_path):
     plan = scored["runs"][0]
     assert (plan["native_tta_dice"], plan["native_tta_iou"], plan["eval_s"], plan["tta_eval_s"]) == (
         0.9007, 0.8193, 11.0, 19.0)
-    table = subprocess.run([sys.executable, str(SCRIPTS / "bench_plan.py"), "--out", str(out), "--markdown"],
-                           capture_output=True, text=True, check=True).stdout
+    table = run_here("bench_plan.py", "--out", str(out), "--markdown", check=True).stdout
     assert "| 0.9000 | 0.8000 | 0.9020 | 0.8100 | 0.9007 | 0.8193 | 11 s | 19 s |" in table
 
     # Another seed of the same plan is its own run folder, named in the table.
     seeded = run_script("bench_plan.py", "--datasets", "kvasir-seg", "--rows", "plan", "--seeds", "0", "1",
                         "--data", str(data), "--out", str(out))
     assert [(run["seed"], run["dice"]) for run in seeded["runs"]] == [(0, 0.90), (1, 0.91)]
-    table = subprocess.run([sys.executable, str(SCRIPTS / "bench_plan.py"), "--out", str(out), "--markdown"],
-                           capture_output=True, text=True, check=True).stdout
+    table = run_here("bench_plan.py", "--out", str(out), "--markdown", check=True).stdout
     assert "| kvasir-seg | plan seed 1 | 1800 s | 1780 s | 0.989 | 40 | 4000 | 0.9100 |" in table
 
 
@@ -427,26 +450,25 @@ def patchgan_forward_flop(size: int, base: int, image_channels: int = 3, mask_ch
     return total
 
 
+@pytest.mark.heavy(30)
 def test_bench_train_prints_its_keys_and_the_flop_counts(tmp_path, monkeypatch):
     monkeypatch.setenv("SEGAN_BENCH_RESULTS", str(tmp_path))
-    # One discriminator width: each configuration costs a fresh process (for its peak memory).
+    # One discriminator width and one precision: each configuration costs a fresh process (for its
+    # peak memory). The precision table's columns are checked below, from a result of two.
     result = run_script("bench_train.py", "--size", "64", "--batch-size", "2", "--steps", "1", "--rounds", "1",
-                        "--d-channels", "16", "--publish")
+                        "--d-channels", "16", "--precisions", "32-true", "--publish")
 
     per_d = ("step_s", "ratio", "images_per_s", "peak_rss_mb", "discriminator_forward_gflop_per_image")
     assert set(result) == {
         "benchmark", "device", "cores", "torch_threads", "cpu", "encoder", "image_size", "batch_size", "steps",
         "rounds", "plain_step_s", "plain_images_per_s", "plain_peak_rss_mb", "generator_forward_gflop_per_image",
         "plain_achieved_gflop_per_s", "matmul_peak_gflop_per_s", "plain_fraction_of_peak", "default_d_channels",
-        "gan_default_ratio", "precision", *(f"gan_d16_{key}" for key in per_d),
-        "gan_default_ratio_bf16-mixed", *(f"{name}_bf16-mixed_{key}" for name in ("plain", "gan_d16")
-                                          for key in ("step_s", "speedup_vs_32-true", "speedup_vs_v0.1",
-                                                      "peak_rss_mb")),
-        "plain_v0.1_step_s", "gan_d16_v0.1_step_s"}
+        "gan_default_ratio", "precision", *(f"gan_d16_{key}" for key in per_d), "plain_v0.1_step_s",
+        "gan_d16_v0.1_step_s"}
     assert (result["benchmark"], result["encoder"], result["image_size"], result["batch_size"]) == (
         "train_step", "resnet18", 64, 2)
     assert result["default_d_channels"] == 16 and result["gan_default_ratio"] == result["gan_d16_ratio"]
-    assert result["precision"] == "32-true"  # the first of --precisions; bf16-mixed times plain and GAN again
+    assert result["precision"] == "32-true"
     # FLOPs are counted, not timed, so they are exact: by hand for the discriminators; the resnet18
     # U-Net generator is 0.6748 GFLOP at 64 px by torch's counter (6.07 at 192 px).
     assert patchgan_forward_flop(64, 8) == 6_430_720 and patchgan_forward_flop(64, 16) == 23_478_272
@@ -456,20 +478,43 @@ def test_bench_train_prints_its_keys_and_the_flop_counts(tmp_path, monkeypatch):
     assert result["plain_fraction_of_peak"] == round(
         result["plain_achieved_gflop_per_s"] / result["matmul_peak_gflop_per_s"], 3)
 
-    # --publish writes the docs' tables from the same figures.
-    discriminator, precision = json.loads((tmp_path / "train.json").read_text())["tables"]
-    assert discriminator["name"] == "discriminator" and precision["name"] == "precision"
+    # --publish writes the docs' table from the same figures (one precision: no precision table).
+    [discriminator] = json.loads((tmp_path / "train.json").read_text())["tables"]
+    assert discriminator["name"] == "discriminator"
     assert [row["configuration"] for row in discriminator["rows"]] == ["plain (adv_weight 0)",
                                                                         "GAN, D base 16 (default)"]
     assert discriminator["rows"][1]["ratio"] == result["gan_d16_ratio"]
-    assert [row["configuration"] for row in precision["rows"]] == [
-        "plain (adv_weight 0)", "GAN, D base 16 (default)", "GAN step / plain step"]
-    assert precision["rows"][1]["speedup_bf16-mixed"] == result["gan_d16_bf16-mixed_speedup_vs_32-true"]
-    assert precision["rows"][2]["step_s_bf16-mixed"] == result["gan_default_ratio_bf16-mixed"]
-    assert precision["command"] == ("python scripts/bench_train.py --size 64 --batch-size 2 --steps 1 --rounds 1 "
-                                    "--d-channels 16")  # the command that measures: without --publish
+    assert discriminator["command"] == ("python scripts/bench_train.py --size 64 --batch-size 2 --steps 1 --rounds 1 "
+                                        "--d-channels 16 --precisions 32-true")  # the command that measures
 
 
+def test_bench_train_precision_table_has_a_column_pair_per_precision():
+    """With a second precision, bench_train's JSON line gains its figures (NAME_PRECISION_*) and
+    --publish a table of the plain and default GAN steps in each precision."""
+    sys.path.insert(0, str(SCRIPTS))
+    import bench_train
+    result = {"default_d_channels": 16, "batch_size": 2, "plain_step_s": 0.2, "plain_images_per_s": 10.0,
+              "plain_peak_rss_mb": 900.0, "gan_d16_step_s": 0.25, "gan_d16_images_per_s": 8.0, "gan_d16_ratio": 1.25,
+              "gan_d16_peak_rss_mb": 910.0, "gan_d16_discriminator_forward_gflop_per_image": 0.0235}
+    for name, step_s in (("plain", 0.1), ("gan_d16", 0.15)):
+        result.update({f"{name}_bf16-mixed_step_s": step_s, f"{name}_bf16-mixed_peak_rss_mb": 800.0,
+                       f"{name}_bf16-mixed_speedup_vs_32-true": round(result[f"{name}_step_s"] / step_s, 3)})
+    result["gan_default_ratio_bf16-mixed"] = 1.5
+    discriminator, precision = bench_train.published_tables(result, [16], ["32-true", "bf16-mixed"])
+    assert discriminator["name"] == "discriminator" and precision["name"] == "precision"
+    assert [column["key"] for column in precision["columns"]] == [
+        "configuration", "step_s_32-true", "step_s_bf16-mixed", "speedup_bf16-mixed", "peak_rss_mb_32-true",
+        "peak_rss_mb_bf16-mixed"]
+    assert precision["rows"] == [
+        {"configuration": "plain (adv_weight 0)", "step_s_32-true": 0.2, "step_s_bf16-mixed": 0.1,
+         "speedup_bf16-mixed": 2.0, "peak_rss_mb_32-true": 900.0, "peak_rss_mb_bf16-mixed": 800.0},
+        {"configuration": "GAN, D base 16 (default)", "step_s_32-true": 0.25, "step_s_bf16-mixed": 0.15,
+         "speedup_bf16-mixed": 1.667, "peak_rss_mb_32-true": 910.0, "peak_rss_mb_bf16-mixed": 800.0},
+        {"configuration": "GAN step / plain step", "step_s_32-true": 1.25, "step_s_bf16-mixed": 1.5,
+         "speedup_bf16-mixed": None, "peak_rss_mb_32-true": None, "peak_rss_mb_bf16-mixed": None}]
+
+
+@pytest.mark.heavy(20)
 def test_bench_threads_runs_each_setting_in_its_own_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("SEGAN_BENCH_RESULTS", str(tmp_path))
     # OMP_NUM_THREADS reaches the fresh process (OpenMP reads it once, at start), alone and loaded.

@@ -196,6 +196,7 @@ def test_python_page_examples_run_as_written(tmp_path, monkeypatch):
     assert namespace["page"] == Path("weights/python-demo/report/index.html") and namespace["page"].is_file()
 
 
+@pytest.mark.heavy
 def test_the_site_builds_with_warnings_as_errors(tmp_path):
     done = subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", str(DOCS),
                            str(tmp_path / "html")], capture_output=True, text=True)

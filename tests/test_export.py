@@ -211,6 +211,7 @@ def trained_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.heavy
 def test_int8_export_is_calibrated_checked_and_predicts_like_float32(trained_run, tmp_path):
     import openvino
     assert main(["export", str(trained_run), "--format", "openvino", "--int8", "--calibration-images", "12"]) == 0
@@ -257,6 +258,7 @@ def test_int8_needs_openvino_nncf_and_the_runs_data(trained_run, tmp_path, monke
         export_run(trained_run, "openvino", int8=True)
 
 
+@pytest.mark.heavy
 def test_int8_falls_back_to_accuracy_control_when_plain_quantisation_loses_too_much(trained_run):
     # No quantised model can lose less than nothing (the bound is below zero): the fallback must run.
     settings = export_run(trained_run, "openvino", int8=True, calibration_images=8, max_drop=-1.0)

@@ -102,6 +102,7 @@ def generator_weights(run: Path) -> dict[str, torch.Tensor]:
             if k.startswith(("generator.", "discriminator."))}
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("plateau", [True, False], ids=["plateau", "improving"])
 def test_kill_9_resumes_from_the_last_epoch_and_ends_with_the_same_weights(tmp_path, interrupt_data, plateau,
                                                                           request):
@@ -129,6 +130,7 @@ def test_kill_9_resumes_from_the_last_epoch_and_ends_with_the_same_weights(tmp_p
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
 
 
+@pytest.mark.heavy
 def test_ctrl_c_at_a_chosen_batch_saves_that_batch_and_resume_completes(tmp_path, interrupt_data):
     out = tmp_path / "run"
     stopped = run_training("--config", str(tiny_yaml(tmp_path / "c.yaml", interrupt_data, out)),
@@ -543,6 +545,7 @@ def test_unwritable_output_folder_is_refused_up_front_even_as_root(tmp_path, cap
     assert not (tmp_path / "out" / "masks").exists()
 
 
+@pytest.mark.heavy(90)
 def test_compiled_training_resumes_exactly_keeps_the_plain_networks_and_runs_under_ddp(tmp_path, interrupt_data):
     """train.compile true: kill -9 in epoch 2 and resume ends with the weights of a straight compiled
     run; the checkpoints hold the plain networks' keys (they load into an uncompiled module); the
@@ -583,5 +586,6 @@ def test_compiled_training_resumes_exactly_keeps_the_plain_networks_and_runs_und
     done = subprocess.run([sys.executable, "-m", "segan", "train", "--config", str(tmp_path / "ddp.yaml")],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    # 16 training images, 4 per device per step, 2 devices: 2 steps.
+    # 16 training images, 4 per device per step, 2 devices: 2 steps. (Uncompiled DDP: tests/test_semi.py.)
     assert json.loads((ddp / "summary.json").read_text())["steps"] == 2
+    assert (ddp / "generator" / "model.safetensors").is_file()

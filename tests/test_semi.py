@@ -197,6 +197,7 @@ def test_semi_settings_that_cannot_work_are_named(tmp_path):
         Config.from_dict({"data": {"labeled_fraction": 1.5}})
 
 
+@pytest.mark.heavy(20)
 def test_semi_supervised_runs_under_two_process_ddp_and_bf16(tmp_path, semi_root):
     """The unlabelled stream goes through Lightning's DDP sampler wrapping and bf16 autocast like
     the labelled one: 4 labelled images, 1 per device per step, 2 devices: 2 steps per epoch."""

@@ -106,6 +106,7 @@ def synth_data(tmp_path_factory):
     return make_demo_dataset(tmp_path_factory.mktemp("synth"), n_train=8, n_val=4, size=64, seed=3)
 
 
+@pytest.mark.heavy(20)
 def test_synth_train_resumes_exactly_and_sample_draws_new_pairs(tmp_path, synth_data):
     """A straight synth run and one killed inside its second epoch then resumed end with the same
     weights; sampling from the run writes pairs from masks none of which is a training mask."""

@@ -33,6 +33,7 @@ from .memorisation import COPY_SSIM, Memorisation, nearest_training
 log = logging.getLogger(__name__)
 
 SHEET_PAIRS = 16  # pairs on the contact sheet
+SHEET_COLUMNS = 4  # pairs in each of its rows
 BATCH = 8  # masks drawn per forward pass
 
 
@@ -159,15 +160,14 @@ def _write_png(path: Path, picture: np.ndarray) -> None:
 
 def _pictures(out: Path, drawn: list[DrawnMask], images: list[np.ndarray], memorisation: Memorisation,
               classes: list[str]) -> None:
-    from ..plots import save, ssim_histogram
+    from ..plots import picture_grid, save, ssim_histogram
     binary = len(classes) == 2
-    tiles = []
-    for mask, image in list(zip((item.mask for item in drawn), images))[:SHEET_PAIRS]:
-        shown = colour_mask(np.where(mask < len(classes), mask, 0), binary)
-        tiles.append(np.concatenate([shown, image if image.shape[-1] == 3 else np.repeat(image, 3, 2)], axis=1))
-    columns = 4
-    while len(tiles) % columns:
-        tiles.append(np.zeros_like(tiles[0]))
-    rows = [np.concatenate(tiles[start:start + columns], axis=1) for start in range(0, len(tiles), columns)]
-    _write_png(out / "contact_sheet.png", np.concatenate(rows, axis=0))
+    panels = []
+    for index, (mask, image) in enumerate(list(zip((item.mask for item in drawn), images))[:SHEET_PAIRS]):
+        panels += [(f"{index}: mask from {drawn[index].source}", colour_mask(np.where(mask < len(classes), mask, 0), binary)),
+                   (f"drawn; SSIM {memorisation.ssim[index]:.2f} to nearest", image)]
+    rows = [panels[start:start + 2 * SHEET_COLUMNS] for start in range(0, len(panels), 2 * SHEET_COLUMNS)]
+    title = (f"{out.name}: mask | image drawn from it, the first {len(panels) // 2} of {len(images)} "
+             f"(SSIM to the nearest training image; {COPY_SSIM:g} or more counts as a copy)")
+    save(picture_grid(rows, title, panel_width=1.8), out / "contact_sheet.png")
     save(ssim_histogram(memorisation.ssim, COPY_SSIM), out / "memorisation.png")
