@@ -45,9 +45,9 @@ def run_here(name: str, *args: str, check: bool = False) -> subprocess.Completed
 
 
 def run_script(name: str, *args: str) -> dict:
-    """The one JSON line a benchmark script prints. bench_train and bench_threads start processes of
-    their own (a spawned pool, per-setting environments) and so run as `python scripts/NAME`."""
-    if name in ("bench_train.py", "bench_threads.py"):
+    """The one JSON line a benchmark script prints. bench_train runs as `python scripts/NAME`: its
+    spawned pool imports the functions it runs from the script's own process."""
+    if name == "bench_train.py":
         done = subprocess.run([sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True, timeout=300)
     else:
         done = run_here(name, *args)
