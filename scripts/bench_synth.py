@@ -2,7 +2,7 @@
 """What drawn pairs add to a small label set, at equal total wall time (issue 54).
 
     python scripts/bench_synth.py [--setups kvasir-seg-25 kvasir-seg-100 isbi2012-3] [--splits 0 1 2]
-                                  [--rows labeled-only synthetic synthetic-undeformed semi semi+synthetic]
+                                  [--rows labeled-only synthetic synthetic-undeformed semi semi+synthetic all-labels]
                                   [--budget 8m] [--generator-budget 2m30s] [--count 400] [--out DIR] [--publish]
 
 Setups: Kvasir-SEG with 25 and with 100 labelled training images, ISBI 2012 with 3. Each split
@@ -17,7 +17,8 @@ the same total wall time `--budget`:
   near copies of the training pairs, expected to add nothing);
 - semi: the other training images as unlabelled images (`--semi adversarial+self-training`, the
   mode bench_semi found best on Kvasir-SEG);
-- semi+synthetic: both.
+- semi+synthetic: both;
+- all-labels: every training image labelled, the ceiling (one run, shared by the splits).
 
 Every row chooses its checkpoint on the validation split and is scored, at native resolution by
 `segan evaluate --model`, on the validation split and on a report split: training images carved
@@ -49,15 +50,19 @@ sys.path.insert(0, str(ROOT))
 from segan.config import parse_duration  # noqa: E402
 
 REPORT_SEED = 1000  # the report split: one draw, the same for every setup, split and row
+# A tiny labelled set makes epochs of a few steps, and validating after each would take most of
+# the budget (25 images, batch 8: 3 steps of about 0.5 s, then 100 validation images): an epoch
+# cycles through the set for --min-epoch-steps, so that validation is about a tenth of the time.
 SETUPS = {
     "kvasir-seg-25": {"dataset": "kvasir-seg", "labels": 25, "report": 100,
-                      "flags": ["--size", "128", "--batch-size", "8", "--augment", "medium"]},
+                      "flags": ["--size", "128", "--batch-size", "8", "--augment", "medium", "--min-epoch-steps", "40"]},
     "kvasir-seg-100": {"dataset": "kvasir-seg", "labels": 100, "report": 100,
-                       "flags": ["--size", "128", "--batch-size", "8", "--augment", "medium"]},
+                       "flags": ["--size", "128", "--batch-size", "8", "--augment", "medium", "--min-epoch-steps", "40"]},
     "isbi2012-3": {"dataset": "isbi2012", "labels": 3, "report": 6, "validation": 6,
-                   "flags": ["--size", "256", "--batch-size", "4", "--augment", "medium"]},
+                   "flags": ["--size", "256", "--batch-size", "4", "--augment", "medium", "--min-epoch-steps", "20"]},
 }
-ROWS = ("labeled-only", "synthetic", "synthetic-undeformed", "semi", "semi+synthetic")
+GENERATOR_VALIDATE_EVERY = "10"  # the drawing network's epochs are as short (segan synth has no min_epoch_steps)
+ROWS = ("labeled-only", "synthetic", "synthetic-undeformed", "semi", "semi+synthetic", "all-labels")
 
 
 def write_lists(dataset: str, data: Path, out: Path, report: int, validation: int | None) -> Path:
@@ -87,12 +92,13 @@ def pairs(images: Path, masks: Path) -> list[tuple[str, str]]:
     return [(str(image), str(masks / image.name)) for image in sorted(images.iterdir()) if (masks / image.name).is_file()]
 
 
-def data_flags(setup: str, lists: Path, split: int) -> list[str]:
+def data_flags(setup: str, lists: Path, split: int, all_labels: bool = False) -> list[str]:
     spec = SETUPS[setup]
     train_count = len((lists / "train.txt").read_text().splitlines())
+    fraction = 1.0 if all_labels else spec["labels"] / train_count
     return ["--config", str(ROOT / "datasets" / spec["dataset"] / "config.yaml"), "--data", str(lists),
             "--pairs-file", "{split}.txt", "--train-split", "train", "--val-split", "validation",
-            "--labeled-fraction", f"{spec['labels'] / train_count:.6f}", "--split-seed", str(split), "--seed", "0"]
+            "--labeled-fraction", f"{fraction:.6f}", "--split-seed", str(split), "--seed", "0"]
 
 
 def generator(setup: str, lists: Path, split: int, args: argparse.Namespace, out: Path) -> dict:
@@ -103,7 +109,8 @@ def generator(setup: str, lists: Path, split: int, args: argparse.Namespace, out
         return json.loads(record.read_text())
     size = SETUPS[setup]["flags"][1]
     train_s = segan("synth", "train", *data_flags(setup, lists, split), "--size", size, "--time-budget",
-                    args.generator_budget, "--out", str(folder / "run"), "--overwrite", "--num-workers", "1",
+                    args.generator_budget, "--validate-every", GENERATOR_VALIDATE_EVERY, "--out", str(folder / "run"),
+                    "--overwrite", "--num-workers", "1",
                     label=f"{setup} split {split}: drawing network")
     from segan.synthesis.sampling import sample
     figures = {"train_s": round(train_s, 1), **json.loads((folder / "run" / "summary.json").read_text())}
@@ -116,7 +123,8 @@ def generator(setup: str, lists: Path, split: int, args: argparse.Namespace, out
 
 
 def run_row(setup: str, row: str, split: int, lists: Path, args: argparse.Namespace, out: Path) -> dict:
-    run = out / setup / f"{row}-split{split}"
+    # all-labels, the ceiling, trains on every training image: one run serves every split.
+    run = out / setup / ("all-labels" if row == "all-labels" else f"{row}-split{split}")
     budget_s = parse_duration(args.budget)
     charged, flags = 0.0, []
     if "synthetic" in row:
@@ -129,7 +137,8 @@ def run_row(setup: str, row: str, split: int, lists: Path, args: argparse.Namesp
     else:
         flags += ["--semi", "none", "--adv-weight", "0"]
     if not (run / "summary.json").is_file():
-        segan("train", *data_flags(setup, lists, split), *LITE0, *SETUPS[setup]["flags"], *flags,
+        segan("train", *data_flags(setup, lists, split, all_labels=row == "all-labels"), *LITE0,
+              *SETUPS[setup]["flags"], *flags,
               "--time-budget", f"{max(60.0, budget_s - charged):.0f}", "--out", str(run), "--overwrite",
               "--num-workers", "1", label=f"{setup} {row} split {split}")
     scores = {}
@@ -145,11 +154,13 @@ def run_row(setup: str, row: str, split: int, lists: Path, args: argparse.Namesp
 
 def tables(runs: list[dict], generators: list[dict]) -> list[dict]:
     """One table per setup (a row per benchmark row: Dice per split on both splits, the paired
-    difference to labelled-only on the report split), and one of the drawing networks."""
+    difference to labelled-only on the report split and the share of the gap to all-labels it
+    closes), and one of the drawing networks."""
     out = []
     for setup in dict.fromkeys(r["setup"] for r in runs):
         mine = [r for r in runs if r["setup"] == setup]
         base = {r["split"]: r for r in mine if r["row"] == "labeled-only"}
+        ceiling = next((r["report_dice"] for r in mine if r["row"] == "all-labels"), None)
         splits = sorted({r["split"] for r in mine})
         rows = []
         for row in dict.fromkeys(r["row"] for r in mine):
@@ -162,13 +173,17 @@ def tables(runs: list[dict], generators: list[dict]) -> list[dict]:
                 "report_dice": mean_std([r["report_dice"] for r in chosen.values()])["mean"],
                 "minus_labeled_only": None if row == "labeled-only" else ", ".join(
                     f"{chosen[s]['report_dice'] - base[s]['report_dice']:+.4f}" for s in splits
-                    if s in chosen and s in base)})
+                    if s in chosen and s in base),
+                "gap_closed": None if row in ("labeled-only", "all-labels") or ceiling is None else ", ".join(
+                    f"{(chosen[s]['report_dice'] - base[s]['report_dice']) / (ceiling - base[s]['report_dice']):.2f}"
+                    for s in splits if s in chosen and s in base)})
         columns = [{"key": "row", "label": "row"}, {"key": "steps", "label": "segmenter steps (mean)", "format": "{:.0f}"},
                    {"key": "charged_s", "label": "drawing charged (mean)", "format": "{:.0f} s"},
                    {"key": "val_dice", "label": "validation Dice (mean)", "format": "{:.4f}"},
                    *({"key": f"report_split{s}", "label": f"report Dice, split {s}", "format": "{:.4f}"} for s in splits),
                    {"key": "report_dice", "label": "report Dice (mean)", "format": "{:.4f}"},
-                   {"key": "minus_labeled_only", "label": "report Dice − labelled-only, per split"}]
+                   {"key": "minus_labeled_only", "label": "report Dice − labelled-only, per split"},
+                   {"key": "gap_closed", "label": "share of the gap to all-labels closed, per split"}]
         out.append({"name": setup, "columns": columns, "rows": rows})
     columns = [{"key": "generator", "label": "setup, split"}, {"key": "steps", "label": "steps"},
                {"key": "train_s", "label": "training", "format": "{:.0f} s"},

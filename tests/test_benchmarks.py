@@ -621,3 +621,31 @@ def csv_rows(path: Path) -> list[dict]:
     import csv
     with path.open(newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def test_bench_synth_pairs_each_row_with_labeled_only_and_the_gap_to_all_labels():
+    """bench_synth's tables, from the figures its runs record: per split, a row's report Dice minus
+    labelled-only's, and the share of the gap to all-labels (one run, shared by the splits) closed."""
+    sys.path.insert(0, str(SCRIPTS))
+    import bench_synth
+
+    def run(row: str, split: int, report: float, charged: float = 0.0) -> dict:
+        return {"setup": "kvasir-seg-25", "row": row, "split": split, "charged_s": charged, "steps": 900,
+                "val_dice": report - 0.01, "report_dice": report, "report_dice_per_image": report - 0.02}
+    runs = [run("labeled-only", 0, 0.70), run("synthetic", 0, 0.75, 180.0), run("all-labels", 0, 0.80),
+            run("labeled-only", 1, 0.60), run("synthetic", 1, 0.58, 170.0), run("all-labels", 1, 0.80)]
+    generators = [{"name": "kvasir-seg-25, split 0", "steps": 300, "train_s": 150.0, "best_val_l1": 0.31,
+                   "deformed": {"median_ssim": 0.41, "copies": 2, "images": 400},
+                   "undeformed": {"median_ssim": 0.62, "copies": 30, "images": 400}}]
+    setup, drawers = bench_synth.tables(runs, generators)
+    assert setup["name"] == "kvasir-seg-25" and [row["row"] for row in setup["rows"]] == [
+        "labeled-only", "synthetic", "all-labels"]
+    synthetic = setup["rows"][1]
+    assert (synthetic["report_split0"], synthetic["report_split1"]) == (0.75, 0.58)
+    assert synthetic["minus_labeled_only"] == "+0.0500, -0.0200"
+    assert synthetic["gap_closed"] == "0.50, -0.10"  # 0.05 of 0.10; -0.02 of 0.20
+    assert synthetic["charged_s"] == 175.0 and synthetic["report_dice"] == pytest.approx(0.665)
+    assert setup["rows"][0]["gap_closed"] is None and setup["rows"][2]["minus_labeled_only"] == "+0.1000, +0.2000"
+    assert drawers["rows"] == [{"generator": "kvasir-seg-25, split 0", "steps": 300, "train_s": 150.0,
+                                "best_val_l1": 0.31, "median_ssim": 0.41, "copies": "2 of 400",
+                                "copies_undeformed": "30 of 400"}]
