@@ -41,7 +41,7 @@ HELP_WIDTH = "100"  # argparse wraps help to $COLUMNS: fixed, so the reference i
 # --- result files -> Markdown tables ---------------------------------------------------------------
 
 # The order of the benchmarks index and the README's table: what a user asks first, first.
-ORDER = ["plan", "accuracy", "semi", "levers", "quickstart", "train", "profile", "predict", "threads", "data", "metrics"]
+ORDER = ["plan", "accuracy", "semi", "synth", "levers", "quickstart", "train", "profile", "predict", "threads", "data", "metrics"]
 
 
 def load_results() -> dict[str, dict]:
