@@ -137,6 +137,14 @@ def _setting_type(section: str, key: str) -> Callable[[str], Any]:
     return parse
 
 
+def _add_run_folder_flags(parser: argparse.ArgumentParser) -> None:
+    """--resume and --overwrite: what segan train and segan synth train do with a run already in --out."""
+    parser.add_argument("--resume", action="store_true", help="continue OUT/checkpoints/last.ckpt with OUT/config.yaml")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a run in --out: it is set aside beside it and put back if the new run fails "
+                             "before its first epoch ends")
+
+
 def _add_config_flag(group, flag: str, help: str, defaults: Config = _DEFAULTS, **kwargs) -> None:
     """Adds `flag`, which overrides the config setting that SYNTH_FLAGS (TRAIN_FLAGS and the synth
     run's own) maps it to.
@@ -249,10 +257,7 @@ def _add_train(subparsers) -> None:
     _add_config_flag(p, "--out", "run folder to write")
     p.add_argument("--config", help="YAML file with data/generator/discriminator/loss/semi/train sections "
                                     "(e.g. a recipe: datasets/camvid/config.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue OUT/checkpoints/last.ckpt with OUT/config.yaml")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a run in --out: it is set aside beside it and put back if the new run fails "
-                        "before its first epoch ends")
+    _add_run_folder_flags(p)
     _add_data_flags(p)
     g = p.add_argument_group("reading and augmentation")
     _add_config_flag(g, "--size", "training image side in pixels, a multiple of 32")
@@ -377,10 +382,7 @@ def _add_synth(subparsers) -> None:
     _add_config_flag(t, "--out", "synth run folder to write", defaults=defaults)
     t.add_argument("--config", help="a dataset recipe (e.g. datasets/camvid/config.yaml): its data section gives "
                                     "the layout and classes; its other sections are the segmenter's and are not read")
-    t.add_argument("--resume", action="store_true", help="continue OUT/checkpoints/last.ckpt with OUT/config.yaml")
-    t.add_argument("--overwrite", action="store_true",
-                   help="replace a run in --out: it is set aside beside it and put back if the new run fails "
-                        "before its first epoch ends")
+    _add_run_folder_flags(t)
     _add_data_flags(t)
     _add_config_flag(t, "--labeled-fraction", "learn from this fraction of the training pairs (chosen with "
                                               "--split-seed, as segan train chooses them)", metavar="F")

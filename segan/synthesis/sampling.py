@@ -163,8 +163,9 @@ def _pictures(out: Path, drawn: list[DrawnMask], images: list[np.ndarray], memor
     from ..plots import picture_grid, save, ssim_histogram
     binary = len(classes) == 2
     panels = []
-    for index, (mask, image) in enumerate(list(zip((item.mask for item in drawn), images))[:SHEET_PAIRS]):
-        panels += [(f"{index}: mask from {drawn[index].source}", colour_mask(np.where(mask < len(classes), mask, 0), binary)),
+    for index, (item, image) in enumerate(zip(drawn[:SHEET_PAIRS], images)):
+        shown = colour_mask(np.where(item.mask < len(classes), item.mask, 0), binary)
+        panels += [(f"{index}: mask from {item.source}", shown),
                    (f"drawn; SSIM {memorisation.ssim[index]:.2f} to nearest", image)]
     rows = [panels[start:start + 2 * SHEET_COLUMNS] for start in range(0, len(panels), 2 * SHEET_COLUMNS)]
     title = (f"{out.name}: mask | image drawn from it, the first {len(panels) // 2} of {len(images)} "
