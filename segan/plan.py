@@ -21,6 +21,8 @@ The rules, in order:
 - adversarial term: off (`loss.adv_weight: 0`) unless the discriminator is to judge unlabelled
   images (`data.unlabeled` or `data.labeled_fraction` with an adversarial `semi.mode`); decided
   before the size, because the measured step is then the plain one;
+- drawn pairs (`data.synthetic`): off; with a small labelled set and no unlabelled images the
+  plan says why (docs/benchmarks/synth.md);
 - compiling (`train.compile`): for budgets of an hour or more, a compiled step is probed too,
   and kept where it fits more steps in the budget after paying for its compile time;
 - size: the largest side (a multiple of 32, at most the images' own) at which the budget still
@@ -88,6 +90,8 @@ VALIDATION_SECTION = "validating-every-kth-epoch"  # equal budgets, with and wit
 PROFILE_PAGE = "docs/benchmarks/profile.md"  # where a training step's time goes, and compiling it
 COMPILE_SECTION = "compiled"
 COMPILE_PROBE_BUDGET = "1h"  # compiling is probed for budgets this long or longer
+SYNTH_PAGE = "docs/benchmarks/synth.md"  # drawn pairs (segan synth) against labelled-only and unlabelled images
+SMALL_LABEL_SET = 100  # labelled images up to this many: the plan says what drawn pairs were found to give
 
 
 @dataclass
@@ -420,8 +424,26 @@ def adversarial_rule(facts: Facts) -> list[Choice]:
                                            f"{PAGE}#kvasir-seg-levers-tried); {back}")]
 
 
+def synthesis_rule(facts: Facts) -> list[Choice]:
+    """Drawn pairs (`data.synthetic`): off, since at equal time they showed no reliable gain and
+    lowered what unlabelled images gained; for a small labelled set without them, said."""
+    data = facts.base.data
+    found = (f"drawn pairs (segan synth) showed no reliable gain over the labelled images alone at equal time, and "
+             f"added to unlabelled images they lowered what those gained ({SYNTH_PAGE})")
+    if data.synthetic:
+        return [Choice("data.synthetic", None, f"data.synthetic off (not {data.synthetic}): {found}; to train with "
+                                               f"them anyway, give segan train --synthetic {data.synthetic}")]
+    labelled = round(facts.split.pairs * (data.labeled_fraction or 1))
+    if labelled > SMALL_LABEL_SET or data.has_unlabeled:
+        return []
+    return [Choice("", reason=f"{count(labelled, 'labelled image')} and no unlabelled ones: {found}, while unlabelled "
+                              "images of the same kind gained on every split (--unlabeled, with the adversarial term: "
+                              "docs/how-to/unlabelled-images.md)")]
+
+
 DATA_RULES: list[Callable[[Facts], list[Choice]]] = [
-    channels_rule, scale_rule, encoder_rule, batch_rule, augment_rule, precision_rule, adversarial_rule]
+    channels_rule, scale_rule, encoder_rule, batch_rule, augment_rule, precision_rule, adversarial_rule,
+    synthesis_rule]
 
 
 # --- the budget rules: settings from the step measured on this machine and the time budget ------

@@ -334,6 +334,23 @@ def test_plan_keeps_the_adversarial_term_only_where_the_discriminator_judges_unl
     assert timed == [0.0, 0.05, 0.05, 0.05, 0.0, 0.0]
 
 
+def test_plan_turns_drawn_pairs_off_and_says_why_to_a_small_labelled_set(tmp_path):
+    root = dataset(tmp_path / "data", disks)  # 8 labelled training images
+
+    def synthesis_reasons(**data):
+        plan = make_plan(Config.from_dict({"data": {"root": str(root), **data}}), "10m", timer=fake_timer)
+        return plan.config.data.synthetic, [reason for reason in plan.reasons if "segan synth" in reason]
+
+    found = ("drawn pairs (segan synth) showed no reliable gain over the labelled images alone at equal time, and "
+             "added to unlabelled images they lowered what those gained (docs/benchmarks/synth.md)")
+    assert synthesis_reasons(synthetic="pairs") == (None, [
+        f"data.synthetic off (not pairs): {found}; to train with them anyway, give segan train --synthetic pairs"])
+    assert synthesis_reasons() == (None, [
+        f"8 labelled images and no unlabelled ones: {found}, while unlabelled images of the same kind gained on every "
+        "split (--unlabeled, with the adversarial term: docs/how-to/unlabelled-images.md)"])
+    assert synthesis_reasons(labeled_fraction=0.5) == (None, [])  # unlabelled images: the semi rules speak
+
+
 def test_plan_command_writes_a_config_that_trains(tmp_path, monkeypatch, capsys):
     import segan.plan
     monkeypatch.setattr(segan.plan, "measure_step", fake_timer)
