@@ -467,7 +467,7 @@ class TrainConfig:
             cycled through (each pass in a new order, each sample augmented anew), so that
             validation, checkpoints and pictures, which come once an epoch, take a smaller share
             of the time (nnU-Net's epochs are a fixed number of steps too). None: one pass.
-        compile: run the training step's networks through `torch.compile` (inductor): true, false,
+        compile: run the training step's generator through `torch.compile` (inductor): true, false,
             or auto, which trains uncompiled unless `segan plan` measured that compiling pays for
             itself within the time budget on this machine (it then writes true). Checkpoints and the
             exported generator hold the plain networks' weights; validation runs them uncompiled

@@ -108,11 +108,14 @@ class SeganModule(L.LightningModule):
         # NHWC: oneDNN's CPU convolutions (bf16 above all) and GPU tensor cores run faster in it.
         # The weights go to safetensors through `export_generator`, which builds a fresh model.
         network_layout(self)
-        # What the training step calls: the networks, or with train.compile their compiled views.
-        # A tuple, so they are not registered as children: checkpoints keep the plain networks'
-        # keys, and validation runs the plain ones (each new image size would compile anew).
-        self.step_networks = tuple(torch.compile(network, dynamic=False) if self.config.train.compile is True
-                                   else network for network in (self.generator, self.discriminator))
+        # What the training step calls: the generator, or with train.compile its compiled view. In a
+        # tuple, so it is not registered as a child: checkpoints keep the plain network's keys, and
+        # validation runs the plain one (each new image size would compile anew). The discriminator
+        # stays uncompiled: it takes a small part of a GAN step (docs/benchmarks/profile.md), of which
+        # compiling would gain a few percent, and it would compile twice (its D-step and G-step
+        # calls differ in batch size and in what needs gradients).
+        self.step_generator = (torch.compile(self.generator, dynamic=False) if self.config.train.compile is True
+                               else self.generator,)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.generator(image)
@@ -141,7 +144,7 @@ class SeganModule(L.LightningModule):
         return mask
 
     def discriminate(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.step_networks[1](image, self.guarded(mask))
+        return self.discriminator(image, self.guarded(mask))
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         """One step of the algorithm, as pix2pix's `optimize_parameters`: the generator predicts;
@@ -149,7 +152,7 @@ class SeganModule(L.LightningModule):
         learns from the masks, from fooling D, and from images without masks (G step)."""
         labeled, unlabeled = (batch["labeled"], batch["unlabeled"]) if "labeled" in batch else (batch, None)
         image, mask = labeled["image"], labeled["mask"]
-        logits = self.step_networks[0](image)
+        logits = self.step_generator[0](image)
         fake = probabilities(logits)
         seg_loss = self.segmentation_loss(logits, mask)
         judged = self.judge(image, mask, fake) if self.adversarial else None
@@ -255,7 +258,7 @@ class SeganModule(L.LightningModule):
     def unlabelled_term(self, unlabeled: dict) -> torch.Tensor:
         """The weighted loss on images without masks (see `segan.semi`)."""
         gate_open = self.current_epoch >= self.config.semi.gate_warmup_epochs
-        step = self.semi.step(self.step_networks[0], unlabeled, gate_open, self.config.data.ignore_index,
+        step = self.semi.step(self.step_generator[0], unlabeled, gate_open, self.config.data.ignore_index,
                               teacher=self.teacher.module if self.teacher is not None else None)
         self.log("semi/unlabeled_loss", step.loss.detach(), on_epoch=True)
         self.log_dict({f"semi/{name}": value for name, value in step.stats.items()}, on_step=False, on_epoch=True)
