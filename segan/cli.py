@@ -326,7 +326,7 @@ def _add_train(subparsers) -> None:
     _add_config_flag(g, "--accelerator", "auto, cpu, gpu")
     _add_config_flag(g, "--devices", "device count or auto; >1 runs DDP")
     _add_config_flag(g, "--precision", "Lightning precision", choices=PRECISIONS)
-    _add_config_flag(g, "--compile", "run the training step through torch.compile: true, false, or auto (only "
+    _add_config_flag(g, "--compile", "run the training step's generator through torch.compile: true, false, or auto (only "
                                      "where segan plan measured that it pays)", metavar="{auto,true,false}")
     _add_config_flag(g, "--checkpoint-every-n-steps", "also write last.ckpt every N training steps "
                                                       "(default: at the end of every epoch)", metavar="N")
