@@ -433,10 +433,9 @@ def synthesis_rule(facts: Facts) -> list[Choice]:
     if data.synthetic:
         return [Choice("data.synthetic", None, f"data.synthetic off (not {data.synthetic}): {found}; to train with "
                                                f"them anyway, give segan train --synthetic {data.synthetic}")]
-    labelled = round(facts.split.pairs * (data.labeled_fraction or 1))
-    if labelled > SMALL_LABEL_SET or data.has_unlabeled:
+    if data.has_unlabeled or facts.split.pairs > SMALL_LABEL_SET:
         return []
-    return [Choice("", reason=f"{count(labelled, 'labelled image')} and no unlabelled ones: {found}, while unlabelled "
+    return [Choice("", reason=f"{count(facts.split.pairs, 'labelled image')} and no unlabelled ones: {found}, while unlabelled "
                               "images of the same kind gained on every split (--unlabeled, with the adversarial term: "
                               "docs/how-to/unlabelled-images.md)")]
 

@@ -111,9 +111,9 @@ class SeganModule(L.LightningModule):
         # What the training step calls: the generator, or with train.compile its compiled view. In a
         # tuple, so it is not registered as a child: checkpoints keep the plain network's keys, and
         # validation runs the plain one (each new image size would compile anew). The discriminator
-        # stays uncompiled: it takes a small part of a GAN step (docs/benchmarks/profile.md), of which
-        # compiling would gain a few percent, and it would compile twice (its D-step and G-step
-        # calls differ in batch size and in what needs gradients).
+        # stays uncompiled: it takes a small part of a GAN step (docs/benchmarks/profile.md), compiling
+        # it too gained no step time where measured, and it compiles twice (its D-step and G-step
+        # calls differ in batch size and in what needs gradients), which a user pays from the budget.
         self.step_generator = (torch.compile(self.generator, dynamic=False) if self.config.train.compile is True
                                else self.generator,)
 
