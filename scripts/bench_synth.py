@@ -18,7 +18,8 @@ the same total wall time `--budget`:
 - semi: the other training images as unlabelled images (`--semi adversarial+self-training`, the
   mode bench_semi found best on Kvasir-SEG);
 - semi+synthetic: both;
-- all-labels: every training image labelled, the ceiling (one run, shared by the splits).
+- all-labels: every training image labelled, the ceiling (one run, shared by the splits and by the
+  setups of one dataset).
 
 Every row chooses its checkpoint on the validation split and is scored, at native resolution by
 `segan evaluate --model`, on the validation split and on a report split: training images carved
@@ -26,10 +27,11 @@ out once (100 of Kvasir-SEG's 800, 6 of ISBI's 30, the same for every setup, spl
 no row trains on or chooses a checkpoint with. ISBI's validation split is 6 more of its 30.
 
 The folds are written as list files in OUT/lists/DATASET (absolute paths; `--pairs-file
-'{split}.txt'`). Runs go to OUT/SETUP/ROW-splitS and are not run again once scored, so an
-interrupted benchmark continues where it stopped; whole splits come first. Prints one JSON line,
-writes OUT/results.json; `--publish` writes the tables into docs/benchmarks/results/synth.json
-(one table per setup, and one of the generators: their losses and memorisation figures).
+'{split}.txt'`). Runs go to OUT/SETUP/ROW-splitS (all-labels: OUT/DATASET/all-labels) and are not
+run again once scored, so an interrupted benchmark continues where it stopped; whole splits come
+first. Prints one JSON line, writes OUT/results.json; `--publish` writes the tables into
+docs/benchmarks/results/synth.json (per setup, a table of its rows and one of its drawing
+networks: their losses and memorisation figures).
 """
 
 from __future__ import annotations
@@ -123,8 +125,9 @@ def generator(setup: str, lists: Path, split: int, args: argparse.Namespace, out
 
 
 def run_row(setup: str, row: str, split: int, lists: Path, args: argparse.Namespace, out: Path) -> dict:
-    # all-labels, the ceiling, trains on every training image: one run serves every split.
-    run = out / setup / ("all-labels" if row == "all-labels" else f"{row}-split{split}")
+    # all-labels, the ceiling, trains on every training image: one run serves every split, and every
+    # setup of its dataset (Kvasir-SEG's two setups differ only in how many labels the others keep).
+    run = out / SETUPS[setup]["dataset"] / "all-labels" if row == "all-labels" else out / setup / f"{row}-split{split}"
     budget_s = parse_duration(args.budget)
     charged, flags = 0.0, []
     if "synthetic" in row:
@@ -153,9 +156,10 @@ def run_row(setup: str, row: str, split: int, lists: Path, args: argparse.Namesp
 
 
 def tables(runs: list[dict], generators: list[dict]) -> list[dict]:
-    """One table per setup (a row per benchmark row: Dice per split on both splits, the paired
-    difference to labelled-only on the report split and the share of the gap to all-labels it
-    closes), and one of the drawing networks."""
+    """Two tables per setup: one with a row per benchmark row (Dice per split on both splits, the
+    paired difference to labelled-only on the report split and the share of the gap to all-labels
+    it closes), and one of its drawing networks (SETUP-generators), so that publishing one setup
+    keeps the others' tables."""
     out = []
     for setup in dict.fromkeys(r["setup"] for r in runs):
         mine = [r for r in runs if r["setup"] == setup]
@@ -184,18 +188,23 @@ def tables(runs: list[dict], generators: list[dict]) -> list[dict]:
                    {"key": "report_dice", "label": "report Dice (mean)", "format": "{:.4f}"},
                    {"key": "minus_labeled_only", "label": "report Dice − labelled-only, per split"},
                    {"key": "gap_closed", "label": "share of the gap to all-labels closed, per split"}]
-        out.append({"name": setup, "columns": columns, "rows": rows})
+        out += [{"name": setup, "columns": columns, "rows": rows},
+                generator_table(setup, [g for g in generators if g["setup"] == setup])]
+    return out
+
+
+def generator_table(setup: str, generators: list[dict]) -> dict:
+    """The drawing networks of one setup: their training and memorisation figures, a row per split."""
     columns = [{"key": "generator", "label": "setup, split"}, {"key": "steps", "label": "steps"},
                {"key": "train_s", "label": "training", "format": "{:.0f} s"},
                {"key": "best_val_l1", "label": "validation L1 (−1..1)", "format": "{:.3f}"},
                {"key": "median_ssim", "label": "median SSIM to nearest training image", "format": "{:.3f}"},
                {"key": "copies", "label": "copies (SSIM ≥ 0.9), deformed"},
                {"key": "copies_undeformed", "label": "copies, undeformed"}]
-    out.append({"name": "generators", "columns": columns, "rows": [
+    return {"name": f"{setup}-generators", "columns": columns, "rows": [
         {"generator": g["name"], "steps": g["steps"], "train_s": g["train_s"], "best_val_l1": g["best_val_l1"],
          "median_ssim": g["deformed"]["median_ssim"], "copies": f"{g['deformed']['copies']} of {g['deformed']['images']}",
-         "copies_undeformed": f"{g['undeformed']['copies']} of {g['undeformed']['images']}"} for g in generators]})
-    return out
+         "copies_undeformed": f"{g['undeformed']['copies']} of {g['undeformed']['images']}"} for g in generators]}
 
 
 def main() -> None:
@@ -224,7 +233,7 @@ def main() -> None:
                 (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
             record = out / setup / f"synth-split{split}" / "bench.json"
             if record.is_file():
-                generators.append({"name": f"{setup}, split {split}", **json.loads(record.read_text())})
+                generators.append({"name": f"{setup}, split {split}", "setup": setup, **json.loads(record.read_text())})
     print(json.dumps({"runs": runs, "generators": generators}))
     if args.publish:
         benchkit.publish("synth", tables(runs, generators))

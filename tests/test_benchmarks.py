@@ -634,7 +634,7 @@ def test_bench_synth_pairs_each_row_with_labeled_only_and_the_gap_to_all_labels(
                 "val_dice": report - 0.01, "report_dice": report, "report_dice_per_image": report - 0.02}
     runs = [run("labeled-only", 0, 0.70), run("synthetic", 0, 0.75, 180.0), run("all-labels", 0, 0.80),
             run("labeled-only", 1, 0.60), run("synthetic", 1, 0.58, 170.0), run("all-labels", 1, 0.80)]
-    generators = [{"name": "kvasir-seg-25, split 0", "steps": 300, "train_s": 150.0, "best_val_l1": 0.31,
+    generators = [{"name": "kvasir-seg-25, split 0", "setup": "kvasir-seg-25", "steps": 300, "train_s": 150.0, "best_val_l1": 0.31,
                    "deformed": {"median_ssim": 0.41, "copies": 2, "images": 400},
                    "undeformed": {"median_ssim": 0.62, "copies": 30, "images": 400}}]
     setup, drawers = bench_synth.tables(runs, generators)
@@ -646,6 +646,7 @@ def test_bench_synth_pairs_each_row_with_labeled_only_and_the_gap_to_all_labels(
     assert synthetic["gap_closed"] == "0.50, -0.10"  # 0.05 of 0.10; -0.02 of 0.20
     assert synthetic["charged_s"] == 175.0 and synthetic["report_dice"] == pytest.approx(0.665)
     assert setup["rows"][0]["gap_closed"] is None and setup["rows"][2]["minus_labeled_only"] == "+0.1000, +0.2000"
+    assert drawers["name"] == "kvasir-seg-25-generators"  # publishing another setup keeps this one
     assert drawers["rows"] == [{"generator": "kvasir-seg-25, split 0", "steps": 300, "train_s": 150.0,
                                 "best_val_l1": 0.31, "median_ssim": 0.41, "copies": "2 of 400",
                                 "copies_undeformed": "30 of 400"}]
