@@ -646,6 +646,7 @@ def test_bench_synth_pairs_each_row_with_labeled_only_and_the_gap_to_all_labels(
     assert synthetic["gap_closed"] == "0.50, -0.10"  # 0.05 of 0.10; -0.02 of 0.20
     assert synthetic["charged_s"] == 175.0 and synthetic["report_dice"] == pytest.approx(0.665)
     assert setup["rows"][0]["gap_closed"] is None and setup["rows"][2]["minus_labeled_only"] == "+0.1000, +0.2000"
+    assert bench_synth.gap_share(0.75, 0.84, 0.83) == "no gap"  # all-labels below labelled-only
     assert drawers["name"] == "kvasir-seg-25-generators"  # publishing another setup keeps this one
     assert drawers["rows"] == [{"generator": "kvasir-seg-25, split 0", "steps": 300, "train_s": 150.0,
                                 "best_val_l1": 0.31, "median_ssim": 0.41, "copies": "2 of 400",
