@@ -431,8 +431,9 @@ def _synth_train(args: argparse.Namespace) -> int:
     base = _resumed_config(args) if args.resume else synth_config(Config.load(args.config) if args.config else None)
     result = train_synth(_config(args, SYNTH_FLAGS, base), resume=args.resume,
                          overwrite=bool(getattr(args, "overwrite", False)))
-    print(f"\nbest validation L1 {result.best_val_l1:.4f} (drawn against real images in [-1, 1]; epoch "
-          f"{result.best_epoch}, {result.steps} steps, {result.wall_time_s:.0f} s)")
+    print(f"\nvalidation L1 {result.val_l1:.4f} (drawn against real images in [-1, 1]) of the last epoch's network, "
+          f"which generator/ holds; lowest {result.best_val_l1:.4f} at epoch {result.best_epoch} ({result.steps} steps, "
+          f"{result.wall_time_s:.0f} s)")
     print(f"synth run written to {result.run_dir}  (progress.png, generator/, checkpoints/, summary.json); "
           f"next: segan synth sample {result.run_dir} --out PAIRS --count N")
     print(json.dumps(result.to_dict()))

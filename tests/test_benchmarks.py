@@ -649,5 +649,19 @@ def test_bench_synth_pairs_each_row_with_labeled_only_and_the_gap_to_all_labels(
     assert bench_synth.gap_share(0.75, 0.84, 0.83) == "no gap"  # all-labels below labelled-only
     assert drawers["name"] == "kvasir-seg-25-generators"  # publishing another setup keeps this one
     assert drawers["rows"] == [{"generator": "kvasir-seg-25, split 0", "steps": 300, "train_s": 150.0,
-                                "best_val_l1": 0.31, "median_ssim": 0.41, "copies": "2 of 400",
+                                "val_l1": 0.31, "median_ssim": 0.41, "copies": "2 of 400",
                                 "copies_undeformed": "30 of 400"}]
+
+
+def test_bench_synth_adds_the_structure_scores_of_a_setup_that_names_them():
+    """ISBI 2012 (membranes) is also scored by adapted Rand error and clDice, means over the splits."""
+    sys.path.insert(0, str(SCRIPTS))
+    import bench_synth
+
+    runs = [{"setup": "isbi2012-3", "row": "labeled-only", "split": split, "charged_s": 0.0, "steps": 200,
+             "val_dice": 0.8, "report_dice": 0.8, "report_dice_per_image": 0.8,
+             "report_rand_error": rand, "report_cldice": cldice} for split, rand, cldice in ((0, 0.5, 0.7), (1, 0.3, 0.8))]
+    table, _ = bench_synth.tables(runs, [])
+    assert [c["label"] for c in table["columns"] if c["key"].startswith("report_") and "split" not in c["key"]] == [
+        "report Dice (mean)", "report adapted Rand error (mean)", "report clDice (mean)"]
+    assert (table["rows"][0]["report_rand_error"], table["rows"][0]["report_cldice"]) == (0.4, 0.75)

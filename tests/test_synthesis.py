@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from segan.checkpointing import load_checkpoint
 from segan.cli import main
@@ -116,6 +117,9 @@ def test_synth_train_resumes_exactly_and_sample_draws_new_pairs(tmp_path, synth_
     assert (summary["epochs"], summary["steps"]) == (2, 2 * STEPS_PER_EPOCH)
     for name in ("config.yaml", "progress.png", "metrics.csv", "checkpoints/best.ckpt", "generator/model.safetensors"):
         assert (straight / name).is_file(), name
+    drawer = load_file(straight / "generator" / "model.safetensors")  # the last epoch's network, not the best's
+    last = network_weights(straight)
+    assert all(torch.equal(value, last[f"drawer.{key}"]) for key, value in drawer.items())
     killed = subprocess.run([sys.executable, "-c", SYNTH_SCRIPT, *synth_train_args(synth_data, broken)],
                             capture_output=True, text=True, env=dict(os.environ, STOP_AT=str(STEPS_PER_EPOCH + 1)),
                             timeout=600)
