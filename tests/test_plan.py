@@ -347,7 +347,7 @@ def test_plan_turns_drawn_pairs_off_and_says_why_to_a_small_labelled_set(tmp_pat
         f"data.synthetic off (not pairs): {found}; to train with them anyway, give segan train --synthetic pairs"])
     assert synthesis_reasons() == (None, [
         f"8 labelled images and no unlabelled ones: {found}, while unlabelled images of the same kind gained on every "
-        "split (--unlabeled, with the adversarial term: docs/how-to/unlabelled-images.md)"])
+        "split with 25 Kvasir-SEG labels (--unlabeled, with the adversarial term: docs/how-to/unlabelled-images.md)"])
     assert synthesis_reasons(labeled_fraction=0.5) == (None, [])  # unlabelled images: the semi rules speak
 
 
