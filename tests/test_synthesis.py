@@ -115,6 +115,9 @@ def test_synth_train_resumes_exactly_and_sample_draws_new_pairs(tmp_path, synth_
     assert main(synth_train_args(synth_data, straight)) == 0
     summary = json.loads((straight / "summary.json").read_text())
     assert (summary["epochs"], summary["steps"]) == (2, 2 * STEPS_PER_EPOCH)
+    validated = [float(row["val/l1"]) for row in csv.DictReader((straight / "metrics.csv").open()) if row.get("val/l1")]
+    assert len(validated) == 2  # each epoch: the last network's L1 and the lowest, re-scored, are theirs
+    assert (summary["val_l1"], summary["best_val_l1"]) == (round(validated[-1], 4), round(min(validated), 4))
     for name in ("config.yaml", "progress.png", "metrics.csv", "checkpoints/best.ckpt", "generator/model.safetensors"):
         assert (straight / name).is_file(), name
     drawer = load_file(straight / "generator" / "model.safetensors")  # the last epoch's network, not the best's

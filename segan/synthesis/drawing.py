@@ -131,7 +131,7 @@ class DrawingModule(L.LightningModule):
         if real.shape[-2:] != fake.shape[-2:]:
             raise ValueError("segan synth trains on images resized or cropped to data.size; the validation images "
                              "must be read at that size too (data.val_native false)")
-        # `train_synth` re-scores the last and the best network once after fitting: those rows say so.
+        # `train_synth` re-scores the last network, then the best, after fitting: two rescored/l1 rows, in that order.
         prefix = "rescored" if self.trainer.state.fn == TrainerFn.VALIDATING else "val"
         self.log(f"{prefix}/l1", (fake - real).abs().mean(), on_epoch=True, prog_bar=True, batch_size=len(real))
         for index in range(min(len(real), SHOWN - len(self.shown))):
